@@ -1,0 +1,92 @@
+"""The relation between condensation and out-of-distribution reasoning, across runs.
+
+The papers show it only as pictures side by side (arXiv 2405.05409); here it is a number: for every
+(layer, component, head, basis, metric, threshold), the Spearman rank correlation across runs
+between the final condensation value and each ood score, with a paired bootstrap 95% interval.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+KEYS = ["layer", "component", "head", "basis", "metric", "threshold"]
+CORRELATION_COLUMNS = [*KEYS, "score", "subset", "n_runs", "spearman_rho", "ci_low", "ci_high",
+                       "p_value"]
+
+
+def spearman_rho(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Spearman's rho along ``axis`` (vectorized for the bootstrap): Pearson correlation of the
+    average ranks; NaN where either side is constant."""
+    rx, ry = stats.rankdata(x, axis=axis), stats.rankdata(y, axis=axis)
+    rx = rx - rx.mean(axis=axis, keepdims=True)
+    ry = ry - ry.mean(axis=axis, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (rx * ry).sum(axis) / np.sqrt((rx**2).sum(axis) * (ry**2).sum(axis))
+
+
+def correlate(x: np.ndarray, y: np.ndarray, n_resamples: int = 2000, seed: int = 0) -> dict:
+    """Spearman rho of paired samples with a percentile bootstrap 95% interval.
+
+    Args:
+        x, y: (n_runs,) floats.
+
+    Returns:
+        {n_runs, spearman_rho, ci_low, ci_high, p_value}; NaN where undefined (fewer than 3 runs,
+        or a constant side). Resamples where rho is undefined (a constant resample) are left out
+        of the interval.
+    """
+    n = len(x)
+    out = {"n_runs": n, "spearman_rho": np.nan, "ci_low": np.nan, "ci_high": np.nan,
+           "p_value": np.nan}
+    if n < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return out
+    res = stats.spearmanr(x, y)
+    boot = stats.bootstrap((x, y), spearman_rho, paired=True, vectorized=True,
+                           n_resamples=n_resamples, method="percentile",
+                           rng=np.random.default_rng(seed))
+    dist = boot.bootstrap_distribution
+    low, high = np.nanpercentile(dist, [2.5, 97.5]) if np.isfinite(dist).any() else (np.nan,) * 2
+    out.update(spearman_rho=float(res.statistic), ci_low=float(low), ci_high=float(high),
+               p_value=float(res.pvalue))
+    return out
+
+
+def final_values(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Condensation rows (basis set) at each run's last probed step."""
+    cond = metrics[metrics["basis"].notna()]
+    last = cond.groupby("run_id")["step"].transform("max")
+    return cond[cond["step"] == last]
+
+
+def correlations(runs: pd.DataFrame, metrics: pd.DataFrame, scores: tuple[str, ...],
+                 n_resamples: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Spearman correlation across runs of each final condensation value with each ood score.
+
+    Args:
+        runs: runs.csv frame (run_id, the score columns, fitted, diverged).
+        metrics: metrics.csv frame.
+        scores: the ood score columns of ``runs`` (e.g. ood_inferential, ood_symmetric).
+
+    Returns:
+        correlations.csv frame (CORRELATION_COLUMNS); ``subset`` is "all" (every run that did not
+        diverge) or "fitted" (only fitted runs).
+    """
+    ok = runs[~runs["diverged"].astype(bool)]
+    subsets = {"all": ok, "fitted": ok[ok["fitted"].astype(bool)]}
+    final = final_values(metrics)
+    out = []
+    for key, group in final.groupby(KEYS, dropna=False, sort=True):
+        per_run = group.set_index("run_id")["value"]
+        for subset, chosen in subsets.items():
+            joined = chosen.set_index("run_id")[list(scores)].join(per_run, how="inner")
+            for score in scores:
+                pair = joined[[score, "value"]].dropna()
+                stats_ = correlate(pair["value"].to_numpy(float), pair[score].to_numpy(float),
+                                   n_resamples, seed)
+                out.append(dict(zip(KEYS, key)) | {"score": score, "subset": subset} | stats_)
+    df = pd.DataFrame(out, columns=CORRELATION_COLUMNS)
+    for col in ("layer", "head", "n_runs"):
+        df[col] = pd.to_numeric(df[col]).astype("Int64")
+    return df

@@ -1,0 +1,182 @@
+"""Figures of an experiment, drawn from its CSVs and checkpoints (nothing is recomputed by hand):
+
+- ``cosine_<component>_layer<L>.png``: cosine heat maps of one unit set for each gamma (first
+  seed), units ordered by complete-linkage groups so that groups sit together;
+- ``groups_over_training.png``: condensed groups (at 0.9) of layer-0 W_Q against step, per run;
+- ``ood_vs_gamma.png``: ood shares (inferential, symmetric, other) and id accuracy against gamma;
+- ``ood_offsets.png``: the held-out pair's answer offsets (answer - key) against gamma;
+- ``condensation_vs_ood.png``: final layer-0 W_Q mean |cos| against ood_inferential, one point
+  per run (hollow: not fitted), with the Spearman rho and its bootstrap interval.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from probes.metrics import Condensation  # noqa: E402
+from probes.units import read_units  # noqa: E402
+
+LAYER, COMPONENT = 0, "attn.q"
+
+
+def _save(fig, path: Path) -> None:
+    """Save atomically (temp file then rename) and close."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+        plt.close(fig)
+
+
+def _gamma_colors(gammas):
+    cmap = plt.get_cmap("viridis")
+    gammas = sorted(set(gammas))
+    return {g: cmap(i / max(len(gammas) - 1, 1)) for i, g in enumerate(gammas)}
+
+
+def cosine_heatmaps(runs: pd.DataFrame, path: Path, layer: int = LAYER,
+                    component: str = COMPONENT, threshold: float = 0.9) -> bool:
+    """One heat map per gamma (the lowest seed's final checkpoint). False if no checkpoint."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    import models  # noqa: F401  (registers the paper family with the Auto classes)
+
+    hf_logging.disable_progress_bar()
+    chosen = runs[runs["checkpoint"].fillna("").astype(str) != ""].sort_values(["gamma", "seed"])
+    chosen = chosen.groupby("gamma", as_index=False).first()
+    if chosen.empty:
+        return False
+    fig, axes = plt.subplots(1, len(chosen), figsize=(3.6 * len(chosen), 3.4), squeeze=False)
+    for ax, (_, run) in zip(axes[0], chosen.iterrows()):
+        model = AutoModelForCausalLM.from_pretrained(run["checkpoint"])
+        units = next(u.units for u in read_units(model)
+                     if u.layer == layer and u.component == component and u.head is None)
+        fit = Condensation([threshold]).fit(units)
+        c = fit.cosine_[np.ix_(fit.order_, fit.order_)]
+        im = ax.imshow(c, vmin=-1, vmax=1, cmap="RdBu_r", interpolation="nearest")
+        ax.set_title(f"gamma {run['gamma']:g} (seed {run['seed']})\n"
+                     f"{fit.n_groups_[threshold]} groups at {threshold}, "
+                     f"mean|cos| {fit.mean_abs_cos_:.2f}", fontsize=9)
+        ax.set_xlabel("unit (ordered by group)")
+    axes[0][0].set_ylabel(f"layer {layer} {component} unit")
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="cosine similarity")
+    _save(fig, path)
+    return True
+
+
+def groups_over_training(runs: pd.DataFrame, metrics: pd.DataFrame, path: Path,
+                         threshold: float = 0.9) -> None:
+    m = metrics[(metrics["layer"] == LAYER) & (metrics["component"] == COMPONENT)
+                & metrics["head"].isna() & (metrics["metric"] == "n_groups")
+                & np.isclose(metrics["threshold"].astype(float), threshold)]
+    colors = _gamma_colors(runs["gamma"])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for _, run in runs.iterrows():
+        r = m[m["run_id"] == run["run_id"]].sort_values("step")
+        ax.plot(r["step"].astype(float).clip(lower=0.5), r["value"], marker="o", ms=3,
+                color=colors[run["gamma"]], label=f"gamma {run['gamma']:g} seed {run['seed']}")
+    ax.set_xscale("log")
+    ax.set_xlabel("step (step 0 drawn at 0.5)")
+    ax.set_ylabel(f"groups at cosine {threshold}")
+    ax.set_title(f"Condensation of layer {LAYER} W_Q over training")
+    ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def ood_vs_gamma(runs: pd.DataFrame, path: Path, scores=("ood_inferential", "ood_symmetric",
+                                                        "ood_other", "acc_test_id")) -> None:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    done = runs[~runs["diverged"].astype(bool)]
+    for i, score in enumerate(scores):
+        mean = done.groupby("gamma")[score].mean()
+        ax.plot(mean.index, mean.values, marker="s", color=f"C{i}", label=f"{score} (mean)")
+        for fitted, face in ((True, f"C{i}"), (False, "none")):
+            pts = done[done["fitted"].astype(bool) == fitted]
+            ax.scatter(pts["gamma"], pts[score], s=18, facecolors=face, edgecolors=f"C{i}")
+    ax.set_xlabel("init rate gamma (std = d_in^-gamma)")
+    ax.set_ylabel("share of held-out (4,3) answers / accuracy")
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_title("Held-out pair answers against gamma (hollow: not fitted)")
+    ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def ood_offsets(runs: pd.DataFrame, offsets: pd.DataFrame, path: Path) -> None:
+    last = offsets.groupby("run_id")["step"].transform("max")
+    final = offsets[offsets["step"] == last].merge(runs[["run_id", "gamma"]], on="run_id")
+    n_seeds = runs.groupby("gamma")["run_id"].nunique()
+    table = final.pivot_table(index="gamma", columns="offset", values="share", aggfunc="sum")
+    table = table.div(n_seeds, axis=0).fillna(0.0)  # mean share over the runs of each gamma
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * table.shape[1]), 0.6 * len(table) + 1.5))
+    im = ax.imshow(table.values, aspect="auto", cmap="magma", vmin=0, vmax=1)
+    ax.set_xticks(range(table.shape[1]), [str(c) for c in table.columns], fontsize=7, rotation=90)
+    ax.set_yticks(range(len(table)), [f"{g:g}" for g in table.index])
+    ax.set_xlabel("answer - key on (4,3)  (inferential -10, symmetric -6)")
+    ax.set_ylabel("gamma")
+    fig.colorbar(im, ax=ax, label="mean share of answers")
+    ax.set_title("Held-out pair: answer offsets at the end of training")
+    _save(fig, path)
+
+
+def condensation_vs_ood(runs: pd.DataFrame, metrics: pd.DataFrame, corr: pd.DataFrame,
+                        path: Path, metric: str = "mean_abs_cos",
+                        score: str = "ood_inferential") -> None:
+    last = metrics.groupby("run_id")["step"].transform("max")
+    m = metrics[(metrics["step"] == last) & (metrics["layer"] == LAYER)
+                & (metrics["component"] == COMPONENT) & metrics["head"].isna()
+                & (metrics["metric"] == metric)]
+    data = runs.merge(m[["run_id", "value"]], on="run_id")
+    colors = _gamma_colors(runs["gamma"])
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for _, r in data.iterrows():
+        face = colors[r["gamma"]] if r["fitted"] else "none"
+        ax.scatter(r["value"], r[score], s=30, facecolors=face, edgecolors=colors[r["gamma"]])
+    for g, c in colors.items():
+        ax.scatter([], [], color=c, label=f"gamma {g:g}")
+    row = corr[(corr["layer"] == LAYER) & (corr["component"] == COMPONENT) & corr["head"].isna()
+               & (corr["metric"] == metric) & (corr["score"] == score) & (corr["subset"] == "all")]
+    title = f"layer {LAYER} W_Q {metric} vs {score}"
+    if len(row) and np.isfinite(row["spearman_rho"].iloc[0]):
+        r = row.iloc[0]
+        title += (f"\nSpearman rho {r['spearman_rho']:.2f} "
+                  f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}], n={r['n_runs']}")
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel(f"final {metric}")
+    ax.set_ylabel(score)
+    ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def draw_all(out_dir: Path, runs: pd.DataFrame, metrics: pd.DataFrame, offsets: pd.DataFrame,
+             corr: pd.DataFrame) -> list[Path]:
+    """Draw every figure of an experiment into ``out_dir/figures``; returns the paths written."""
+    fig_dir = Path(out_dir) / "figures"
+    written = []
+    if runs.empty:
+        return written
+    path = fig_dir / f"cosine_{COMPONENT.replace('.', '_')}_layer{LAYER}.png"
+    if cosine_heatmaps(runs, path):
+        written.append(path)
+    for name, draw in (
+        ("groups_over_training.png", lambda p: groups_over_training(runs, metrics, p)),
+        ("ood_vs_gamma.png", lambda p: ood_vs_gamma(runs, p)),
+        ("ood_offsets.png", lambda p: ood_offsets(runs, offsets, p)),
+        ("condensation_vs_ood.png", lambda p: condensation_vs_ood(runs, metrics, corr, p)),
+    ):
+        draw(fig_dir / name)
+        written.append(fig_dir / name)
+    return written

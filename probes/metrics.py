@@ -1,0 +1,136 @@
+"""Condensation metrics of one set of units (scikit-learn style: configure, ``fit``, read attributes).
+
+Follows the measurements of the condensation papers (see shared SCIENCE.md):
+- cosine similarity C_ij = <v_i, v_j> / (|v_i| |v_j|) of unit vectors (Xu, Zhang, Zhou,
+  arXiv 2504.09484; Zhang et al., arXiv 2405.05409 for W_Q rows);
+- condensed groups at a threshold tau: complete-linkage clustering on cosine distance 1 - C cut
+  at 1 - tau, so that every pair inside a group has cosine >= tau;
+- relative distance RD = |theta(t) - theta(0)| / |theta(0)| (Luo, Xu, Ma, Zhang, JMLR 2021);
+- stable rank sum(s^2) / max(s)^2 and effective rank exp(H(s / sum s)) (Roy and Vetterli 2007)
+  of the units matrix.
+Units whose norm is below ``zero_tol`` times the median norm are dropped and counted.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.cluster.hierarchy import fcluster, leaves_list, linkage
+from scipy.spatial.distance import squareform
+
+THRESHOLDS = (0.7, 0.9, 0.95, 0.99)
+
+
+class Condensation:
+    """Condensation of one (layer, component, head) unit set.
+
+    Args:
+        thresholds: cosine thresholds tau in (0, 1) at which groups are counted.
+        antipodal: compare |cosine| instead of cosine, so that v and -v fall in one group (for
+            odd activations such as tanh, whose neurons condense on a line).
+        zero_tol: units with norm < zero_tol * median norm are dropped before comparing.
+
+    Attributes after ``fit(units)``:
+        n_units_ (kept units), n_dropped_ (zero-norm units), cosine_ (n, n) float64,
+        mean_abs_cos_ (mean |C_ij| over i != j), labels_ {tau: (n,) int group ids from 1},
+        n_groups_ {tau: int}, group_ratio_ {tau: n_groups / n_units},
+        largest_group_share_ {tau: size of the largest group / n_units},
+        order_ (n,) unit order that puts groups next to each other (dendrogram leaves),
+        stable_rank_, effective_rank_ (of the kept units matrix).
+        With no kept unit every value is NaN; with one, mean_abs_cos_ is NaN and it is one group.
+
+    Raises:
+        ValueError: thresholds outside (0, 1), or ``units`` not a finite 2-D array.
+    """
+
+    def __init__(self, thresholds=THRESHOLDS, antipodal: bool = False, zero_tol: float = 1e-8):
+        self.thresholds = tuple(float(t) for t in thresholds)
+        bad = [t for t in self.thresholds if not 0 < t < 1]
+        if bad:
+            raise ValueError(f"thresholds {bad} are invalid: accepted are numbers in (0, 1)")
+        self.antipodal = antipodal
+        self.zero_tol = zero_tol
+
+    def fit(self, units) -> Condensation:
+        """Measure ``units``: array-like (n_units, dim), one unit per row (any float dtype)."""
+        u = np.asarray(units, dtype=np.float64)
+        if u.ndim != 2:
+            raise ValueError(f"units must be 2-D (n_units, dim), got shape {u.shape}")
+        if not np.isfinite(u).all():
+            raise ValueError("units contain NaN or inf")
+        norms = np.linalg.norm(u, axis=1)
+        keep = norms >= self.zero_tol * np.median(norms) if len(norms) else norms > 0
+        keep &= norms > 0
+        u, norms = u[keep], norms[keep]
+        self.n_units_, self.n_dropped_ = int(len(u)), int((~keep).sum())
+        self.keep_ = keep
+        n = self.n_units_
+        if n == 0:
+            return self._empty()
+        unit = u / norms[:, None]
+        cos = np.clip(unit @ unit.T, -1.0, 1.0)
+        np.fill_diagonal(cos, 1.0)
+        self.cosine_ = cos
+        self.mean_abs_cos_ = float(np.abs(cos).sum() - n) / (n * (n - 1)) if n > 1 else np.nan
+        similarity = np.abs(cos) if self.antipodal else cos
+        if n > 1:
+            dist = squareform(np.clip(1.0 - similarity, 0.0, 2.0), checks=False)
+            z = linkage(dist, method="complete")
+            self.order_ = leaves_list(z)
+            self.labels_ = {t: fcluster(z, t=1.0 - t, criterion="distance") for t in self.thresholds}
+        else:
+            self.order_ = np.zeros(1, dtype=int)
+            self.labels_ = {t: np.ones(1, dtype=int) for t in self.thresholds}
+        self.n_groups_ = {t: int(lab.max()) for t, lab in self.labels_.items()}
+        self.group_ratio_ = {t: g / n for t, g in self.n_groups_.items()}
+        self.largest_group_share_ = {
+            t: float(np.bincount(lab).max()) / n for t, lab in self.labels_.items()
+        }
+        s = np.linalg.svd(u, compute_uv=False)
+        self.stable_rank_ = float((s**2).sum() / s[0] ** 2)
+        p = s[s > 0] / s.sum()
+        self.effective_rank_ = float(np.exp(-(p * np.log(p)).sum()))
+        return self
+
+    def _empty(self) -> Condensation:
+        nan = float("nan")
+        self.cosine_ = np.zeros((0, 0))
+        self.order_ = np.zeros(0, dtype=int)
+        self.mean_abs_cos_ = self.stable_rank_ = self.effective_rank_ = nan
+        self.labels_ = {t: np.zeros(0, dtype=int) for t in self.thresholds}
+        self.n_groups_ = {t: 0 for t in self.thresholds}
+        self.group_ratio_ = {t: nan for t in self.thresholds}
+        self.largest_group_share_ = {t: nan for t in self.thresholds}
+        return self
+
+    def results(self) -> list[tuple[str, float | None, float]]:
+        """The fitted values as (metric, threshold or None, value) triples for the report."""
+        out = [("mean_abs_cos", None, self.mean_abs_cos_),
+               ("stable_rank", None, self.stable_rank_),
+               ("effective_rank", None, self.effective_rank_),
+               ("n_dropped", None, float(self.n_dropped_))]
+        for t in self.thresholds:
+            out += [("n_groups", t, float(self.n_groups_[t])),
+                    ("group_ratio", t, self.group_ratio_[t]),
+                    ("largest_group_share", t, self.largest_group_share_[t])]
+        return out
+
+
+def relative_distance(theta, theta0) -> float:
+    """RD = ||theta - theta0||_F / ||theta0||_F (Luo, Xu, Ma, Zhang, JMLR 2021).
+
+    Args:
+        theta, theta0: array-likes of the same shape (the weights now and at initialization).
+
+    Returns:
+        RD as float (inf if theta0 is all zero and theta is not; 0 if both are zero).
+
+    Raises:
+        ValueError: if the shapes differ.
+    """
+    a, b = np.asarray(theta, dtype=np.float64), np.asarray(theta0, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"shapes differ: theta {a.shape} vs theta0 {b.shape}")
+    num, den = np.linalg.norm(a - b), np.linalg.norm(b)
+    if den == 0:
+        return 0.0 if num == 0 else float("inf")
+    return float(num / den)

@@ -1,0 +1,252 @@
+"""The anchor-function composite task (Zhang, Zhang, Xu et al., NeurIPS 2024, arXiv 2405.05409).
+
+A sequence holds ``seq_len`` tokens with exactly one pair of adjacent anchors (a1, a2). The token
+just before the pair is the key item x; every other token is noise. The target, read at the last
+position only, is the composite g(g(x; a1); a2) where anchor a shifts a number by SHIFTS[a].
+
+Pair (3, 4) is the deliberate exception: it is trained on x - 6 instead of x - 10. Pair (4, 3) is
+never trained on. On it a model may answer x - 10 (``inferential``: it composed the single-anchor
+rules) or x - 6 (``symmetric``: it copied its answer for (3, 4)).
+
+Keys are split by value and position: a training sample has ``key % split_modulus != position``,
+an id test sample has ``key % split_modulus == position`` (position = 0-based index of the key in
+the sequence; the paper uses modulus seq_len - 2 = 7, the group's public code 9).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from datasets import Dataset, DatasetDict
+
+SHIFTS = {1: 5, 2: 1, 3: -2, 4: -8}
+EXCEPTION_PAIR = (3, 4)  # trained on EXCEPTION_OFFSET instead of its composite
+EXCEPTION_OFFSET = -6
+HELD_OUT_PAIR = (4, 3)
+ALL_PAIRS = [(a1, a2) for a1 in SHIFTS for a2 in SHIFTS]
+
+
+def pair_code(a1: int, a2: int) -> int:
+    """Encode an anchor pair as one int column value: (4, 3) -> 43."""
+    return 10 * a1 + a2
+
+
+def composite_offset(a1: int, a2: int) -> int:
+    """The composite shift g(g(x; a1); a2) - x = SHIFTS[a1] + SHIFTS[a2]."""
+    return SHIFTS[a1] + SHIFTS[a2]
+
+
+def trained_offset(a1: int, a2: int) -> int:
+    """The offset a pair is trained on: its composite, except EXCEPTION_PAIR -> EXCEPTION_OFFSET."""
+    return EXCEPTION_OFFSET if (a1, a2) == EXCEPTION_PAIR else composite_offset(a1, a2)
+
+
+@dataclass
+class CompositeTask:
+    """Generator of the composite anchor task as a ``datasets.DatasetDict``.
+
+    Follows arXiv 2405.05409 (task and split) and arXiv 2401.08309 (anchor functions).
+
+    Args:
+        seq_len: tokens per sequence (paper: 9). The key sits at 0-based position p in
+            [0, seq_len - 3], the anchors at p + 1 and p + 2.
+        key_low, key_high: keys and noise are drawn uniformly from [key_low, key_high] (paper: 20, 99).
+        split_modulus: a sample is a test key iff key % split_modulus == position (paper: 7).
+        n_train, n_test_id, n_ood: split sizes (samples).
+        seed: seed of the data generator (independent of the model seed).
+
+    Splits: ``train`` (15 seen pairs, train keys), ``test_id`` (seen pairs, test keys), ``ood``
+    (the held-out pair (4, 3), every key and position). Columns: ``input_ids`` (seq_len ints),
+    ``target`` (int; on ``ood`` the inferential target by convention), ``anchor_pair`` (10*a1 + a2),
+    ``key``, ``position``, ``target_inferential`` (composite of the two anchor rules),
+    ``target_symmetric`` (the trained target of the reversed pair (a2, a1)).
+
+    Raises:
+        ValueError: on sizes < 0, seq_len < 3, an empty key range, or anchors inside it.
+    """
+
+    seq_len: int = 9
+    key_low: int = 20
+    key_high: int = 99
+    split_modulus: int = 7
+    n_train: int = 20000
+    n_test_id: int = 2000
+    n_ood: int = 2000
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.seq_len < 3:
+            raise ValueError(f"seq_len={self.seq_len} is too short: need >= 3 (key + 2 anchors)")
+        if not 4 < self.key_low <= self.key_high:
+            raise ValueError(
+                f"key range [{self.key_low}, {self.key_high}] is invalid: need 4 < key_low <= key_high"
+                " so that noise never looks like an anchor (1..4)"
+            )
+        if self.split_modulus < 1:
+            raise ValueError(f"split_modulus={self.split_modulus} is invalid: need >= 1")
+        for name in ("n_train", "n_test_id", "n_ood"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} is invalid: need >= 0")
+
+    # --- what the task is -------------------------------------------------------------------
+    @property
+    def seen_pairs(self) -> list[tuple[int, int]]:
+        return [p for p in ALL_PAIRS if p != HELD_OUT_PAIR]
+
+    @property
+    def vocab_min_size(self) -> int:
+        """Smallest vocabulary that holds every input token and target."""
+        max_shift = max(composite_offset(*p) for p in ALL_PAIRS)
+        return max(self.key_high, self.key_high + max_shift) + 1
+
+    @property
+    def n_positions(self) -> int:
+        return self.seq_len - 2
+
+    # --- generation -------------------------------------------------------------------------
+    def build(self) -> DatasetDict:
+        """Generate the three splits (train, test_id, ood); deterministic in ``seed``."""
+        rng = np.random.default_rng(self.seed)
+        seen = np.array(self.seen_pairs)
+        held = np.array([HELD_OUT_PAIR])
+        return DatasetDict(
+            train=self._dataset(self.sample(rng, self.n_train, seen, keys="train")),
+            test_id=self._dataset(self.sample(rng, self.n_test_id, seen, keys="test")),
+            ood=self._dataset(self.sample(rng, self.n_ood, held, keys="all")),
+        )
+
+    def sample(self, rng: np.random.Generator, n: int, pairs: np.ndarray, keys: str) -> dict:
+        """Draw ``n`` samples as numpy columns.
+
+        Args:
+            rng: numpy generator.
+            n: number of samples.
+            pairs: int array (n_pairs, 2) of anchor pairs to draw from uniformly.
+            keys: "train" (key % m != position), "test" (key % m == position) or "all".
+
+        Returns:
+            dict of numpy arrays: input_ids (n, seq_len) int64, and (n,) int64 columns target,
+            anchor_pair, key, position, target_inferential, target_symmetric.
+
+        Raises:
+            ValueError: if ``keys`` is unknown or no key satisfies the rule at some position.
+        """
+        if keys not in ("train", "test", "all"):
+            raise ValueError(f"keys={keys!r} is unknown: accepted are 'train', 'test', 'all'")
+        position = rng.integers(0, self.n_positions, size=n)
+        key = self._draw_keys(rng, position, keys)
+        pair = pairs[rng.integers(0, len(pairs), size=n)]
+        ids = rng.integers(self.key_low, self.key_high + 1, size=(n, self.seq_len))
+        rows = np.arange(n)
+        ids[rows, position] = key
+        ids[rows, position + 1] = pair[:, 0]
+        ids[rows, position + 2] = pair[:, 1]
+
+        shift = np.zeros(5, dtype=np.int64)
+        for anchor, s in SHIFTS.items():
+            shift[anchor] = s
+        inferential = key + shift[pair[:, 0]] + shift[pair[:, 1]]
+        is_exception = (pair[:, 0] == EXCEPTION_PAIR[0]) & (pair[:, 1] == EXCEPTION_PAIR[1])
+        trained = np.where(is_exception, key + EXCEPTION_OFFSET, inferential)
+        # symmetric answer = what training taught for the reversed pair (a2, a1)
+        rev_is_exception = (pair[:, 1] == EXCEPTION_PAIR[0]) & (pair[:, 0] == EXCEPTION_PAIR[1])
+        symmetric = np.where(rev_is_exception, key + EXCEPTION_OFFSET, inferential)
+        return {
+            "input_ids": ids.astype(np.int64),
+            "target": trained.astype(np.int64),
+            "anchor_pair": (10 * pair[:, 0] + pair[:, 1]).astype(np.int64),
+            "key": key.astype(np.int64),
+            "position": position.astype(np.int64),
+            "target_inferential": inferential.astype(np.int64),
+            "target_symmetric": symmetric.astype(np.int64),
+        }
+
+    def _draw_keys(self, rng: np.random.Generator, position: np.ndarray, keys: str) -> np.ndarray:
+        # Uniform over the keys allowed at each position: draw an index into a per-position table.
+        values = np.arange(self.key_low, self.key_high + 1)
+        table, counts = [], []
+        for p in range(self.n_positions):
+            is_test = values % self.split_modulus == p
+            allowed = values if keys == "all" else values[is_test if keys == "test" else ~is_test]
+            if len(allowed) == 0:
+                raise ValueError(
+                    f"no {keys} key in [{self.key_low}, {self.key_high}] at position {p} with "
+                    f"split_modulus={self.split_modulus}: choose a modulus that leaves keys on both sides"
+                )
+            table.append(np.pad(allowed, (0, len(values) - len(allowed))))
+            counts.append(len(allowed))
+        table, counts = np.stack(table), np.array(counts)
+        idx = (rng.random(len(position)) * counts[position]).astype(np.int64)
+        return table[position, idx]
+
+    @staticmethod
+    def _dataset(columns: dict) -> Dataset:
+        return Dataset.from_dict(columns).with_format("numpy")
+
+    # --- scoring ----------------------------------------------------------------------------
+    @staticmethod
+    def score(pred: np.ndarray, batch: dict) -> dict:
+        """Per-sample outcomes of predictions against every candidate target.
+
+        Args:
+            pred: (n,) int predicted token at the last position.
+            batch: numpy columns of the same n samples (see ``sample``).
+
+        Returns:
+            dict of (n,) bool arrays: ``correct`` (== target), ``inferential``, ``symmetric``,
+            ``other`` (neither), and (n,) int ``offset`` = pred - key.
+        """
+        inferential = pred == batch["target_inferential"]
+        symmetric = pred == batch["target_symmetric"]
+        return {
+            "correct": pred == batch["target"],
+            "inferential": inferential,
+            "symmetric": symmetric,
+            "other": ~(inferential | symmetric),
+            "offset": pred - batch["key"],
+        }
+
+    # --- the task's summary scores ----------------------------------------------------------
+    ood_scores = ("ood_inferential", "ood_symmetric", "ood_other")
+    fit_threshold = 0.95
+
+    def reasoning_metrics(self, preds: dict, data: dict) -> dict[str, float]:
+        """Accuracies and out-of-distribution shares (arXiv 2405.05409, Sec. 3).
+
+        Args:
+            preds: split name -> (n,) int predictions for ``train``, ``test_id`` and ``ood``.
+            data: split name -> numpy columns of the same samples.
+
+        Returns:
+            acc_train, acc_test_id, acc_pair34 (test keys of the seen exception pair (3, 4): a model
+            that has not learned the exception answers (4, 3) "inferentially" by accident),
+            ood_inferential, ood_symmetric, ood_other (shares of the held-out pair's answers).
+            An empty split gives NaN.
+        """
+        def mean(x):
+            return float(np.mean(x)) if len(x) else float("nan")
+
+        train = self.score(preds["train"], data["train"])
+        test = self.score(preds["test_id"], data["test_id"])
+        ood = self.score(preds["ood"], data["ood"])
+        is34 = data["test_id"]["anchor_pair"] == pair_code(*EXCEPTION_PAIR)
+        return {
+            "acc_train": mean(train["correct"]),
+            "acc_test_id": mean(test["correct"]),
+            "acc_pair34": mean(test["correct"][is34]),
+            "ood_inferential": mean(ood["inferential"]),
+            "ood_symmetric": mean(ood["symmetric"]),
+            "ood_other": mean(ood["other"]),
+        }
+
+    def ood_offsets(self, pred: np.ndarray, ood: dict) -> dict[int, int]:
+        """Histogram of the held-out pair's answer offsets (answer - key): offset -> count.
+        Inferential is -10, symmetric -6; anything else is named by its offset."""
+        values, counts = np.unique(pred - ood["key"], return_counts=True)
+        return {int(v): int(c) for v, c in zip(values, counts)}
+
+    def fitted(self, metrics: dict) -> bool:
+        """A run counts as fitted iff acc_test_id and acc_pair34 are both >= 0.95."""
+        return bool(metrics["acc_test_id"] >= self.fit_threshold
+                    and metrics["acc_pair34"] >= self.fit_threshold)
