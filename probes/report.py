@@ -25,11 +25,10 @@ from probes.config import RunConfig, resolved_yaml
 METRICS_COLUMNS = ["run_id", "step", "layer", "component", "head", "basis", "metric",
                    "threshold", "value", "n_units"]
 OFFSETS_COLUMNS = ["run_id", "step", "offset", "count", "share"]
-RUNS_COLUMNS = ["run_id", "experiment", "task", "model_family", "gamma", "n_layer", "n_embd",
-                "n_head", "lr", "weight_decay", "dropout", "seed", "steps", "epochs",
-                "train_loss", "acc_train", "acc_test_id", "acc_pair34", "ood_inferential",
-                "ood_symmetric", "ood_other", "fitted", "diverged", "wall_s", "checkpoint",
-                "package_version"]
+# runs.csv: these identity columns, then train_loss and the task's own scores, then RUNS_TAIL
+RUNS_FRONT = ["run_id", "experiment", "task", "model_family", "gamma", "n_layer", "n_embd",
+              "n_head", "lr", "weight_decay", "dropout", "seed", "steps", "epochs", "train_loss"]
+RUNS_TAIL = ["fitted", "diverged", "wall_s", "checkpoint", "package_version"]
 _INT_COLUMNS = ("step", "layer", "head", "n_units", "offset", "count")
 
 
@@ -128,7 +127,9 @@ def write_reports(cfgs: list[RunConfig], out_dir: Path) -> dict[str, pd.DataFram
             rows.append(row)
             metrics.append(m)
             offsets.append(o)
-    runs = pd.DataFrame(rows, columns=RUNS_COLUMNS)
+    scores = [k for k in dict.fromkeys(k for r in rows for k in r)
+              if k not in RUNS_FRONT and k not in RUNS_TAIL]
+    runs = pd.DataFrame(rows, columns=RUNS_FRONT + scores + RUNS_TAIL)
     metrics = pd.concat(metrics, ignore_index=True) if metrics else frame([], METRICS_COLUMNS)
     offsets = pd.concat(offsets, ignore_index=True) if offsets else frame([], OFFSETS_COLUMNS)
     write_csv(runs, out_dir / "runs.csv")

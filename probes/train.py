@@ -84,7 +84,7 @@ class Run:
         cfg = self.cfg
         set_seed(cfg.seed)  # before the model is built: the init draws from the global generator
         model = build_model(
-            cfg.model_family, vocab_size=cfg.vocab_size, n_positions=cfg.seq_len,
+            cfg.model_family, vocab_size=cfg.vocab_size, n_positions=self.task.seq_len,
             n_embd=cfg.n_embd, n_layer=cfg.n_layer, n_head=cfg.n_head, d_ff=cfg.d_ff,
             dropout=cfg.dropout,
         )
@@ -98,9 +98,8 @@ class Run:
         cfg, device = self.cfg, self.accelerator.device
         if cfg.fresh_samples:
             rng = np.random.default_rng([cfg.data_seed, cfg.seed])
-            pairs = np.array(self.task.seen_pairs)
             while True:
-                b = self.task.sample(rng, cfg.batch_size, pairs, keys="train")
+                b = self.task.train_sampler(rng, cfg.batch_size)
                 yield (torch.as_tensor(b["input_ids"], device=device),
                        torch.as_tensor(b["target"], device=device))
         train = self.data["train"]
@@ -143,13 +142,10 @@ class Run:
             if step in schedule:
                 scores = self.probe(model, step)
                 model.train()
-        final = {k: float("nan") for k in ("train_loss", *self.task_metric_names())} if diverged else scores
+        final = dict.fromkeys(("train_loss", *self.task.score_names), float("nan")) if diverged else scores
         row = self.summary(final, step, diverged, time.perf_counter() - start)
         model.eval()
         return RunResult(cfg, row, self.metrics, self.offsets, model.cpu(), self.init_records)
-
-    def task_metric_names(self):
-        return ("acc_train", "acc_test_id", "acc_pair34", *self.task.ood_scores)
 
     @torch.no_grad()
     def probe(self, model, step: int) -> dict:

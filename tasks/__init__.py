@@ -1,5 +1,16 @@
-"""Task generators. Each returns a ``datasets.DatasetDict`` (train, test_id, ood) and scores
-predictions against its candidate targets. ``TASKS`` maps a config's ``task`` name to its class."""
+"""Task generators. ``TASKS`` maps a config's ``task`` name to its class.
+
+A task is a dataclass (its fields are config keys; ``seed`` is fed from ``data_seed``) with:
+- ``build() -> datasets.DatasetDict`` with splits ``train``, ``test_id``, ``ood``; columns
+  ``input_ids`` (n, seq_len) int64 and ``target`` (n,) int64 (the token to predict at the last
+  position), plus the task's own columns (``key``, candidate targets, ...);
+- ``seq_len`` (tokens per sample) and ``vocab_min_size`` (smallest vocabulary that holds every
+  token and target);
+- ``train_sampler(rng, n) -> dict`` of numpy columns: fresh training samples;
+- ``score_names`` (the scores ``reasoning_metrics`` returns, in runs.csv order), ``ood_scores``
+  (those correlated with condensation), ``reasoning_metrics(preds, data) -> dict``,
+  ``ood_offsets(pred, ood) -> dict[int, int]`` and ``fitted(scores) -> bool``.
+"""
 
 from tasks.composite import CompositeTask
 

@@ -207,7 +207,13 @@ class CompositeTask:
             "offset": pred - batch["key"],
         }
 
+    def train_sampler(self, rng: np.random.Generator, n: int) -> dict:
+        """``n`` fresh training samples (seen pairs, train keys), as numpy columns."""
+        return self.sample(rng, n, np.array(self.seen_pairs), keys="train")
+
     # --- the task's summary scores ----------------------------------------------------------
+    score_names = ("acc_train", "acc_test_id", "acc_pair34", "ood_inferential", "ood_symmetric",
+                   "ood_other")
     ood_scores = ("ood_inferential", "ood_symmetric", "ood_other")
     fit_threshold = 0.95
 
