@@ -7,6 +7,8 @@ between the final condensation value and each ood score, with a paired bootstrap
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 from scipy import stats
@@ -43,9 +45,11 @@ def correlate(x: np.ndarray, y: np.ndarray, n_resamples: int = 2000, seed: int =
     if n < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return out
     res = stats.spearmanr(x, y)
-    boot = stats.bootstrap((x, y), spearman_rho, paired=True, vectorized=True,
-                           n_resamples=n_resamples, method="percentile",
-                           rng=np.random.default_rng(seed))
+    with warnings.catch_warnings():  # constant resamples are expected with few runs; see below
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+        boot = stats.bootstrap((x, y), spearman_rho, paired=True, vectorized=True,
+                               n_resamples=n_resamples, method="percentile",
+                               rng=np.random.default_rng(seed))
     dist = boot.bootstrap_distribution
     low, high = np.nanpercentile(dist, [2.5, 97.5]) if np.isfinite(dist).any() else (np.nan,) * 2
     out.update(spearman_rho=float(res.statistic), ci_low=float(low), ci_high=float(high),

@@ -38,6 +38,7 @@ class RunConfig:
     overwrite: bool = False  # retrain runs whose results exist
     num_threads: int | None = None  # torch threads per process; default: all cores / processes
     save_checkpoint: bool = True
+    save_every: int = 500  # steps between resumable training states (0: none)
     # task
     task: str = "composite"
     seq_len: int = 9
@@ -104,7 +105,8 @@ class RunConfig:
         return options
 
 
-EXPERIMENT_KEYS = ("experiment", "output_dir", "overwrite", "num_threads", "save_checkpoint")
+EXPERIMENT_KEYS = ("experiment", "output_dir", "overwrite", "num_threads", "save_checkpoint",
+                   "save_every")
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 HINTS = typing.get_type_hints(RunConfig)
 LIST_KEYS = {"thresholds"}
@@ -236,7 +238,7 @@ def validate(cfg: RunConfig) -> None:
         )
     if cfg.lr <= 0:
         raise ConfigError(f"lr={cfg.lr} is invalid: accepted is a number > 0")
-    for key in ("weight_decay", "grad_clip", "warmup_steps"):
+    for key in ("weight_decay", "grad_clip", "warmup_steps", "save_every"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"{key}={getattr(cfg, key)} is invalid: accepted is a number >= 0")
     if not 0 <= cfg.dropout < 1:

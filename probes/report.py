@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from probes.config import RunConfig, resolved_yaml
+from probes.resume import clear_state
 
 METRICS_COLUMNS = ["run_id", "step", "layer", "component", "head", "basis", "metric",
                    "threshold", "value", "n_units"]
@@ -103,6 +104,7 @@ def save_run(result) -> dict:
     write_csv(frame(result.metrics, METRICS_COLUMNS), folder / "metrics.csv")
     write_csv(frame(result.offsets, OFFSETS_COLUMNS), folder / "ood_offsets.csv")
     atomic_write_text(folder / "run.json", json.dumps(row, indent=1, default=float))
+    clear_state(folder)
     return row
 
 

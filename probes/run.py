@@ -82,9 +82,10 @@ def train_all(cfgs, accelerator) -> None:
             bar.set_description(f"run {i + 1}/{len(mine)} {cfg.run_id}")
             task, data = data_for(cfg)
 
-            def progress(loss):
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+            def progress(loss, steps):
+                bar.update(steps)
+                if loss is not None:
+                    bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
 
             result = Run(cfg, task, data, accelerator).train(progress)
         results = gather_object([result]) if accelerator.num_processes > 1 else [result]
@@ -147,9 +148,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
+    import torch
     from accelerate import Accelerator
 
-    accelerator = Accelerator()
+    # With no accelerator, say so: processes started by torchrun (accelerate launch --multi_gpu)
+    # then join one gloo group instead of each believing it is alone.
+    accelerator = Accelerator(cpu=not torch.accelerator.is_available())
     threads = configure_threads(cfgs[0].num_threads, accelerator.num_processes)
     accelerator.print(f"{len(cfgs)} run(s) -> {cfgs[0].out_dir}/ on {accelerator.num_processes} "
                       f"process(es), {threads} thread(s) each, device {accelerator.device}")

@@ -10,6 +10,7 @@ device placement, ``autocast``, ``backward`` and ``clip_grad_norm_`` all go thro
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from transformers import get_cosine_schedule_with_warmup
 from models import apply_init_rate, build_model
 from probes.config import RunConfig
 from probes.metrics import Condensation, relative_distance
+from probes.report import run_dir
+from probes.resume import load_state, save_state
 from probes.units import read_units
 
 EVAL_SPLITS = ("train", "test_id", "ood")
@@ -92,26 +95,31 @@ class Run:
         self.units0 = {(u.layer, u.component, u.head): u.units for u in read_units(model)}
         return model.to(self.accelerator.device)
 
-    def batches(self):
-        """Endless (input_ids, target) batches: epochs over the fixed training set, or fresh
-        samples every step when ``fresh_samples``."""
+    def batches(self, done: int):
+        """Endless (input_ids, target) batches from step ``done`` + 1 on: epochs over the fixed
+        training set, or fresh samples every step when ``fresh_samples``. The batch of a step
+        depends only on (seed, step), so a resumed run sees the same data as an unbroken one."""
         cfg, device = self.cfg, self.accelerator.device
         if cfg.fresh_samples:
-            rng = np.random.default_rng([cfg.data_seed, cfg.seed])
-            while True:
-                b = self.task.train_sampler(rng, cfg.batch_size)
+            for step in itertools.count(done + 1):
+                b = self.task.train_sampler(np.random.default_rng([cfg.data_seed, cfg.seed, step]),
+                                            cfg.batch_size)
                 yield (torch.as_tensor(b["input_ids"], device=device),
                        torch.as_tensor(b["target"], device=device))
         train = self.data["train"]
         dataset = TensorDataset(torch.as_tensor(train["input_ids"]), torch.as_tensor(train["target"]))
-        generator = torch.Generator().manual_seed(cfg.seed)
-        # a batch sampler with batch_size=None makes one vectorized gather per batch
-        sampler = BatchSampler(RandomSampler(dataset, generator=generator),
-                               min(cfg.batch_size, len(dataset)), drop_last=True)
-        loader = DataLoader(dataset, sampler=sampler, batch_size=None)
-        while True:
-            for x, y in loader:
+        batch_size = min(cfg.batch_size, len(dataset))
+        first_epoch, skip = divmod(done, len(dataset) // batch_size)
+        for epoch in itertools.count(first_epoch):
+            seed = int(np.random.SeedSequence([cfg.seed, epoch]).generate_state(1)[0])
+            # a batch sampler with batch_size=None makes one vectorized gather per batch
+            sampler = BatchSampler(RandomSampler(dataset, generator=torch.Generator().manual_seed(seed)),
+                                   batch_size, drop_last=True)
+            loader = DataLoader(dataset, sampler=sampler, batch_size=None)
+            # skipped batches are cheap gathers: replaying them keeps the order exact
+            for x, y in itertools.islice(loader, skip, None):
                 yield x.to(device), y.to(device)
+            skip = 0
 
     def train(self, progress=None) -> RunResult:
         cfg, acc = self.cfg, self.accelerator
@@ -120,11 +128,19 @@ class Run:
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.steps)
         schedule = set(probe_steps(cfg.steps, cfg.n_probes))
-        diverged, step, scores = False, 0, {}
-        self.probe(model, 0)
-        batches = self.batches()
+        folder = run_dir(cfg)
+        saved = None if cfg.overwrite else load_state(folder, model, optimizer, scheduler)
+        if saved is None:
+            done, scores, wall0 = 0, self.probe(model, 0), 0.0
+        else:
+            done, scores, wall0 = saved["step"], saved["scores"], saved["wall_s"]
+            self.metrics, self.offsets = saved["metrics"], saved["offsets"]
+        if progress is not None:
+            progress(None, done)
+        diverged, step = False, done
+        batches = self.batches(done)
         model.train()
-        for step in range(1, cfg.steps + 1):
+        for step in range(done + 1, cfg.steps + 1):
             x, y = next(batches)
             with acc.autocast():
                 loss = F.cross_entropy(model(input_ids=x).logits[:, -1], y)  # last position only
@@ -138,12 +154,16 @@ class Run:
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             if progress is not None:
-                progress(loss.item())
+                progress(loss.item(), 1)
             if step in schedule:
                 scores = self.probe(model, step)
                 model.train()
+            if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
+                save_state(folder, model, optimizer, scheduler, {
+                    "step": step, "scores": scores, "metrics": self.metrics,
+                    "offsets": self.offsets, "wall_s": wall0 + time.perf_counter() - start})
         final = dict.fromkeys(("train_loss", *self.task.score_names), float("nan")) if diverged else scores
-        row = self.summary(final, step, diverged, time.perf_counter() - start)
+        row = self.summary(final, step, diverged, wall0 + time.perf_counter() - start)
         model.eval()
         return RunResult(cfg, row, self.metrics, self.offsets, model.cpu(), self.init_records)
 
