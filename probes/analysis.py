@@ -94,3 +94,41 @@ def correlations(runs: pd.DataFrame, metrics: pd.DataFrame, scores: tuple[str, .
     for col in ("layer", "head", "n_runs"):
         df[col] = pd.to_numeric(df[col]).astype("Int64")
     return df
+
+
+def best_over(runs: pd.DataFrame, over: str = "lr", select: str = "acc_test_id",
+              keep: tuple[str, ...] = ("gamma", "n_layer", "seed")) -> pd.DataFrame:
+    """The paper's protocol for a phase-diagram cell (arXiv 2405.05409, Sec. 4): among the runs
+    that differ only in ``over`` (several learning rates), keep the one with the highest
+    ``select`` for each combination of ``keep``. Diverged runs are never kept if another exists;
+    ties keep the first in grid order."""
+    ranked = runs.assign(_score=runs[select].fillna(-np.inf))
+    idx = ranked.groupby(list(keep), sort=False)["_score"].idxmax()
+    return runs.loc[idx.sort_values()]
+
+
+def phase_table(runs: pd.DataFrame, metrics: pd.DataFrame, x: str = "gamma", y: str = "n_layer",
+                scores: tuple[str, ...] = ("acc_test_id", "ood_inferential", "ood_symmetric")
+                ) -> pd.DataFrame:
+    """One row per (x, y) cell of a phase diagram, after ``best_over`` the learning rates.
+
+    Returns:
+        columns x, y, n_runs, n_fitted, each score as the mean over the cell's runs (``<score>``)
+        and over its fitted runs only (``<score>_fitted``, NaN when none fitted), and
+        ``wq_mean_abs_cos``: the final mean |cos| of layer-0 W_Q rows, mean over the cell's runs.
+    """
+    best = best_over(runs, keep=(x, y, "seed"))
+    final = final_values(metrics)
+    wq = final[(final["layer"] == 0) & (final["component"] == "attn.q") & final["head"].isna()
+               & (final["metric"] == "mean_abs_cos")].set_index("run_id")["value"]
+    best = best.assign(wq_mean_abs_cos=best["run_id"].map(wq), fitted=best["fitted"].astype(bool))
+    rows = []
+    for (xv, yv), cell in best.groupby([x, y]):
+        fitted = cell[cell["fitted"]]
+        row = {x: xv, y: yv, "n_runs": len(cell), "n_fitted": len(fitted)}
+        for s in scores:
+            row[s] = cell[s].mean()
+            row[f"{s}_fitted"] = fitted[s].mean() if len(fitted) else np.nan
+        row["wq_mean_abs_cos"] = cell["wq_mean_abs_cos"].mean()
+        rows.append(row)
+    return pd.DataFrame(rows)

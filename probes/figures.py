@@ -6,7 +6,8 @@
 - ``ood_vs_gamma.png``: ood shares (inferential, symmetric, other) and id accuracy against gamma;
 - ``ood_offsets.png``: the held-out pair's answer offsets (answer - key) against gamma;
 - ``condensation_vs_ood.png``: final layer-0 W_Q mean |cos| against ood_inferential, one point
-  per run (hollow: not fitted), with the Spearman rho and its bootstrap interval.
+  per run (hollow: not fitted), with the Spearman rho and its bootstrap interval;
+- ``phase_diagram.png`` (when gamma and depth both vary): ``analysis.phase_table`` as heat maps.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from probes import analysis  # noqa: E402
 from probes.metrics import Condensation  # noqa: E402
 from probes.units import read_units  # noqa: E402
 
@@ -161,6 +163,35 @@ def condensation_vs_ood(runs: pd.DataFrame, metrics: pd.DataFrame, corr: pd.Data
     _save(fig, path)
 
 
+def phase_diagram(table: pd.DataFrame, path: Path, x: str = "gamma", y: str = "n_layer") -> None:
+    """Heat maps on the x-by-y plane: ood shares of fitted runs, id accuracy, layer-0 W_Q mean|cos|.
+    Each cell is annotated with its value and fitted / total runs."""
+    panels = [("ood_inferential_fitted", "inferential share (fitted runs)"),
+              ("ood_symmetric_fitted", "symmetric share (fitted runs)"),
+              ("acc_test_id", "id test accuracy (all runs)"),
+              ("wq_mean_abs_cos", f"layer {LAYER} W_Q mean |cos| (all runs)")]
+    xs, ys = sorted(table[x].unique()), sorted(table[y].unique())
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 0.5 * len(ys) + 2.4))
+    for ax, (col, title) in zip(axes, panels):
+        grid = table.pivot(index=y, columns=x, values=col).reindex(index=ys, columns=xs)
+        counts = table.pivot(index=y, columns=x, values="n_fitted").reindex(index=ys, columns=xs)
+        totals = table.pivot(index=y, columns=x, values="n_runs").reindex(index=ys, columns=xs)
+        im = ax.imshow(grid.values, origin="lower", aspect="auto", vmin=0, vmax=1, cmap="viridis")
+        for i in range(len(ys)):
+            for j in range(len(xs)):
+                v = grid.values[i, j]
+                label = "-" if np.isnan(v) else f"{v:.2f}"
+                ax.text(j, i, f"{label}\n{counts.values[i, j]:.0f}/{totals.values[i, j]:.0f}",
+                        ha="center", va="center", fontsize=7, color="w" if v < 0.6 else "k")
+        ax.set_xticks(range(len(xs)), [f"{v:g}" for v in xs])
+        ax.set_yticks(range(len(ys)), [f"{v:g}" for v in ys])
+        ax.set_xlabel(x)
+        ax.set_ylabel(y)
+        ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=list(axes), shrink=0.8)
+    _save(fig, path)
+
+
 def draw_all(out_dir: Path, runs: pd.DataFrame, metrics: pd.DataFrame, offsets: pd.DataFrame,
              corr: pd.DataFrame) -> list[Path]:
     """Draw every figure of an experiment into ``out_dir/figures``; returns the paths written."""
@@ -171,6 +202,10 @@ def draw_all(out_dir: Path, runs: pd.DataFrame, metrics: pd.DataFrame, offsets: 
     path = fig_dir / f"cosine_{COMPONENT.replace('.', '_')}_layer{LAYER}.png"
     if cosine_heatmaps(runs, path):
         written.append(path)
+    if runs["gamma"].nunique() > 1 and runs["n_layer"].nunique() > 1:
+        table = analysis.phase_table(runs, metrics)
+        phase_diagram(table, fig_dir / "phase_diagram.png")
+        written.append(fig_dir / "phase_diagram.png")
     for name, draw in (
         ("groups_over_training.png", lambda p: groups_over_training(runs, metrics, p)),
         ("ood_vs_gamma.png", lambda p: ood_vs_gamma(runs, p)),

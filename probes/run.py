@@ -110,6 +110,8 @@ def write_all(cfgs) -> None:
     corr = analysis.correlations(runs, metrics, scores) if len(runs) else None
     if corr is not None:
         write_csv(corr, out_dir / "correlations.csv")
+        if runs["gamma"].nunique() > 1 and runs["n_layer"].nunique() > 1:
+            write_csv(analysis.phase_table(runs, metrics), out_dir / "phase_diagram.csv")
         figures.draw_all(out_dir, runs, metrics, frames["offsets"], corr)
     print(summary(runs, corr))
     print(f"reports written to {out_dir}/ (runs.csv, metrics.csv, ood_offsets.csv, "
