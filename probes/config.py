@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from models import FAMILIES, check_gamma
+from models import ACTIVATIONS, FAMILIES, LM_FAMILIES, check_gamma
 from tasks import TASKS, make_task
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
@@ -48,6 +48,19 @@ class RunConfig:
     n_ood: int = 2000
     data_seed: int = 0
     fresh_samples: bool = False  # draw a new training batch every step instead of epochs
+    in_dim: int = 1  # regression tasks: input dimension (four_points: 1)
+    image_source: str = "digits"  # images task: digits | mnist5k | path to an .npz file
+    image_size: int = 32  # images task: side of the resized square images
+    test_fraction: float = 0.2  # images task: held-out share
+    key_low: int = 20  # keys and noise are drawn from [key_low, key_high]
+    key_high: int = 99
+    # options of the other tasks (None: the task's own default); lists are strings like "34,43"
+    held_out: str | int | None = None  # composite_no_twist / multi_anchor: held-out anchor pairs
+    ood_key_position: int | None = None  # identity: the key position kept for ood
+    ood_hops: str | int | None = None  # chain_search: step sizes held out for ood
+    n_chains: int = 2  # chain_search
+    chain_len: int = 8  # chain_search
+    n_hop_anchors: int = 3  # chain_search
     # model
     model_family: str = "paper"
     n_layer: int = 2
@@ -56,13 +69,18 @@ class RunConfig:
     d_ff: int | None = None
     vocab_size: int = 128
     dropout: float = 0.0
+    width: int = 100  # mlp: hidden neurons m
+    activation: str = "relu"  # mlp: relu | tanh | sigmoid | softplus | xtanh
     # initialization rate: std = d_in^-gamma; a part's own gamma overrides when set
     gamma: float = 0.5
     gamma_embedding: float | None = None
     gamma_attention: float | None = None
     gamma_mlp: float | None = None
     gamma_head: float | None = None
+    gamma_prime: float = 0.0  # mlp: std of a = m^-(gamma+gamma')/2, of (w, b) = m^-(gamma-gamma')/2
     # optimization
+    optimizer: str = "adamw"  # adamw | adam | sgd (full-batch GD: sgd with batch_size >= n_train)
+    lr_schedule: str = "cosine"  # cosine | constant (both after warmup_steps of linear warm-up)
     steps: int = 2000
     batch_size: int = 512
     lr: float = 1e-3
@@ -84,10 +102,14 @@ class RunConfig:
         return Path(self.output_dir or Path("reports") / self.experiment)
 
     def identity(self) -> dict:
-        """The settings that define the run (experiment-level keys left out)."""
+        """The settings that define the run (experiment-level keys left out; keys added after
+        the first release are left out at their default, so older run ids stay valid)."""
         d = dataclasses.asdict(self)
         for key in EXPERIMENT_KEYS:
             d.pop(key)
+        for key, default in LATER_KEYS.items():
+            if d[key] == default:
+                d.pop(key)
         return d
 
     @property
@@ -108,6 +130,16 @@ class RunConfig:
 EXPERIMENT_KEYS = ("experiment", "output_dir", "overwrite", "num_threads", "save_checkpoint",
                    "save_every")
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+# keys added with the baselines: left out of a run's identity at their default value
+LATER_KEYS = {k: FIELDS[k].default for k in (
+    "in_dim", "image_source", "image_size", "test_fraction", "width", "activation", "gamma_prime",
+    "optimizer", "lr_schedule")}
+OPTIMIZERS = ("adamw", "adam", "sgd")
+LR_SCHEDULES = ("cosine", "constant")
+# runs.csv settings columns of each family beyond RUNS_FRONT (the transformer sizes are blank for
+# the baselines, which have none)
+FAMILY_KEYS = {"mlp": ("width", "activation", "gamma_prime", "in_dim", "optimizer"),
+               "resnet": ("image_source", "image_size", "optimizer")}
 HINTS = typing.get_type_hints(RunConfig)
 LIST_KEYS = {"thresholds"}
 
@@ -219,8 +251,9 @@ def validate(cfg: RunConfig) -> None:
         task = make_task(cfg.task, **cfg.task_options())
     except ValueError as e:
         raise ConfigError(str(e)) from e
+    _validate_baselines(cfg, task)
     positive = ("n_layer", "n_head", "n_embd", "vocab_size", "steps", "batch_size", "n_probes",
-                "n_eval", "n_train")
+                "n_eval", "n_train", "width", "in_dim")
     for key in positive:
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{key}={getattr(cfg, key)} is invalid: accepted is an integer >= 1")
@@ -231,7 +264,7 @@ def validate(cfg: RunConfig) -> None:
         )
     if cfg.d_ff is not None and cfg.d_ff < 1:
         raise ConfigError(f"d_ff={cfg.d_ff} is invalid: accepted is an integer >= 1 or null")
-    if cfg.vocab_size < task.vocab_min_size:
+    if cfg.vocab_size < getattr(task, "vocab_min_size", 0):
         raise ConfigError(
             f"vocab_size={cfg.vocab_size} is too small for task {cfg.task!r}: accepted is "
             f">= {task.vocab_min_size}"
@@ -247,6 +280,33 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"num_threads={cfg.num_threads} is invalid: accepted is >= 1 or null")
     if not cfg.thresholds or not all(0 < t < 1 for t in cfg.thresholds):
         raise ConfigError(f"thresholds={cfg.thresholds} is invalid: accepted are numbers in (0, 1)")
+
+
+def _validate_baselines(cfg: RunConfig, task) -> None:
+    """The keys of the baseline families, and that the task suits the model family."""
+    families = getattr(task, "families", LM_FAMILIES)
+    if cfg.model_family not in families:
+        raise ConfigError(f"model_family={cfg.model_family!r} does not fit task {cfg.task!r}: "
+                          f"accepted are {list(families)}")
+    if cfg.activation not in ACTIVATIONS:
+        raise ConfigError(f"activation={cfg.activation!r} is unknown: accepted are {list(ACTIVATIONS)}")
+    if cfg.optimizer not in OPTIMIZERS:
+        raise ConfigError(f"optimizer={cfg.optimizer!r} is unknown: accepted are {list(OPTIMIZERS)}")
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        raise ConfigError(f"lr_schedule={cfg.lr_schedule!r} is unknown: accepted are "
+                          f"{list(LR_SCHEDULES)}")
+    if not -3 <= cfg.gamma_prime <= 3:
+        raise ConfigError(f"gamma_prime={cfg.gamma_prime} is invalid: accepted is a number in [-3, 3]")
+    if hasattr(task, "in_dim") and cfg.in_dim != task.in_dim:
+        raise ConfigError(f"in_dim={cfg.in_dim} does not fit task {cfg.task!r}: accepted is {task.in_dim}")
+    if cfg.model_family == "mlp":
+        for part, g in cfg.part_gammas.items():
+            if g is not None:
+                raise ConfigError(f"gamma_{part}={g} does not apply to model_family 'mlp': accepted "
+                                  f"is null (the mlp is drawn from gamma and gamma_prime)")
+    if cfg.model_family == "resnet" and cfg.dropout:
+        raise ConfigError(f"dropout={cfg.dropout} does not apply to model_family 'resnet': "
+                          f"accepted is 0")
 
 
 def parse_overrides(argv: list[str]) -> tuple[str | None, dict]:

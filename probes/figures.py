@@ -99,8 +99,8 @@ def groups_over_training(runs: pd.DataFrame, metrics: pd.DataFrame, path: Path,
     _save(fig, path)
 
 
-def ood_vs_gamma(runs: pd.DataFrame, path: Path, scores=("ood_inferential", "ood_symmetric",
-                                                        "ood_other", "acc_test_id")) -> None:
+def ood_vs_gamma(runs: pd.DataFrame, path: Path, scores: tuple[str, ...],
+                 ood_label: str = "ood answers") -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     done = runs[~runs["diverged"].astype(bool)]
     for i, score in enumerate(scores):
@@ -110,14 +110,15 @@ def ood_vs_gamma(runs: pd.DataFrame, path: Path, scores=("ood_inferential", "ood
             pts = done[done["fitted"].astype(bool) == fitted]
             ax.scatter(pts["gamma"], pts[score], s=18, facecolors=face, edgecolors=f"C{i}")
     ax.set_xlabel("init rate gamma (std = d_in^-gamma)")
-    ax.set_ylabel("share of held-out (4,3) answers / accuracy")
+    ax.set_ylabel(f"share of {ood_label} / accuracy")
     ax.set_ylim(-0.03, 1.03)
-    ax.set_title("Held-out pair answers against gamma (hollow: not fitted)")
+    ax.set_title(f"{ood_label[0].upper()}{ood_label[1:]} against gamma (hollow: not fitted)")
     ax.legend(fontsize=7)
     _save(fig, path)
 
 
-def ood_offsets(runs: pd.DataFrame, offsets: pd.DataFrame, path: Path) -> None:
+def ood_offsets(runs: pd.DataFrame, offsets: pd.DataFrame, path: Path,
+                offset_label: str = "offset") -> None:
     last = offsets.groupby("run_id")["step"].transform("max")
     final = offsets[offsets["step"] == last].merge(runs[["run_id", "gamma"]], on="run_id")
     n_seeds = runs.groupby("gamma")["run_id"].nunique()
@@ -127,10 +128,10 @@ def ood_offsets(runs: pd.DataFrame, offsets: pd.DataFrame, path: Path) -> None:
     im = ax.imshow(table.values, aspect="auto", cmap="magma", vmin=0, vmax=1)
     ax.set_xticks(range(table.shape[1]), [str(c) for c in table.columns], fontsize=7, rotation=90)
     ax.set_yticks(range(len(table)), [f"{g:g}" for g in table.index])
-    ax.set_xlabel("answer - key on (4,3)  (inferential -10, symmetric -6)")
+    ax.set_xlabel(offset_label)
     ax.set_ylabel("gamma")
     fig.colorbar(im, ax=ax, label="mean share of answers")
-    ax.set_title("Held-out pair: answer offsets at the end of training")
+    ax.set_title("Out-of-distribution answers at the end of training")
     _save(fig, path)
 
 
@@ -163,12 +164,12 @@ def condensation_vs_ood(runs: pd.DataFrame, metrics: pd.DataFrame, corr: pd.Data
     _save(fig, path)
 
 
-def phase_diagram(table: pd.DataFrame, path: Path, x: str = "gamma", y: str = "n_layer") -> None:
+def phase_diagram(table: pd.DataFrame, path: Path, ood_scores: tuple[str, ...],
+                  x: str = "gamma", y: str = "n_layer") -> None:
     """Heat maps on the x-by-y plane: ood shares of fitted runs, id accuracy, layer-0 W_Q mean|cos|.
     Each cell is annotated with its value and fitted / total runs."""
-    panels = [("ood_inferential_fitted", "inferential share (fitted runs)"),
-              ("ood_symmetric_fitted", "symmetric share (fitted runs)"),
-              ("acc_test_id", "id test accuracy (all runs)"),
+    panels = [(f"{s}_fitted", f"{s} (fitted runs)") for s in ood_scores]
+    panels += [("acc_test_id", "id test accuracy (all runs)"),
               ("wq_mean_abs_cos", f"layer {LAYER} W_Q mean |cos| (all runs)")]
     xs, ys = sorted(table[x].unique()), sorted(table[y].unique())
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 0.5 * len(ys) + 2.4))
@@ -192,9 +193,16 @@ def phase_diagram(table: pd.DataFrame, path: Path, x: str = "gamma", y: str = "n
     _save(fig, path)
 
 
+def phase_scores(task) -> tuple[str, ...]:
+    """The (at most two) ood scores shown on phase diagrams: the task's first two."""
+    return tuple(task.ood_scores[:2])
+
+
 def draw_all(out_dir: Path, runs: pd.DataFrame, metrics: pd.DataFrame, offsets: pd.DataFrame,
-             corr: pd.DataFrame) -> list[Path]:
-    """Draw every figure of an experiment into ``out_dir/figures``; returns the paths written."""
+             corr: pd.DataFrame, task) -> list[Path]:
+    """Draw every figure of an experiment into ``out_dir/figures``; returns the paths written.
+    ``task`` (the task class or object) names the ood scores and labels the axes."""
+    shown = phase_scores(task)
     fig_dir = Path(out_dir) / "figures"
     written = []
     if runs.empty:
@@ -203,13 +211,15 @@ def draw_all(out_dir: Path, runs: pd.DataFrame, metrics: pd.DataFrame, offsets: 
     if cosine_heatmaps(runs, path):
         written.append(path)
     if runs["gamma"].nunique() > 1 and runs["n_layer"].nunique() > 1:
-        table = analysis.phase_table(runs, metrics)
-        phase_diagram(table, fig_dir / "phase_diagram.png")
+        table = analysis.phase_table(runs, metrics, scores=("acc_test_id", *shown))
+        phase_diagram(table, fig_dir / "phase_diagram.png", shown)
         written.append(fig_dir / "phase_diagram.png")
     for name, draw in (
         ("groups_over_training.png", lambda p: groups_over_training(runs, metrics, p)),
-        ("ood_vs_gamma.png", lambda p: ood_vs_gamma(runs, p)),
-        ("ood_offsets.png", lambda p: ood_offsets(runs, offsets, p)),
+        ("ood_vs_gamma.png", lambda p: ood_vs_gamma(runs, p, (*task.ood_scores, "acc_test_id"),
+                                                    getattr(task, "ood_label", "ood answers"))),
+        ("ood_offsets.png", lambda p: ood_offsets(runs, offsets, p,
+                                                  getattr(task, "offset_label", "offset"))),
         ("condensation_vs_ood.png", lambda p: condensation_vs_ood(runs, metrics, corr, p)),
     ):
         draw(fig_dir / name)

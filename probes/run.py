@@ -69,9 +69,9 @@ def train_all(cfgs, accelerator) -> None:
         accelerator.print(f"{skipped} finished run(s) kept; --overwrite true retrains them")
     if not todo:
         return
-    _, data_for = build_data(todo)
     with accelerator.split_between_processes(todo) as mine:
         mine = list(mine)
+    _, data_for = build_data(mine)
     n_rounds = math.ceil(len(todo) / accelerator.num_processes)
     bar = tqdm(total=sum(c.steps for c in mine), disable=not accelerator.is_main_process,
                unit="step", dynamic_ncols=True)
@@ -106,23 +106,25 @@ def write_all(cfgs) -> None:
     out_dir = cfgs[0].out_dir
     frames = write_reports(cfgs, out_dir)
     runs, metrics = frames["runs"], frames["metrics"]
-    scores = TASKS[cfgs[0].task].ood_scores
-    corr = analysis.correlations(runs, metrics, scores) if len(runs) else None
+    task = TASKS[cfgs[0].task]
+    corr = analysis.correlations(runs, metrics, task.ood_scores) if len(runs) else None
     if corr is not None:
         write_csv(corr, out_dir / "correlations.csv")
         if runs["gamma"].nunique() > 1 and runs["n_layer"].nunique() > 1:
-            write_csv(analysis.phase_table(runs, metrics), out_dir / "phase_diagram.csv")
-        figures.draw_all(out_dir, runs, metrics, frames["offsets"], corr)
-    print(summary(runs, corr))
+            table = analysis.phase_table(runs, metrics,
+                                         scores=("acc_test_id", *figures.phase_scores(task)))
+            write_csv(table, out_dir / "phase_diagram.csv")
+        figures.draw_all(out_dir, runs, metrics, frames["offsets"], corr, task)
+    print(summary(runs, corr, task))
     print(f"reports written to {out_dir}/ (runs.csv, metrics.csv, ood_offsets.csv, "
           f"correlations.csv, figures/)")
 
 
-def summary(runs, corr) -> str:
+def summary(runs, corr, task) -> str:
     """Per-gamma means of the final scores, the fitted count, and the headline correlation."""
     import numpy as np
 
-    cols = ["acc_test_id", "acc_pair34", "ood_inferential", "ood_symmetric", "ood_other"]
+    cols = [c for c in task.score_names if c != "acc_train"]
     table = runs.groupby("gamma").agg(
         runs=("run_id", "count"), fitted=("fitted", "sum"),
         **{c: (c, "mean") for c in cols}, wall_s=("wall_s", "sum"))

@@ -12,9 +12,24 @@ A task is a dataclass (its fields are config keys; ``seed`` is fed from ``data_s
   ``ood_offsets(pred, ood) -> dict[int, int]`` and ``fitted(scores) -> bool``.
 """
 
+from tasks.anchor_pairs import CompositeNoTwistTask, MultiAnchorTask
+from tasks.chain_search import ChainSearchTask
 from tasks.composite import CompositeTask
+from tasks.identity import IdentityTask
 
-TASKS = {"composite": CompositeTask}
+TASKS = {
+    "composite": CompositeTask,
+    "composite_no_twist": CompositeNoTwistTask,
+    "multi_anchor": MultiAnchorTask,
+    "identity": IdentityTask,
+    "chain_search": ChainSearchTask,
+}
+
+# the baselines' tasks: regression targets for the mlp family, images for the resnet family
+from tasks.functions import FourPointsTask, SinSumTask  # noqa: E402
+from tasks.images import ImageTask  # noqa: E402
+
+TASKS |= {"four_points": FourPointsTask, "sin_sum": SinSumTask, "images": ImageTask}
 
 
 def make_task(name: str, **options):
@@ -28,4 +43,5 @@ def make_task(name: str, **options):
     return TASKS[name](**options)
 
 
-__all__ = ["TASKS", "CompositeTask", "make_task"]
+__all__ = ["TASKS", "ChainSearchTask", "CompositeNoTwistTask", "CompositeTask", "IdentityTask",
+           "MultiAnchorTask", "make_task"]

@@ -215,6 +215,8 @@ class CompositeTask:
     score_names = ("acc_train", "acc_test_id", "acc_pair34", "ood_inferential", "ood_symmetric",
                    "ood_other")
     ood_scores = ("ood_inferential", "ood_symmetric", "ood_other")
+    ood_label = "held-out pair (4,3) answers"
+    offset_label = "answer - key on (4,3)  (inferential -10, symmetric -6)"
     fit_threshold = 0.95
 
     def reasoning_metrics(self, preds: dict, data: dict) -> dict[str, float]:
