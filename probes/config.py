@@ -39,6 +39,7 @@ class RunConfig:
     num_threads: int | None = None  # torch threads per process; default: all cores / processes
     save_checkpoint: bool = True
     save_every: int = 500  # steps between resumable training states (0: none)
+    report_only: bool = False  # write the reports of the finished runs, train nothing
     # task
     task: str = "composite"
     seq_len: int = 9
@@ -81,6 +82,7 @@ class RunConfig:
     # optimization
     optimizer: str = "adamw"  # adamw | adam | sgd (full-batch GD: sgd with batch_size >= n_train)
     lr_schedule: str = "cosine"  # cosine | constant (both after warmup_steps of linear warm-up)
+    lr_scaling: str = "none"  # mlp: none | ntk (lr divided by max(1, the tangent kernel's scale))
     steps: int = 2000
     batch_size: int = 512
     lr: float = 1e-3
@@ -128,17 +130,18 @@ class RunConfig:
 
 
 EXPERIMENT_KEYS = ("experiment", "output_dir", "overwrite", "num_threads", "save_checkpoint",
-                   "save_every")
+                   "save_every", "report_only")
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 # keys added with the baselines: left out of a run's identity at their default value
 LATER_KEYS = {k: FIELDS[k].default for k in (
     "in_dim", "image_source", "image_size", "test_fraction", "width", "activation", "gamma_prime",
-    "optimizer", "lr_schedule")}
+    "optimizer", "lr_schedule", "lr_scaling")}
 OPTIMIZERS = ("adamw", "adam", "sgd")
 LR_SCHEDULES = ("cosine", "constant")
+LR_SCALINGS = ("none", "ntk")
 # runs.csv settings columns of each family beyond RUNS_FRONT (the transformer sizes are blank for
 # the baselines, which have none)
-FAMILY_KEYS = {"mlp": ("width", "activation", "gamma_prime", "in_dim", "optimizer"),
+FAMILY_KEYS = {"mlp": ("width", "activation", "gamma_prime", "in_dim", "optimizer", "lr_scaling"),
                "resnet": ("image_source", "image_size", "optimizer")}
 HINTS = typing.get_type_hints(RunConfig)
 LIST_KEYS = {"thresholds"}
@@ -295,6 +298,11 @@ def _validate_baselines(cfg: RunConfig, task) -> None:
     if cfg.lr_schedule not in LR_SCHEDULES:
         raise ConfigError(f"lr_schedule={cfg.lr_schedule!r} is unknown: accepted are "
                           f"{list(LR_SCHEDULES)}")
+    if cfg.lr_scaling not in LR_SCALINGS:
+        raise ConfigError(f"lr_scaling={cfg.lr_scaling!r} is unknown: accepted are {list(LR_SCALINGS)}")
+    if cfg.lr_scaling != "none" and cfg.model_family != "mlp":
+        raise ConfigError(f"lr_scaling={cfg.lr_scaling!r} applies to model_family 'mlp' only: "
+                          f"accepted for {cfg.model_family!r} is 'none'")
     if not -3 <= cfg.gamma_prime <= 3:
         raise ConfigError(f"gamma_prime={cfg.gamma_prime} is invalid: accepted is a number in [-3, 3]")
     if hasattr(task, "in_dim") and cfg.in_dim != task.in_dim:

@@ -107,6 +107,11 @@ def write_all(cfgs) -> None:
     frames = write_reports(cfgs, out_dir)
     runs, metrics = frames["runs"], frames["metrics"]
     task = TASKS[cfgs[0].task]
+    if getattr(task, "families", None):  # a baseline task (mlp, resnet): its own tables, figures
+        from probes import baselines
+
+        baselines.write_all(cfgs, frames)
+        return
     corr = analysis.correlations(runs, metrics, task.ood_scores) if len(runs) else None
     if corr is not None:
         write_csv(corr, out_dir / "correlations.csv")
@@ -116,14 +121,17 @@ def write_all(cfgs) -> None:
             write_csv(table, out_dir / "phase_diagram.csv")
         figures.draw_all(out_dir, runs, metrics, frames["offsets"], corr, task)
     print(summary(runs, corr, task))
-    print(f"reports written to {out_dir}/ (runs.csv, metrics.csv, ood_offsets.csv, "
-          f"correlations.csv, figures/)")
+    written = sorted(p.name for p in out_dir.glob("*.csv"))
+    print(f"reports written to {out_dir}/: {', '.join(written)}"
+          + (", figures/" if (out_dir / "figures").is_dir() and corr is not None else ""))
 
 
 def summary(runs, corr, task) -> str:
     """Per-gamma means of the final scores, the fitted count, and the headline correlation."""
     import numpy as np
 
+    if runs.empty:
+        return "no finished runs yet"
     cols = [c for c in task.score_names if c != "acc_train"]
     table = runs.groupby("gamma").agg(
         runs=("run_id", "count"), fitted=("fitted", "sum"),
@@ -142,6 +150,10 @@ def summary(runs, corr, task) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if any(a == "--checkpoint" or a.startswith("--checkpoint=") for a in argv):
+        from probes.checkpoint_probe import main as probe_main  # probe models on disk instead
+
+        return probe_main(argv)
     if any(a in ("-h", "--help") for a in argv):
         print(USAGE)
         return 0
@@ -161,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     threads = configure_threads(cfgs[0].num_threads, accelerator.num_processes)
     accelerator.print(f"{len(cfgs)} run(s) -> {cfgs[0].out_dir}/ on {accelerator.num_processes} "
                       f"process(es), {threads} thread(s) each, device {accelerator.device}")
-    train_all(cfgs, accelerator)
+    if not cfgs[0].report_only:
+        train_all(cfgs, accelerator)
     if accelerator.is_main_process:
         write_all(cfgs)
     accelerator.wait_for_everyone()

@@ -91,6 +91,11 @@ def test_rerun_skips_finished_and_same_seed_is_identical(tiny_out, tmp_path, cap
     assert (tiny_out / "metrics.csv").read_text() == before
     assert main(["--config", TINY, "--output_dir", str(tmp_path)]) == 0
     assert (tmp_path / "metrics.csv").read_text() == before
+    # report_only: reports of the finished runs, nothing trained
+    assert main(["--config", TINY, "--gamma", "[0.5, 1.0, 2.0]", "--report_only", "true",
+                 "--output_dir", str(tmp_path)]) == 0
+    assert len(pd.read_csv(tmp_path / "runs.csv")) == 2
+    assert not list(tmp_path.glob("runs/*g2-*"))
 
 
 @pytest.mark.parametrize("args, names", [
