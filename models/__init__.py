@@ -1,8 +1,11 @@
 """Model builders from a config, and the init-rate re-initialization.
 
 Families: ``gpt2`` (transformers' GPT-2, pre-LN, GELU, biases) and ``paper`` (the post-LN,
-bias-free, ReLU model of arXiv 2405.05409). Importing this package registers ``paper`` with the
-``Auto*`` classes so its checkpoints reload with ``AutoModelForCausalLM.from_pretrained``.
+bias-free, ReLU model of arXiv 2405.05409), the language models; and the baselines ``mlp`` (the
+two-layer net f(x) = sum_k a_k sigma(w_k . x + b_k) of the condensation papers, drawn with the
+phase-diagram parametrization) and ``resnet`` (transformers' ResNet-18 image classifier).
+Importing this package registers ``paper`` and ``mlp`` with the ``Auto*`` classes so their
+checkpoints reload with ``AutoModelForCausalLM`` / ``AutoModel.from_pretrained``.
 """
 
 from __future__ import annotations
@@ -10,9 +13,12 @@ from __future__ import annotations
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel
 
 from models.init_rate import apply_init_rate, check_gamma
+from models.mlp import ACTIVATIONS, TwoLayerConfig, TwoLayerNet, build_mlp, phase_init
 from models.paper_gpt import PaperGPTConfig, PaperGPTForCausalLM
+from models.resnet import build_resnet
 
-FAMILIES = ("paper", "gpt2")
+LM_FAMILIES = ("paper", "gpt2")
+FAMILIES = (*LM_FAMILIES, "mlp", "resnet")
 
 
 def build_model(
@@ -30,8 +36,9 @@ def build_model(
     Raises:
         ValueError: unknown family, non-positive sizes, or n_embd not divisible by n_head.
     """
-    if family not in FAMILIES:
-        raise ValueError(f"model_family={family!r} is unknown: accepted are {list(FAMILIES)}")
+    if family not in LM_FAMILIES:
+        raise ValueError(f"model_family={family!r} is unknown: accepted are {list(LM_FAMILIES)} "
+                         f"(the baselines are built by build_for_run)")
     for name, value in dict(vocab_size=vocab_size, n_positions=n_positions, n_embd=n_embd,
                             n_layer=n_layer, n_head=n_head).items():
         if value < 1:
@@ -52,7 +59,38 @@ def build_model(
     return GPT2LMHeadModel(config)
 
 
+def build_for_run(cfg, task) -> tuple[PreTrainedModel, list[dict]]:
+    """Build a run's untrained model and draw it at the run's init rate.
+
+    Args:
+        cfg: the run's ``probes.config.RunConfig`` (model_family, sizes, gamma, ...).
+        task: the run's task; it gives the shapes the model must take: ``seq_len`` and the
+            vocabulary for the language models, ``in_dim`` / ``out_dim`` for ``mlp``,
+            ``num_channels`` / ``num_labels`` for ``resnet``.
+
+    Returns:
+        (model, init records). ``mlp`` is drawn with ``phase_init(gamma, gamma_prime)``
+        (std of a: m^-(gamma+gamma')/2, of (w, b): m^-(gamma-gamma')/2); every other family with
+        ``apply_init_rate`` (std = d_in^-gamma, per-part gammas).
+
+    Raises:
+        ValueError: as the family's builder does.
+    """
+    family = cfg.model_family
+    if family == "mlp":
+        model = build_mlp(task.in_dim, cfg.width, task.out_dim, cfg.activation, cfg.dropout)
+        return model, phase_init(model, cfg.gamma, cfg.gamma_prime)
+    if family == "resnet":
+        model = build_resnet(task.num_channels, task.num_labels)
+    else:
+        model = build_model(family, vocab_size=cfg.vocab_size, n_positions=task.seq_len,
+                            n_embd=cfg.n_embd, n_layer=cfg.n_layer, n_head=cfg.n_head,
+                            d_ff=cfg.d_ff, dropout=cfg.dropout)
+    return model, apply_init_rate(model, cfg.gamma, cfg.part_gammas)
+
+
 __all__ = [
-    "FAMILIES", "PaperGPTConfig", "PaperGPTForCausalLM", "apply_init_rate", "build_model",
-    "check_gamma",
+    "ACTIVATIONS", "FAMILIES", "LM_FAMILIES", "PaperGPTConfig", "PaperGPTForCausalLM",
+    "TwoLayerConfig", "TwoLayerNet", "apply_init_rate", "build_for_run", "build_mlp",
+    "build_model", "build_resnet", "check_gamma", "phase_init",
 ]

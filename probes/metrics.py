@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.cluster.hierarchy import fcluster, leaves_list, linkage
-from scipy.spatial.distance import squareform
 
 THRESHOLDS = (0.7, 0.9, 0.95, 0.99)
 
@@ -30,7 +29,8 @@ class Condensation:
         zero_tol: units with norm < zero_tol * median norm are dropped before comparing.
 
     Attributes after ``fit(units)``:
-        n_units_ (kept units), n_dropped_ (zero-norm units), cosine_ (n, n) float64,
+        n_units_ (kept units), n_dropped_ (zero-norm units), cosine_ (n, n) float64 (float32
+        from ``large_n`` units on),
         mean_abs_cos_ (mean |C_ij| over i != j), labels_ {tau: (n,) int group ids from 1},
         n_groups_ {tau: int}, group_ratio_ {tau: n_groups / n_units},
         largest_group_share_ {tau: size of the largest group / n_units},
@@ -41,6 +41,19 @@ class Condensation:
     Raises:
         ValueError: thresholds outside (0, 1), or ``units`` not a finite 2-D array.
     """
+
+    # Cosines are computed in float64 in blocks of ``block_rows`` rows against the units after
+    # them (the upper triangle: half the products of a full matrix), straight into the condensed
+    # distances that the linkage needs, so no n x n float64 temporary is built beside the kept
+    # cosine_. From ``large_n`` units on, cosine_ (kept for heat maps only) is float32, and the
+    # only float64 n x n data are the condensed distances and the linkage's copy of them.
+    large_n = 8192
+    block_rows = 256
+    # Singular values come from the eigenvalues of the smaller Gram matrix (a fraction of an
+    # SVD's time) when every eigenvalue is either >= gram_rcond times the largest (relative
+    # error < ~1e-9 on s) or at rounding level (s = 0); otherwise from an SVD. Stable and
+    # effective ranks agree with the SVD's to ~1e-12.
+    gram_rcond = 1e-8
 
     def __init__(self, thresholds=THRESHOLDS, antipodal: bool = False, zero_tol: float = 1e-8):
         self.thresholds = tuple(float(t) for t in thresholds)
@@ -60,24 +73,22 @@ class Condensation:
         norms = np.linalg.norm(u, axis=1)
         keep = norms >= self.zero_tol * np.median(norms) if len(norms) else norms > 0
         keep &= norms > 0
-        u, norms = u[keep], norms[keep]
+        if not keep.all():  # (a copy only when something is dropped)
+            u, norms = u[keep], norms[keep]
         self.n_units_, self.n_dropped_ = int(len(u)), int((~keep).sum())
         self.keep_ = keep
         n = self.n_units_
         if n == 0:
             return self._empty()
         unit = u / norms[:, None]
-        cos = np.clip(unit @ unit.T, -1.0, 1.0)
-        np.fill_diagonal(cos, 1.0)
-        self.cosine_ = cos
-        self.mean_abs_cos_ = float(np.abs(cos).sum() - n) / (n * (n - 1)) if n > 1 else np.nan
-        similarity = np.abs(cos) if self.antipodal else cos
         if n > 1:
-            dist = squareform(np.clip(1.0 - similarity, 0.0, 2.0), checks=False)
+            self.cosine_, dist, self.mean_abs_cos_ = self._distances(unit)
             z = linkage(dist, method="complete")
+            del dist
             self.order_ = leaves_list(z)
             self.labels_ = {t: fcluster(z, t=1.0 - t, criterion="distance") for t in self.thresholds}
         else:
+            self.cosine_, self.mean_abs_cos_ = np.ones((1, 1)), np.nan
             self.order_ = np.zeros(1, dtype=int)
             self.labels_ = {t: np.ones(1, dtype=int) for t in self.thresholds}
         self.n_groups_ = {t: int(lab.max()) for t, lab in self.labels_.items()}
@@ -85,11 +96,61 @@ class Condensation:
         self.largest_group_share_ = {
             t: float(np.bincount(lab).max()) / n for t, lab in self.labels_.items()
         }
-        s = np.linalg.svd(u, compute_uv=False)
+        s = self._singular_values(u)
         self.stable_rank_ = float((s**2).sum() / s[0] ** 2)
         p = s[s > 0] / s.sum()
         self.effective_rank_ = float(np.exp(-(p * np.log(p)).sum()))
         return self
+
+    def _distances(self, unit: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        """Cosine matrix, condensed linkage distances and mean |cos| of unit-norm rows.
+
+        Args:
+            unit: (n, dim) float64 unit-norm rows, n >= 2.
+
+        Returns:
+            (cosine (n, n), symmetric, diagonal 1, clipped to [-1, 1]: float64, float32 from
+            ``large_n`` units; distances (n (n - 1) / 2,) float64: 1 - cosine (1 - |cosine| if
+            antipodal) clipped to [0, 2], condensed upper triangle in scipy's order;
+            mean |cos| over i != j).
+        """
+        n = len(unit)
+        cos = np.empty((n, n), dtype=np.float64 if n < self.large_n else np.float32)
+        dist = np.empty(n * (n - 1) // 2)
+        abs_sum, start = 0.0, 0
+        for i0 in range(0, n, self.block_rows):
+            block = np.clip(unit[i0:i0 + self.block_rows] @ unit[i0:].T, -1.0, 1.0)  # j >= i0
+            b = len(block)
+            rows = np.arange(b)
+            block[rows, rows] = 1.0
+            cos[i0:i0 + b, i0:] = block
+            cos[i0 + b:, i0:i0 + b] = block[:, b:].T
+            diag = cos[i0:i0 + b, i0:i0 + b]
+            lower = np.tril_indices(b, -1)
+            diag[lower] = diag.T[lower]  # exactly symmetric: mirror the upper half
+            abs_sum += float(np.abs(block[:, b:]).sum() + np.triu(np.abs(block[:, :b]), 1).sum())
+            if self.antipodal:
+                np.abs(block, out=block)
+            np.clip(np.subtract(1.0, block, out=block), 0.0, 2.0, out=block)
+            for r in rows:  # row i of the condensed form holds the pairs (i, j > i)
+                dist[start:start + n - i0 - r - 1] = block[r, r + 1:]
+                start += n - i0 - r - 1
+        return cos, dist, 2.0 * abs_sum / (n * (n - 1))
+
+    def _singular_values(self, u: np.ndarray) -> np.ndarray:
+        """Singular values of ``u`` (n, dim), descending (see ``gram_rcond``).
+
+        Eigenvalues of the Gram matrix at rounding level (a zero bias column, duplicated units)
+        are exact zeros; any eigenvalue between that level and ``gram_rcond`` times the largest
+        would come out inexact, so then the SVD decides.
+        """
+        gram = u.T @ u if len(u) >= u.shape[1] else u @ u.T
+        lam = np.linalg.eigvalsh(gram)[::-1]
+        noise = 10 * len(gram) * np.finfo(np.float64).eps * lam[0]
+        inexact = (lam < self.gram_rcond * lam[0]) & (lam > noise)
+        if lam[0] > 0 and not inexact.any():
+            return np.sqrt(np.where(lam > noise, lam, 0.0))
+        return np.linalg.svd(u, compute_uv=False)
 
     def _empty(self) -> Condensation:
         nan = float("nan")

@@ -3,7 +3,8 @@
 Layout of an experiment's output folder::
 
     runs.csv  metrics.csv  ood_offsets.csv  correlations.csv  figures/*.png
-    runs/<run_id>/config.yaml  model/  run.json  metrics.csv  ood_offsets.csv
+    neurons.csv (1-D two-layer nets only: each neuron at step 0 and at the last probe)
+    runs/<run_id>/config.yaml  model/  run.json  metrics.csv  ood_offsets.csv  [neurons.csv]
 
 ``runs/<run_id>/run.json`` is written last: a run folder with it is finished, and a rerun of the
 same command reads it back instead of training again.
@@ -26,11 +27,12 @@ from probes.resume import clear_state
 METRICS_COLUMNS = ["run_id", "step", "layer", "component", "head", "basis", "metric",
                    "threshold", "value", "n_units"]
 OFFSETS_COLUMNS = ["run_id", "step", "offset", "count", "share"]
+NEURONS_COLUMNS = ["run_id", "step", "layer", "component", "unit", "w", "b", "angle", "amplitude"]
 # runs.csv: these identity columns, then train_loss and the task's own scores, then RUNS_TAIL
 RUNS_FRONT = ["run_id", "experiment", "task", "model_family", "gamma", "n_layer", "n_embd",
               "n_head", "lr", "weight_decay", "dropout", "seed", "steps", "epochs", "train_loss"]
 RUNS_TAIL = ["fitted", "diverged", "wall_s", "checkpoint", "package_version"]
-_INT_COLUMNS = ("step", "layer", "head", "n_units", "offset", "count")
+_INT_COLUMNS = ("step", "layer", "head", "n_units", "offset", "count", "unit")
 
 
 def package_version() -> str:
@@ -103,6 +105,8 @@ def save_run(result) -> dict:
     atomic_write_text(folder / "config.yaml", resolved_yaml(cfg, init))
     write_csv(frame(result.metrics, METRICS_COLUMNS), folder / "metrics.csv")
     write_csv(frame(result.offsets, OFFSETS_COLUMNS), folder / "ood_offsets.csv")
+    if getattr(result, "neurons", None):
+        write_csv(frame(result.neurons, NEURONS_COLUMNS), folder / "neurons.csv")
     atomic_write_text(folder / "run.json", json.dumps(row, indent=1, default=float))
     clear_state(folder)
     return row
@@ -119,16 +123,26 @@ def load_run(cfg: RunConfig) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
     return row, read_csv(folder / "metrics.csv"), read_csv(folder / "ood_offsets.csv")
 
 
+def load_neurons(cfg: RunConfig) -> pd.DataFrame | None:
+    """The neurons.csv rows of a finished run folder, or None when it has none."""
+    path = run_dir(cfg) / "neurons.csv"
+    return read_csv(path) if path.is_file() else None
+
+
 def write_reports(cfgs: list[RunConfig], out_dir: Path) -> dict[str, pd.DataFrame]:
     """Gather the finished runs of ``cfgs`` into the experiment's runs, metrics and ood_offsets
-    CSVs (only the runs of this grid, in grid order). Returns the three frames."""
-    rows, metrics, offsets = [], [], []
+    CSVs, and neurons.csv when some run has neuron rows (only the runs of this grid, in grid
+    order). Returns the frames: runs, metrics, offsets, neurons (None when no run has any)."""
+    rows, metrics, offsets, neurons = [], [], [], []
     for cfg in cfgs:
         if finished(cfg):
             row, m, o = load_run(cfg)
             rows.append(row)
             metrics.append(m)
             offsets.append(o)
+            n = load_neurons(cfg)
+            if n is not None:
+                neurons.append(n)
     scores = [k for k in dict.fromkeys(k for r in rows for k in r)
               if k not in RUNS_FRONT and k not in RUNS_TAIL]
     runs = pd.DataFrame(rows, columns=RUNS_FRONT + scores + RUNS_TAIL)
@@ -137,4 +151,7 @@ def write_reports(cfgs: list[RunConfig], out_dir: Path) -> dict[str, pd.DataFram
     write_csv(runs, out_dir / "runs.csv")
     write_csv(metrics, out_dir / "metrics.csv")
     write_csv(offsets, out_dir / "ood_offsets.csv")
-    return {"runs": runs, "metrics": metrics, "offsets": offsets}
+    neurons = pd.concat(neurons, ignore_index=True) if neurons else None
+    if neurons is not None:
+        write_csv(neurons, out_dir / "neurons.csv")
+    return {"runs": runs, "metrics": metrics, "offsets": offsets, "neurons": neurons}

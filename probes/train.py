@@ -1,6 +1,13 @@
 """Train one run: build the model at its init rate, train it with accelerate, probe it on a
 log-spaced schedule (step 0 included), and return its report rows.
 
+The loop is the same for every model family. What differs comes from three places: the model
+(``models.build_for_run``: builder and init rate), the units the probes read
+(``probes.units_baselines.all_units``) and the task's objective (``tasks.objective``: which
+columns a batch holds, the loss of a batch, the evaluation and its scores). Full-batch gradient
+descent is ``optimizer: sgd`` with ``batch_size >= n_train``: every step then sees the whole
+training set in its stored order.
+
 Runs are the unit of parallelism: each accelerate process trains whole runs on its own device, so
 the model is never wrapped for data-parallel training (``accelerator.prepare`` would wrap it in
 DDP and make every process train the same run). The loop otherwise follows accelerate's examples:
@@ -17,20 +24,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
-from transformers import get_cosine_schedule_with_warmup
+from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
-from models import apply_init_rate, build_model
-from probes.config import RunConfig
+from models import LM_FAMILIES, build_for_run
+from models.mlp import ntk_scale
+from probes.config import FAMILY_KEYS, RunConfig
 from probes.metrics import Condensation, relative_distance
+from probes.neurons import count_directions
 from probes.report import run_dir
 from probes.resume import load_state, save_state
-from probes.units import read_units
-
-EVAL_SPLITS = ("train", "test_id", "ood")
+from probes.units_baselines import NO_RD, all_units, neuron_features
+from tasks.objective import objective_for, predict_last  # noqa: F401  (predict_last: old home)
 
 
 @dataclass
@@ -44,34 +51,38 @@ class RunResult:
     offsets: list[dict] = field(default_factory=list)
     model: torch.nn.Module | None = None
     init_records: list[dict] = field(default_factory=list)
+    neurons: list[dict] = field(default_factory=list)  # 1-D two-layer nets: first and last probe
 
 
 def probe_steps(steps: int, n_probes: int) -> list[int]:
     """Log-spaced probe steps in [0, steps]: 0, then ``n_probes - 1`` geometric points to ``steps``
     (rounded, duplicates removed, so early steps may merge)."""
-    if n_probes < 2:
+    if n_probes <= 2:  # geomspace(1, steps, 1) would be [1], not the last step
         return [0, steps] if steps else [0]
     points = np.unique(np.round(np.geomspace(1, steps, n_probes - 1)).astype(int))
     return [0, *[int(s) for s in points]]
 
 
-@torch.no_grad()
-def predict_last(model, input_ids: np.ndarray, device, batch_size: int = 4096) -> tuple:
-    """Greedy prediction at the last position.
+def effective_lr(cfg: RunConfig) -> float:
+    """The learning rate the optimizer gets: ``cfg.lr``, divided by max(1, the tangent kernel's
+    scale m (beta1^2 + beta2^2) / 2) under ``lr_scaling: ntk`` (mlp; models.mlp.ntk_scale)."""
+    if cfg.lr_scaling == "ntk":
+        return cfg.lr / max(1.0, ntk_scale(cfg.width, cfg.gamma, cfg.gamma_prime))
+    return cfg.lr
 
-    Args:
-        model: causal LM returning ``.logits`` (b, t, vocab).
-        input_ids: (n, t) int array.
 
-    Returns:
-        (pred (n,) int64 numpy, logits (n, vocab) float32 torch on CPU).
-    """
-    logits = []
-    for start in range(0, len(input_ids), batch_size):
-        x = torch.as_tensor(input_ids[start:start + batch_size], device=device)
-        logits.append(model(input_ids=x).logits[:, -1].float().cpu())
-    logits = torch.cat(logits) if logits else torch.zeros(0, model.config.vocab_size)
-    return logits.argmax(-1).numpy(), logits
+def make_optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:
+    """``cfg.optimizer``: adamw (decoupled weight decay), adam (L2 weight decay) or sgd (plain
+    gradient descent, weight decay as L2), at ``effective_lr(cfg)``."""
+    kinds = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+    return kinds[cfg.optimizer](params, lr=effective_lr(cfg), weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(cfg: RunConfig, optimizer):
+    """Linear warm-up over ``warmup_steps``, then cosine decay to 0 at ``steps`` or constant."""
+    if cfg.lr_schedule == "constant":
+        return get_constant_schedule_with_warmup(optimizer, cfg.warmup_steps)
+    return get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.steps)
 
 
 class Run:
@@ -79,35 +90,38 @@ class Run:
 
     def __init__(self, cfg: RunConfig, task, data: dict, accelerator: Accelerator):
         self.cfg, self.task, self.data, self.accelerator = cfg, task, data, accelerator
+        self.objective = objective_for(task)
         self.eval_data = {s: {k: v[: cfg.n_eval] if s == "train" else v for k, v in data[s].items()}
-                          for s in EVAL_SPLITS}
-        self.metrics, self.offsets = [], []
+                          for s in data}
+        self.metrics, self.offsets, self.neurons, self.last_neurons = [], [], [], []
 
     def build(self):
         cfg = self.cfg
         set_seed(cfg.seed)  # before the model is built: the init draws from the global generator
-        model = build_model(
-            cfg.model_family, vocab_size=cfg.vocab_size, n_positions=self.task.seq_len,
-            n_embd=cfg.n_embd, n_layer=cfg.n_layer, n_head=cfg.n_head, d_ff=cfg.d_ff,
-            dropout=cfg.dropout,
-        )
-        self.init_records = apply_init_rate(model, cfg.gamma, cfg.part_gammas)
-        self.units0 = {(u.layer, u.component, u.head): u.units for u in read_units(model)}
+        model, self.init_records = build_for_run(cfg, self.task)
+        self.units0 = {(u.layer, u.component, u.head): u.units for u in all_units(model)}
         return model.to(self.accelerator.device)
 
     def batches(self, done: int):
-        """Endless (input_ids, target) batches from step ``done`` + 1 on: epochs over the fixed
-        training set, or fresh samples every step when ``fresh_samples``. The batch of a step
-        depends only on (seed, step), so a resumed run sees the same data as an unbroken one."""
+        """Endless batches (dicts of the objective's ``batch_columns`` as tensors on the device)
+        from step ``done`` + 1 on: epochs over the fixed training set, the whole set every step
+        when ``batch_size`` >= its size (full batch), or fresh samples every step when
+        ``fresh_samples``. The batch of a step depends only on (seed, step), so a resumed run sees
+        the same data as an unbroken one."""
         cfg, device = self.cfg, self.accelerator.device
+        columns = self.objective.batch_columns
         if cfg.fresh_samples:
             for step in itertools.count(done + 1):
                 b = self.task.train_sampler(np.random.default_rng([cfg.data_seed, cfg.seed, step]),
                                             cfg.batch_size)
-                yield (torch.as_tensor(b["input_ids"], device=device),
-                       torch.as_tensor(b["target"], device=device))
+                yield {c: torch.as_tensor(b[c], device=device) for c in columns}
         train = self.data["train"]
-        dataset = TensorDataset(torch.as_tensor(train["input_ids"]), torch.as_tensor(train["target"]))
+        tensors = [torch.as_tensor(train[c]) for c in columns]
+        if cfg.batch_size >= len(tensors[0]):
+            full = {c: t.to(device) for c, t in zip(columns, tensors)}
+            while True:
+                yield full
+        dataset = TensorDataset(*tensors)
         batch_size = min(cfg.batch_size, len(dataset))
         first_epoch, skip = divmod(done, len(dataset) // batch_size)
         for epoch in itertools.count(first_epoch):
@@ -117,16 +131,16 @@ class Run:
                                    batch_size, drop_last=True)
             loader = DataLoader(dataset, sampler=sampler, batch_size=None)
             # skipped batches are cheap gathers: replaying them keeps the order exact
-            for x, y in itertools.islice(loader, skip, None):
-                yield x.to(device), y.to(device)
+            for batch in itertools.islice(loader, skip, None):
+                yield {c: t.to(device) for c, t in zip(columns, batch)}
             skip = 0
 
     def train(self, progress=None) -> RunResult:
         cfg, acc = self.cfg, self.accelerator
         start = time.perf_counter()
         model = self.build()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.steps)
+        optimizer = make_optimizer(cfg, model.parameters())
+        scheduler = make_scheduler(cfg, optimizer)
         schedule = set(probe_steps(cfg.steps, cfg.n_probes))
         folder = run_dir(cfg)
         saved = None if cfg.overwrite else load_state(folder, model, optimizer, scheduler)
@@ -135,15 +149,16 @@ class Run:
         else:
             done, scores, wall0 = saved["step"], saved["scores"], saved["wall_s"]
             self.metrics, self.offsets = saved["metrics"], saved["offsets"]
+            self.neurons, self.last_neurons = saved.get("neurons", []), saved.get("last_neurons", [])
         if progress is not None:
             progress(None, done)
         diverged, step = False, done
         batches = self.batches(done)
         model.train()
         for step in range(done + 1, cfg.steps + 1):
-            x, y = next(batches)
+            batch = next(batches)
             with acc.autocast():
-                loss = F.cross_entropy(model(input_ids=x).logits[:, -1], y)  # last position only
+                loss = self.objective.loss(model, batch)
             if not torch.isfinite(loss):
                 diverged = True
                 break
@@ -161,53 +176,86 @@ class Run:
             if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
                 save_state(folder, model, optimizer, scheduler, {
                     "step": step, "scores": scores, "metrics": self.metrics,
-                    "offsets": self.offsets, "wall_s": wall0 + time.perf_counter() - start})
-        final = dict.fromkeys(("train_loss", *self.task.score_names), float("nan")) if diverged else scores
+                    "offsets": self.offsets, "neurons": self.neurons,
+                    "last_neurons": self.last_neurons,
+                    "wall_s": wall0 + time.perf_counter() - start})
+        names = ("train_loss", *self.objective.score_names)
+        final = dict.fromkeys(names, float("nan")) if diverged else scores
         row = self.summary(final, step, diverged, wall0 + time.perf_counter() - start)
         model.eval()
-        return RunResult(cfg, row, self.metrics, self.offsets, model.cpu(), self.init_records)
+        neurons = self.neurons + [r for r in self.last_neurons if r["step"] != 0]
+        return RunResult(cfg, row, self.metrics, self.offsets, model.cpu(), self.init_records,
+                         neurons)
 
     @torch.no_grad()
     def probe(self, model, step: int) -> dict:
-        """Condensation of every unit set and the reasoning scores at ``step``; appends the
-        report rows and returns the reasoning scores (train_loss included)."""
+        """Condensation of every unit set, the directions of a 1-D two-layer net, and the task's
+        scores at ``step``; appends the report rows and returns the scores (train_loss included)."""
         model.eval()
         run_id, cfg = self.cfg.run_id, self.cfg
-        for u in read_units(model):
+        for u in all_units(model):
             fit = Condensation(cfg.thresholds).fit(u.units)
             base = dict(run_id=run_id, step=step, layer=u.layer, component=u.component,
                         head=u.head, basis="weight", n_units=fit.n_units_)
             for metric, threshold, value in fit.results():
                 self.metrics.append(base | dict(metric=metric, threshold=threshold, value=value))
+            if u.component in NO_RD:
+                continue
             rd = relative_distance(u.units, self.units0[(u.layer, u.component, u.head)])
             self.metrics.append(base | dict(metric="rd", threshold=None, value=rd))
-        preds, logits = {}, {}
-        for split in EVAL_SPLITS:
-            preds[split], logits[split] = predict_last(model, self.eval_data[split]["input_ids"],
-                                                       self.accelerator.device)
-        target = torch.as_tensor(self.eval_data["train"]["target"])
-        scores = {"train_loss": F.cross_entropy(logits["train"], target).item()}
-        scores |= self.task.reasoning_metrics(preds, self.eval_data)
+        self.probe_neurons(model, step)
+        ev = self.objective.evaluate(model, self.eval_data, self.accelerator.device)
         base = dict(run_id=run_id, step=step, layer=None, component="output", head=None,
                     basis=None, threshold=None)
-        for metric, value in scores.items():
-            n = len(self.eval_data["ood" if metric.startswith("ood") else "train"]["key"])
-            self.metrics.append(base | dict(metric=metric, value=value, n_units=n))
-        for offset, count in self.task.ood_offsets(preds["ood"], self.eval_data["ood"]).items():
+        for metric, value in ev.scores.items():
+            self.metrics.append(base | dict(metric=metric, value=value, n_units=ev.counts[metric]))
+        n_ood = sum(ev.offsets.values())
+        for offset, count in ev.offsets.items():
             self.offsets.append(dict(run_id=run_id, step=step, offset=offset, count=count,
-                                     share=count / len(preds["ood"])))
-        return scores
+                                     share=count / n_ood))
+        return ev.scores
+
+    def probe_neurons(self, model, step: int) -> None:
+        """1-D two-layer nets: directions counted from the angle histogram (metrics rows
+        ``n_directions``, ``n_lines`` and ``direction_share``, the share of the total amplitude
+        they hold), and each neuron's (w, b, angle, amplitude), kept for step 0 and the latest
+        probe."""
+        feats = neuron_features(model)
+        if feats is None or not np.isfinite(feats["amplitude"]).all():
+            return
+        found = count_directions(feats["angle"], feats["amplitude"])
+        base = dict(run_id=self.cfg.run_id, step=step, layer=feats["layer"],
+                    component=feats["component"], head=None, basis="weight", threshold=None,
+                    n_units=len(feats["angle"]))
+        self.metrics.append(base | dict(metric="n_directions", value=float(found.n_directions)))
+        self.metrics.append(base | dict(metric="n_lines", value=float(found.n_lines)))
+        # how much of the output amplitude the directions hold: near 1 when condensed, well
+        # below at a random initialization, whose histogram also has chance peaks
+        self.metrics.append(base | dict(metric="direction_share", value=float(found.shares.sum())))
+        rows = [dict(run_id=self.cfg.run_id, step=step, layer=feats["layer"],
+                     component=feats["component"], unit=k, w=float(w), b=float(b),
+                     angle=float(t), amplitude=float(amp))
+                for k, ((w, b), t, amp) in enumerate(zip(feats["units"], feats["angle"],
+                                                         feats["amplitude"]))]
+        if step == 0:
+            self.neurons = rows
+        self.last_neurons = rows
 
     def summary(self, scores: dict, step: int, diverged: bool, wall_s: float) -> dict:
         cfg = self.cfg
-        fitted = (not diverged) and self.task.fitted(scores)
-        n_train = len(self.data["train"]["target"])
-        epochs = float("nan") if cfg.fresh_samples else step * cfg.batch_size / max(n_train, 1)
+        fitted = (not diverged) and self.objective.fitted(scores)
+        n_train = len(self.data["train"][self.objective.batch_columns[0]])
+        per_step = min(cfg.batch_size, n_train)
+        epochs = float("nan") if cfg.fresh_samples else step * per_step / max(n_train, 1)
+        lm = cfg.model_family in LM_FAMILIES  # the transformer sizes are blank for the baselines
         return {
             "run_id": cfg.run_id, "experiment": cfg.experiment, "task": cfg.task,
-            "model_family": cfg.model_family, "gamma": cfg.gamma, "n_layer": cfg.n_layer,
-            "n_embd": cfg.n_embd, "n_head": cfg.n_head, "lr": cfg.lr,
+            "model_family": cfg.model_family, "gamma": cfg.gamma,
+            "n_layer": cfg.n_layer if lm else None, "n_embd": cfg.n_embd if lm else None,
+            "n_head": cfg.n_head if lm else None, "lr": cfg.lr,
             "weight_decay": cfg.weight_decay, "dropout": cfg.dropout, "seed": cfg.seed,
+            **{k: getattr(cfg, k) for k in FAMILY_KEYS.get(cfg.model_family, ())},
+            **({"lr_effective": effective_lr(cfg)} if cfg.lr_scaling != "none" else {}),
             "steps": step, "epochs": round(epochs, 3) if not math.isnan(epochs) else epochs,
             **scores, "fitted": fitted, "diverged": diverged, "wall_s": round(wall_s, 2),
         }

