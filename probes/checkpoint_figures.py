@@ -8,26 +8,14 @@
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure state
 
-
-def _save(fig: Figure, path: Path) -> None:
-    """Save atomically (temp file in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+from probes.figures import save_figure
 
 
 def heatmap_name(run_id: str, step, component: str) -> str:
@@ -65,7 +53,7 @@ def cosine_heatmaps(maps: list[dict], path: Path, title: str) -> None:
     fig.suptitle(title, fontsize=10)
     if im is not None:
         fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="cosine similarity")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def groups_over_training(metrics: pd.DataFrame, path: Path, component: str, layers: list[int],
@@ -86,4 +74,4 @@ def groups_over_training(metrics: pd.DataFrame, path: Path, component: str, laye
     ax.set_ylabel(f"groups at cosine {threshold:g}")
     ax.set_title(f"Condensation of {component} over training")
     ax.legend(fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)

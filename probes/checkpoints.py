@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from probes.units import DictTensors
+
 STEP_DIR = re.compile(r"^(?:checkpoint|step|global_step)[-_]?(\d+)$")
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 SAFETENSORS, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
@@ -249,7 +251,7 @@ class SafetensorsTensors:
         return self.where[name].get_tensor(name)
 
 
-class PickleTensors:
+class PickleTensors(DictTensors):
     """Tensor source over ``pytorch_model.bin`` files (only with --allow_pickle): loaded with
     ``weights_only=True`` (no arbitrary objects) and memory-mapped where the format allows."""
 
@@ -264,15 +266,6 @@ class PickleTensors:
             except Exception as e:  # unpickling raises many types: one line for the user
                 raise CheckpointError(f"{f} could not be loaded as weights: {_one_line(e)}") from e
             self.tensors.update(state)
-
-    def names(self) -> list[str]:
-        return list(self.tensors)
-
-    def __contains__(self, name: str) -> bool:
-        return name in self.tensors
-
-    def get(self, name: str) -> torch.Tensor:
-        return self.tensors[name]
 
 
 def open_weights(folder: Path, allow_pickle: bool = False):

@@ -30,7 +30,7 @@ from probes.units import read_units  # noqa: E402
 LAYER, COMPONENT = 0, "attn.q"
 
 
-def _save(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
     """Save atomically (temp file then rename) and close."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
@@ -76,7 +76,7 @@ def cosine_heatmaps(runs: pd.DataFrame, path: Path, layer: int = LAYER,
         ax.set_xlabel("unit (ordered by group)")
     axes[0][0].set_ylabel(f"layer {layer} {component} unit")
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="cosine similarity")
-    _save(fig, path)
+    save_figure(fig, path)
     return True
 
 
@@ -96,7 +96,7 @@ def groups_over_training(runs: pd.DataFrame, metrics: pd.DataFrame, path: Path,
     ax.set_ylabel(f"groups at cosine {threshold}")
     ax.set_title(f"Condensation of layer {LAYER} W_Q over training")
     ax.legend(fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def ood_vs_gamma(runs: pd.DataFrame, path: Path, scores: tuple[str, ...],
@@ -114,7 +114,7 @@ def ood_vs_gamma(runs: pd.DataFrame, path: Path, scores: tuple[str, ...],
     ax.set_ylim(-0.03, 1.03)
     ax.set_title(f"{ood_label[0].upper()}{ood_label[1:]} against gamma (hollow: not fitted)")
     ax.legend(fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def ood_offsets(runs: pd.DataFrame, offsets: pd.DataFrame, path: Path,
@@ -132,7 +132,7 @@ def ood_offsets(runs: pd.DataFrame, offsets: pd.DataFrame, path: Path,
     ax.set_ylabel("gamma")
     fig.colorbar(im, ax=ax, label="mean share of answers")
     ax.set_title("Out-of-distribution answers at the end of training")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def condensation_vs_ood(runs: pd.DataFrame, metrics: pd.DataFrame, corr: pd.DataFrame,
@@ -161,7 +161,7 @@ def condensation_vs_ood(runs: pd.DataFrame, metrics: pd.DataFrame, corr: pd.Data
     ax.set_xlabel(f"final {metric}")
     ax.set_ylabel(score)
     ax.legend(fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def phase_diagram(table: pd.DataFrame, path: Path, ood_scores: tuple[str, ...],
@@ -190,7 +190,7 @@ def phase_diagram(table: pd.DataFrame, path: Path, ood_scores: tuple[str, ...],
         ax.set_ylabel(y)
         ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=list(axes), shrink=0.8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def phase_scores(task) -> tuple[str, ...]:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from probes.figures import _gamma_colors, _save, plt
+from probes.figures import _gamma_colors, plt, save_figure
 
 
 def _label(run: pd.Series, with_task: bool = False) -> str:
@@ -63,7 +63,7 @@ def amplitude_vs_angle(runs: pd.DataFrame, neurons: pd.DataFrame, metrics: pd.Da
         ax.legend(fontsize=6)
     for ax in list(axes.flat)[len(chosen):]:
         ax.axis("off")
-    _save(fig, path)
+    save_figure(fig, path)
     return True
 
 
@@ -90,7 +90,7 @@ def rd_vs_width(runs: pd.DataFrame, metrics: pd.DataFrame, slopes: pd.DataFrame,
     ax.set_ylabel("max-RD of the hidden layer's (w, b)")
     ax.set_title("Relative distance against width (Luo et al., JMLR 2021)", fontsize=9)
     ax.legend(fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def over_training(runs: pd.DataFrame, metrics: pd.DataFrame, path: Path, component: str,
@@ -117,7 +117,7 @@ def over_training(runs: pd.DataFrame, metrics: pd.DataFrame, path: Path, compone
     ax.set_ylabel(ylabel)
     if len(runs) <= 16:
         ax.legend(fontsize=6)
-    _save(fig, path)
+    save_figure(fig, path)
     return True
 
 
@@ -145,7 +145,7 @@ def groups_by_stage(final: pd.DataFrame, path: Path, thresholds=(0.7, 0.9)) -> N
         ax.set_ylabel(ylabel)
         ax.set_title(title, fontsize=9)
         ax.legend(fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def draw_all(out_dir: Path, runs: pd.DataFrame, metrics: pd.DataFrame,

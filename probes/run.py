@@ -23,6 +23,8 @@ if __package__ in (None, ""):  # run as a script: import the project, not probes
 from probes.config import FIELDS, ConfigError, expand, load_config, parse_overrides  # noqa: E402
 
 USAGE = """usage: accelerate launch probes/run.py [--config FILE] [--output_dir DIR] [--KEY VALUE ...]
+       accelerate launch probes/run.py --checkpoint DIR [--checkpoint DIR ...] [--output_dir DIR]
+         (probe checkpoints on disk; --checkpoint X --help lists its options)
 
 Any config key can be overridden; a YAML list value (e.g. --gamma "[0.3, 1.0]") makes a grid.
 Keys: """ + ", ".join(FIELDS)

@@ -387,11 +387,10 @@ def discover_layout(model: nn.Module) -> Layout:
 
 # --- reading ----------------------------------------------------------------------------------
 
-class ModelTensors:
-    """Tensor source over a live model's state dict (views, no copies)."""
+class DictTensors:
+    """Tensor source over an in-memory name -> tensor mapping (``self.tensors``)."""
 
-    def __init__(self, model: nn.Module):
-        self.tensors = model.state_dict()
+    tensors: dict
 
     def names(self) -> list[str]:
         return list(self.tensors)
@@ -401,6 +400,13 @@ class ModelTensors:
 
     def get(self, name: str) -> torch.Tensor:
         return self.tensors[name]
+
+
+class ModelTensors(DictTensors):
+    """Tensor source over a live model's state dict (views, no copies)."""
+
+    def __init__(self, model: nn.Module):
+        self.tensors = model.state_dict()
 
 
 def base_prefix(names, layout: Layout) -> str:
