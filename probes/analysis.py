@@ -15,7 +15,10 @@ from scipy import stats
 
 KEYS = ["layer", "component", "head", "basis", "metric", "threshold"]
 CORRELATION_COLUMNS = [*KEYS, "score", "subset", "n_runs", "spearman_rho", "ci_low", "ci_high",
-                       "p_value"]
+                       "p_value", "boot_undefined"]
+# Above this share of resamples with an undefined rho (a constant side: common when most runs
+# score 0), the percentile interval would describe only the lucky resamples; it is left empty.
+MAX_UNDEFINED = 0.05
 
 
 def spearman_rho(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -35,13 +38,14 @@ def correlate(x: np.ndarray, y: np.ndarray, n_resamples: int = 2000, seed: int =
         x, y: (n_runs,) floats.
 
     Returns:
-        {n_runs, spearman_rho, ci_low, ci_high, p_value}; NaN where undefined (fewer than 3 runs,
-        or a constant side). Resamples where rho is undefined (a constant resample) are left out
-        of the interval.
+        {n_runs, spearman_rho, ci_low, ci_high, p_value, boot_undefined}; NaN where undefined
+        (fewer than 3 runs, or a constant side). ``boot_undefined`` is the share of resamples
+        whose rho is undefined (a constant side); above MAX_UNDEFINED the interval is left NaN,
+        since a percentile interval over the remaining resamples would be biased.
     """
     n = len(x)
     out = {"n_runs": n, "spearman_rho": np.nan, "ci_low": np.nan, "ci_high": np.nan,
-           "p_value": np.nan}
+           "p_value": np.nan, "boot_undefined": np.nan}
     if n < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return out
     res = stats.spearmanr(x, y)
@@ -51,9 +55,10 @@ def correlate(x: np.ndarray, y: np.ndarray, n_resamples: int = 2000, seed: int =
                                n_resamples=n_resamples, method="percentile",
                                rng=np.random.default_rng(seed))
     dist = boot.bootstrap_distribution
-    low, high = np.nanpercentile(dist, [2.5, 97.5]) if np.isfinite(dist).any() else (np.nan,) * 2
+    undefined = float(np.mean(~np.isfinite(dist)))
+    low, high = np.nanpercentile(dist, [2.5, 97.5]) if undefined <= MAX_UNDEFINED else (np.nan,) * 2
     out.update(spearman_rho=float(res.statistic), ci_low=float(low), ci_high=float(high),
-               p_value=float(res.pvalue))
+               p_value=float(res.pvalue), boot_undefined=undefined)
     return out
 
 

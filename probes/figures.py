@@ -118,12 +118,17 @@ def ood_vs_gamma(runs: pd.DataFrame, path: Path, scores: tuple[str, ...],
 
 
 def ood_offsets(runs: pd.DataFrame, offsets: pd.DataFrame, path: Path,
-                offset_label: str = "offset") -> None:
+                offset_label: str = "offset", min_share: float = 0.01) -> None:
+    """Mean share of each final answer offset per gamma; offsets below ``min_share`` for every
+    gamma are pooled into one "rest" column so that the picture stays readable."""
     last = offsets.groupby("run_id")["step"].transform("max")
     final = offsets[offsets["step"] == last].merge(runs[["run_id", "gamma"]], on="run_id")
     n_seeds = runs.groupby("gamma")["run_id"].nunique()
     table = final.pivot_table(index="gamma", columns="offset", values="share", aggfunc="sum")
     table = table.div(n_seeds, axis=0).fillna(0.0)  # mean share over the runs of each gamma
+    rare = table.columns[table.max(axis=0) < min_share]
+    if len(rare):
+        table = table.drop(columns=rare).assign(rest=table[rare].sum(axis=1))
     fig, ax = plt.subplots(figsize=(max(6, 0.35 * table.shape[1]), 0.6 * len(table) + 1.5))
     im = ax.imshow(table.values, aspect="auto", cmap="magma", vmin=0, vmax=1)
     ax.set_xticks(range(table.shape[1]), [str(c) for c in table.columns], fontsize=7, rotation=90)
