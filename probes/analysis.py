@@ -62,6 +62,15 @@ def correlate(x: np.ndarray, y: np.ndarray, n_resamples: int = 2000, seed: int =
     return out
 
 
+def interval_text(row) -> str:
+    """A correlations.csv row's rho and interval for people: "-0.40 [-0.90, 0.71]", or why the
+    interval is missing."""
+    text = f"{row['spearman_rho']:.2f} "
+    if np.isfinite(row["ci_low"]):
+        return text + f"[{row['ci_low']:.2f}, {row['ci_high']:.2f}]"
+    return text + f"(no interval: {row['boot_undefined']:.0%} of resamples degenerate)"
+
+
 def final_values(metrics: pd.DataFrame) -> pd.DataFrame:
     """Condensation rows (basis set) at each run's last probed step."""
     cond = metrics[metrics["basis"].notna()]

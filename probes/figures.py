@@ -105,10 +105,11 @@ def ood_vs_gamma(runs: pd.DataFrame, path: Path, scores: tuple[str, ...],
     done = runs[~runs["diverged"].astype(bool)]
     for i, score in enumerate(scores):
         mean = done.groupby("gamma")[score].mean()
-        ax.plot(mean.index, mean.values, marker="s", color=f"C{i}", label=f"{score} (mean)")
-        for fitted, face in ((True, f"C{i}"), (False, "none")):
+        ax.plot(mean.index, mean.values, color=f"C{i}", lw=1, alpha=0.7, label=f"{score} (mean)")
+        for fitted, face in ((True, f"C{i}"), (False, "white")):  # runs drawn over the means
             pts = done[done["fitted"].astype(bool) == fitted]
-            ax.scatter(pts["gamma"], pts[score], s=18, facecolors=face, edgecolors=f"C{i}")
+            ax.scatter(pts["gamma"], pts[score], s=30, facecolors=face, edgecolors=f"C{i}",
+                       linewidths=1.2, zorder=3)
     ax.set_xlabel("init rate gamma (std = d_in^-gamma)")
     ax.set_ylabel(f"share of {ood_label} / accuracy")
     ax.set_ylim(-0.03, 1.03)
@@ -160,8 +161,7 @@ def condensation_vs_ood(runs: pd.DataFrame, metrics: pd.DataFrame, corr: pd.Data
     title = f"layer {LAYER} W_Q {metric} vs {score}"
     if len(row) and np.isfinite(row["spearman_rho"].iloc[0]):
         r = row.iloc[0]
-        title += (f"\nSpearman rho {r['spearman_rho']:.2f} "
-                  f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}], n={r['n_runs']}")
+        title += f"\nSpearman rho {analysis.interval_text(r)}, n={r['n_runs']}"
     ax.set_title(title, fontsize=9)
     ax.set_xlabel(f"final {metric}")
     ax.set_ylabel(score)

@@ -31,7 +31,7 @@ NEURONS_COLUMNS = ["run_id", "step", "layer", "component", "unit", "w", "b", "an
 # runs.csv: these identity columns, then train_loss and the task's own scores, then RUNS_TAIL
 RUNS_FRONT = ["run_id", "experiment", "task", "model_family", "gamma", "n_layer", "n_embd",
               "n_head", "lr", "weight_decay", "dropout", "seed", "steps", "epochs", "train_loss"]
-RUNS_TAIL = ["fitted", "diverged", "wall_s", "checkpoint", "package_version"]
+RUNS_TAIL = ["fitted", "diverged", "wall_s", "num_threads", "checkpoint", "package_version"]
 _INT_COLUMNS = ("step", "layer", "head", "n_units", "offset", "count", "unit")
 
 

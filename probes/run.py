@@ -30,6 +30,16 @@ Any config key can be overridden; a YAML list value (e.g. --gamma "[0.3, 1.0]") 
 Keys: """ + ", ".join(FIELDS)
 
 
+def check_output_dir(out_dir: Path) -> None:
+    """Raise ConfigError if ``out_dir`` (or a folder above it) exists and is not a folder."""
+    for p in (out_dir, *out_dir.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise ConfigError(f"output_dir={str(out_dir)!r} is not usable: {str(p)!r} is a file; "
+                                  f"accepted is a folder path")
+            return
+
+
 def configure_threads(num_threads: int | None, num_processes: int) -> int:
     """Use all cores in a one-process run (``accelerate launch`` sets OMP_NUM_THREADS=1 unless
     told otherwise), and share them between processes in a multi-process one. The same number
@@ -137,13 +147,15 @@ def summary(runs, corr, task) -> str:
     """Per-gamma means of the final scores, the fitted count, and the headline correlation."""
     import numpy as np
 
+    from probes import analysis
+
     if runs.empty:
         return "no finished runs yet"
     cols = [c for c in task.score_names if c != "acc_train"]
     table = runs.groupby("gamma").agg(
         runs=("run_id", "count"), fitted=("fitted", "sum"),
-        **{c: (c, "mean") for c in cols}, wall_s=("wall_s", "sum"))
-    text = "final scores, mean over seeds per gamma:\n" + table.round(3).to_string()
+        **{c: (c, "mean") for c in cols}, wall_s_total=("wall_s", "sum"))
+    text = "final scores, mean over the runs of each gamma:\n" + table.round(3).to_string()
     if corr is not None:
         row = corr[(corr["layer"] == 0) & (corr["component"] == "attn.q") & corr["head"].isna()
                    & (corr["metric"] == "mean_abs_cos") & (corr["score"] == "ood_inferential")
@@ -151,7 +163,7 @@ def summary(runs, corr, task) -> str:
         if len(row) and np.isfinite(row["spearman_rho"].iloc[0]):
             r = row.iloc[0]
             text += (f"\nSpearman(layer-0 W_Q mean|cos|, ood_inferential) over {r['n_runs']} runs: "
-                     f"{r['spearman_rho']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]")
+                     + analysis.interval_text(r))
     return text
 
 
@@ -167,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path, overrides = parse_overrides(argv)
         cfgs = expand(load_config(path, overrides))
+        check_output_dir(cfgs[0].out_dir)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -178,6 +191,10 @@ def main(argv: list[str] | None = None) -> int:
     # then join one gloo group instead of each believing it is alone.
     accelerator = Accelerator(cpu=not torch.accelerator.is_available())
     threads = configure_threads(cfgs[0].num_threads, accelerator.num_processes)
+    for cfg in {(c.warmup_steps, c.steps): c for c in cfgs}.values():
+        if cfg.warmup_steps >= cfg.steps:
+            accelerator.print(f"warning: warmup_steps={cfg.warmup_steps} >= steps={cfg.steps}: "
+                              f"the learning rate never reaches lr={cfg.lr:g}")
     accelerator.print(f"{len(cfgs)} run(s) -> {cfgs[0].out_dir}/ on {accelerator.num_processes} "
                       f"process(es), {threads} thread(s) each, device {accelerator.device}")
     if not cfgs[0].report_only:

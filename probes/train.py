@@ -258,4 +258,6 @@ class Run:
             **({"lr_effective": effective_lr(cfg)} if cfg.lr_scaling != "none" else {}),
             "steps": step, "epochs": round(epochs, 3) if not math.isnan(epochs) else epochs,
             **scores, "fitted": fitted, "diverged": diverged, "wall_s": round(wall_s, 2),
+            # float sums depend on the thread count, and training amplifies them: keep it
+            "num_threads": torch.get_num_threads(),
         }
