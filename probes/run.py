@@ -57,17 +57,20 @@ def configure_threads(num_threads: int | None, num_processes: int) -> int:
 
 
 def build_data(cfgs):
-    """Task objects and numpy columns per distinct task setting (runs of a grid share data)."""
+    """A lookup cfg -> (task, numpy columns per split), built once per distinct task setting
+    (runs of a grid share their data)."""
     from tasks import make_task
+
+    def key(cfg):
+        return cfg.task, tuple(sorted(cfg.task_options().items()))
 
     cache = {}
     for cfg in cfgs:
-        key = (cfg.task, tuple(sorted(cfg.task_options().items())))
-        if key not in cache:
+        if key(cfg) not in cache:
             task = make_task(cfg.task, **cfg.task_options())
             splits = task.build()
-            cache[key] = (task, {s: splits[s][:] for s in splits})
-    return cache, lambda cfg: cache[(cfg.task, tuple(sorted(cfg.task_options().items())))]
+            cache[key(cfg)] = (task, {s: splits[s][:] for s in splits})
+    return lambda cfg: cache[key(cfg)]
 
 
 def train_all(cfgs, accelerator) -> None:
@@ -88,7 +91,7 @@ def train_all(cfgs, accelerator) -> None:
         return
     with accelerator.split_between_processes(todo) as mine:
         mine = list(mine)
-    _, data_for = build_data(mine)
+    data_for = build_data(mine)
     n_rounds = math.ceil(len(todo) / accelerator.num_processes)
     bar = tqdm(total=sum(c.steps for c in mine), disable=not accelerator.is_main_process,
                unit="step", dynamic_ncols=True)
