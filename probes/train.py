@@ -37,7 +37,7 @@ from probes.neurons import count_directions
 from probes.report import run_dir
 from probes.resume import load_state, save_state
 from probes.units_baselines import NO_RD, all_units, neuron_features
-from tasks.objective import objective_for, predict_last  # noqa: F401  (predict_last: old home)
+from tasks.objective import objective_for
 
 
 @dataclass
