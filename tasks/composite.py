@@ -10,7 +10,9 @@ rules) or x - 6 (``symmetric``: it copied its answer for (3, 4)).
 
 Keys are split by value and position: a training sample has ``key % split_modulus != position``,
 an id test sample has ``key % split_modulus == position`` (position = 0-based index of the key in
-the sequence; the paper uses modulus seq_len - 2 = 7, the group's public code 9).
+the sequence; the paper uses modulus seq_len - 2 = 7, the group's public code 9). With a modulus
+below the number of positions the rule wraps round, ``(key - position) % split_modulus == 0``, as
+in the rest of the family (tasks.common.KeySplit).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from datasets import Dataset, DatasetDict
+
+from tasks.common import KeySplit
 
 SHIFTS = {1: 5, 2: 1, 3: -2, 4: -8}
 EXCEPTION_PAIR = (3, 4)  # trained on EXCEPTION_OFFSET instead of its composite
@@ -163,22 +167,11 @@ class CompositeTask:
         }
 
     def _draw_keys(self, rng: np.random.Generator, position: np.ndarray, keys: str) -> np.ndarray:
-        # Uniform over the keys allowed at each position: draw an index into a per-position table.
-        values = np.arange(self.key_low, self.key_high + 1)
-        table, counts = [], []
-        for p in range(self.n_positions):
-            is_test = values % self.split_modulus == p
-            allowed = values if keys == "all" else values[is_test if keys == "test" else ~is_test]
-            if len(allowed) == 0:
-                raise ValueError(
-                    f"no {keys} key in [{self.key_low}, {self.key_high}] at position {p} with "
-                    f"split_modulus={self.split_modulus}: choose a modulus that leaves keys on both sides"
-                )
-            table.append(np.pad(allowed, (0, len(values) - len(allowed))))
-            counts.append(len(allowed))
-        table, counts = np.stack(table), np.array(counts)
-        idx = (rng.random(len(position)) * counts[position]).astype(np.int64)
-        return table[position, idx]
+        # The family's key split (tasks.common.KeySplit): for positions below the modulus its rule
+        # (key - p) % m == 0 is the paper's key % m == p, and its draws are the same.
+        split = KeySplit(self.key_low, self.key_high, self.split_modulus, tuple(range(self.n_positions)))
+        split.check()
+        return split.draw(rng, position, keys)
 
     @staticmethod
     def _dataset(columns: dict) -> Dataset:
