@@ -1,0 +1,86 @@
+"""probes/split_table.py against hand-built report folders with known answers."""
+
+import pandas as pd
+import pytest
+import yaml
+
+from probes import split_table
+
+
+def _experiment(root, name, runs):
+    """A report folder: runs = [(gamma, seed, lr, acc_id, acc34, inferential, symmetric, wq_cos)]."""
+    d = root / name
+    rows, metrics, offsets = [], [], []
+    for gamma, seed, lr, acc_id, acc34, inf, sym, cos in runs:
+        run_id = f"paper-g{gamma}-s{seed}-{name}"
+        rows.append(dict(run_id=run_id, experiment=name, task="composite", model_family="paper",
+                         gamma=gamma, n_layer=2, n_embd=64, lr=lr, weight_decay=0.01, seed=seed,
+                         acc_test_id=acc_id, acc_pair34=acc34, ood_inferential=inf,
+                         ood_symmetric=sym, ood_other=1 - inf - sym,
+                         fitted=acc_id >= 0.95 and acc34 >= 0.95))
+        for step, value in ((0, 0.1), (100, cos)):  # only the last probe counts
+            metrics.append(dict(run_id=run_id, step=step, layer=0, component="attn.q", head=None,
+                                basis="weight", metric="mean_abs_cos", threshold=None, value=value))
+            metrics.append(dict(run_id=run_id, step=step, layer=0, component="attn.q", head=None,
+                                basis="weight", metric="n_groups", threshold=0.9, value=32 - step / 10))
+        metrics.append(dict(run_id=run_id, step=100, layer=1, component="attn.q", head=None,
+                            basis="weight", metric="mean_abs_cos", threshold=None, value=0.99))
+        offsets += [dict(run_id=run_id, step=100, offset=-10, count=1, share=inf),
+                    dict(run_id=run_id, step=100, offset=-6, count=1, share=sym),
+                    dict(run_id=run_id, step=0, offset=-50, count=1, share=1.0)]
+        (d / "runs" / run_id).mkdir(parents=True)
+        (d / "runs" / run_id / "config.yaml").write_text(yaml.safe_dump(
+            {"lr": lr, "lr_schedule": "cosine", "steps": 100, "n_train": 20000}))
+    pd.DataFrame(rows).to_csv(d / "runs.csv", index=False)
+    pd.DataFrame(metrics).to_csv(d / "metrics.csv", index=False)
+    pd.DataFrame(offsets).to_csv(d / "ood_offsets.csv", index=False)
+    return d
+
+
+def test_table_means_over_fitted_runs_and_verdict(tmp_path):
+    d = _experiment(tmp_path, "a", [
+        (0.3, 0, 1e-3, 1.0, 1.0, 0.1, 0.9, 0.2), (0.3, 1, 1e-3, 1.0, 0.97, 0.0, 0.8, 0.2),
+        (0.3, 2, 1e-3, 0.99, 1.0, 0.2, 0.7, 0.2), (0.3, 3, 1e-3, 0.5, 0.1, 0.9, 0.0, 0.2),  # unfitted
+        (1.0, 0, 1e-3, 1.0, 1.0, 0.9, 0.0, 0.8), (1.0, 1, 1e-3, 1.0, 1.0, 0.8, 0.1, 0.9),
+        (1.0, 2, 1e-3, 1.0, 1.0, 0.85, 0.1, 0.7)])
+    runs, metrics, offsets = split_table.load([d])
+    table = split_table.run_table(runs, metrics, offsets)
+    assert len(table) == 7 and table["fitted"].sum() == 6
+    first = table.iloc[0]
+    assert (first["gamma"], first["seed"]) == (0.3, 0)
+    assert first["wq_mean_abs_cos"] == 0.2 and first["wq_groups_0.9"] == 22  # last probe, layer 0
+    assert first["top_offsets"] == "-6: 0.90, -10: 0.10"
+    means = split_table.gamma_means(table, [])
+    lo = means[means["gamma"] == 0.3].iloc[0]
+    assert (lo["runs"], lo["fitted"]) == (4, 3)
+    assert lo["ood_symmetric"] == pytest.approx(0.8)  # (0.9 + 0.8 + 0.7) / 3: unfitted left out
+    hi = means[means["gamma"] == 1.0].iloc[0]
+    assert hi["ood_inferential"] == pytest.approx(0.85)
+    assert split_table.verdict(means) == "split shown"
+    assert split_table.verdict(means, min_seeds=4).startswith("not shown: gamma 0.3: 3 fitted")
+
+
+def test_verdict_names_each_failed_condition(tmp_path):
+    d = _experiment(tmp_path, "b", [(0.3, s, 1e-3, 1.0, 1.0, 0.0, 1.0, 0.2) for s in range(3)]
+                    + [(1.0, s, 1e-3, 1.0, 1.0, 0.0, 1.0, 0.9) for s in range(3)])
+    text = split_table.report([d])
+    assert "not shown: gamma 1: mean ood_inferential 0.000 (need >= 0.8)" in text
+    assert "gamma 0.3: mean ood_symmetric" not in text
+
+
+def test_settings_that_differ_get_columns(tmp_path):
+    a = _experiment(tmp_path, "a", [(0.5, 0, 1e-3, 1.0, 1.0, 0.0, 1.0, 0.3)])
+    b = _experiment(tmp_path, "b", [(0.5, 0, 3e-4, 1.0, 1.0, 1.0, 0.0, 0.3)])
+    runs, metrics, offsets = split_table.load([a, b])
+    assert split_table.varying(runs) == ["experiment", "lr"]
+    assert list(split_table.run_table(runs, metrics, offsets)["lr"]) == [1e-3, 3e-4]  # experiment a first
+
+
+def test_cli_bad_folder_one_line_exit_2(tmp_path, capsys):
+    assert split_table.main([str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no runs.csv" in err
+    out = tmp_path / "t.md"
+    d = _experiment(tmp_path, "c", [(0.5, 0, 1e-3, 1.0, 1.0, 0.0, 1.0, 0.3)])
+    assert split_table.main([str(d), "--out", str(out)]) == 0
+    assert out.read_text().startswith("### Runs")
