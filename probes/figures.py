@@ -3,6 +3,9 @@
 - ``cosine_<component>_layer<L>.png``: cosine heat maps of one unit set for each gamma (first
   seed), units ordered by complete-linkage groups so that groups sit together;
 - ``groups_over_training.png``: condensed groups (at 0.9) of layer-0 W_Q against step, per run;
+- ``ood_over_training.png``: the first two ood shares and id accuracy against step, one panel per
+  gamma and a line per seed: answers on the held-out pair drift after id accuracy plateaus, so a
+  final share alone can hide a passing state;
 - ``ood_vs_gamma.png``: ood shares (inferential, symmetric, other) and id accuracy against gamma;
 - ``ood_offsets.png``: the held-out pair's answer offsets (answer - key) against gamma;
 - ``condensation_vs_ood.png``: final layer-0 W_Q mean |cos| against ood_inferential, one point
@@ -96,6 +99,35 @@ def groups_over_training(runs: pd.DataFrame, metrics: pd.DataFrame, path: Path,
     ax.set_ylabel(f"groups at cosine {threshold}")
     ax.set_title(f"Condensation of layer {LAYER} W_Q over training")
     ax.legend(fontsize=7)
+    save_figure(fig, path)
+
+
+def ood_over_training(runs: pd.DataFrame, metrics: pd.DataFrame, path: Path,
+                      scores: tuple[str, ...]) -> None:
+    gammas = sorted(runs["gamma"].unique())
+    ncols = min(4, len(gammas))
+    nrows = -(-len(gammas) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols + 0.5, 3.2 * nrows), sharey=True,
+                             squeeze=False)
+    for ax in axes.flat[len(gammas):]:
+        ax.set_visible(False)
+    styles = ("-", "--", ":")
+    for ax, gamma in zip(axes.flat, gammas):
+        for j, (_, run) in enumerate(runs[runs["gamma"] == gamma].sort_values("seed").iterrows()):
+            m = metrics[(metrics["run_id"] == run["run_id"]) & metrics["layer"].isna()]
+            for i, score in enumerate((*scores, "acc_test_id")):
+                r = m[m["metric"] == score].sort_values("step")
+                ax.plot(r["step"].astype(float).clip(lower=0.5), r["value"], color=f"C{i}",
+                        ls=styles[j % 3], lw=1.2, label=f"{score}" if j == 0 else None)
+        ax.set_xscale("log")
+        ax.set_title(f"gamma {gamma:g} (line style: seed)", fontsize=9)
+        ax.set_xlabel("step")
+        ax.set_ylim(-0.03, 1.03)
+    for row in axes:
+        row[0].set_ylabel("share / accuracy")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("Answers on the held-out data over training", fontsize=10)
+    fig.tight_layout()
     save_figure(fig, path)
 
 
@@ -221,6 +253,7 @@ def draw_all(out_dir: Path, runs: pd.DataFrame, metrics: pd.DataFrame, offsets: 
         written.append(fig_dir / "phase_diagram.png")
     for name, draw in (
         ("groups_over_training.png", lambda p: groups_over_training(runs, metrics, p)),
+        ("ood_over_training.png", lambda p: ood_over_training(runs, metrics, p, shown)),
         ("ood_vs_gamma.png", lambda p: ood_vs_gamma(runs, p, (*task.ood_scores, "acc_test_id"),
                                                     getattr(task, "ood_label", "ood answers"))),
         ("ood_offsets.png", lambda p: ood_offsets(runs, offsets, p,

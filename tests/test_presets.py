@@ -14,7 +14,7 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
 @pytest.mark.parametrize("name, n_runs", [("default", 6), ("sweep_small", 10),
-                                          ("phase_diagram", 18), ("paper", 1080)])
+                                          ("phase_diagram", 24), ("paper", 1080)])
 def test_presets_expand(name, n_runs):
     runs = expand(load_config(CONFIGS / f"{name}.yaml"))
     assert len(runs) == n_runs

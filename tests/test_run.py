@@ -44,7 +44,8 @@ def test_writes_all_reports_with_design_columns(tiny_out):
     assert sorted(runs["gamma"]) == [0.5, 1.0] and len(runs) == 2
     # after 30 steps nothing fits, and it says so
     assert not runs["fitted"].any() and not runs["diverged"].any()
-    for name in ("cosine_attn_q_layer0", "groups_over_training", "ood_vs_gamma", "ood_offsets",
+    for name in ("cosine_attn_q_layer0", "groups_over_training", "ood_over_training",
+                 "ood_vs_gamma", "ood_offsets",
                  "condensation_vs_ood"):
         assert (tiny_out / "figures" / f"{name}.png").stat().st_size > 1000
 
