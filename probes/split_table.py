@@ -157,7 +157,7 @@ def markdown(df: pd.DataFrame) -> str:
         if isinstance(v, (bool, np.bool_)):
             return "yes" if v else "no"
         if isinstance(v, (float, np.floating)):
-            return "" if np.isnan(v) else f"{v:.3f}".rstrip("0").rstrip(".") if v != int(v) else f"{v:g}"
+            return "" if np.isnan(v) else f"{v:.3f}".rstrip("0").rstrip(".")
         return str(v)
     lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
