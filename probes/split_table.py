@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from probes.analysis import final_values
 from probes.report import atomic_write_text, read_csv
 
 # settings worth a column when they differ between the runs compared (run_id and seed excluded)
@@ -83,9 +84,9 @@ def run_table(runs: pd.DataFrame, metrics: pd.DataFrame, offsets: pd.DataFrame) 
         ood_inferential, ood_symmetric, ood_other, top_offsets, wq_mean_abs_cos, wq_groups_0.9,
         wq_groups_0.7]; W_Q values are NaN for runs without a layer-0 attn.q probe.
     """
-    last = metrics.groupby("run_id")["step"].transform("max") == metrics["step"]
-    wq = metrics[last & (metrics["layer"] == 0) & (metrics["component"] == "attn.q")
-                 & metrics["head"].isna() & (metrics["basis"] == "weight")]
+    final = final_values(metrics)
+    wq = final[(final["layer"] == 0) & (final["component"] == "attn.q") & final["head"].isna()
+               & (final["basis"] == "weight")]
     rows = []
     for _, r in runs.iterrows():
         q = wq[wq["run_id"] == r["run_id"]]
