@@ -8,7 +8,8 @@ experiment (a task without out-of-distribution scores).
   condensed.
 - ``final_condensation.csv``: each run's final groups per stage (ResNet: stem, stage0..3,
   classifier; mlp: ``mlp.in``) and threshold, the convolutions of a stage pooled.
-- ``directions.csv`` (mlp with 1-D input): the condensed directions and lines at the last probe.
+- ``directions.csv`` (mlp with 1-D input): the condensed directions and lines at the last probe
+  and at the end of the initial stage (``initial_stage``).
 """
 
 from __future__ import annotations
@@ -122,19 +123,51 @@ def final_condensation(runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFram
     return pd.DataFrame(rows, columns=FINAL_COLUMNS)
 
 
+def initial_stage(metrics: pd.DataFrame, loss_ratio: float = 0.99) -> pd.Series:
+    """run_id -> the last probe step of the initial stage: the probe before the training loss
+    first falls below ``loss_ratio`` times its value at step 0 (the last probe when it never
+    does).
+
+    The initial-condensation analysis (Zhou et al., NeurIPS 2022, arXiv 2105.11686) holds while
+    the output is still ~0, so that the residual is the target; once the loss falls, the first
+    neurons to escape take over the fit and the count reflects the next stage.
+
+    Args:
+        metrics: metrics.csv frame with ``train_loss`` rows (component ``output``).
+        loss_ratio: in (0, 1].
+
+    Returns:
+        Series of int steps, one per run with a ``train_loss`` at step 0.
+    """
+    loss = metrics[(metrics["metric"] == "train_loss") & (metrics["component"] == "output")]
+    steps = {}
+    for run_id, r in loss.groupby("run_id"):
+        r = r.sort_values("step")
+        if r["step"].iloc[0] != 0:
+            continue
+        fallen = (r["value"] < loss_ratio * r["value"].iloc[0]).to_numpy()
+        k = int(np.argmax(fallen)) - 1 if fallen.any() else len(r) - 1
+        steps[run_id] = int(r["step"].iloc[k])
+    return pd.Series(steps, dtype=int)
+
+
 def directions(runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
-    """n_directions, n_lines and direction_share of each 1-D mlp run at its last probe
-    (probes.neurons)."""
+    """n_directions, n_lines and direction_share of each 1-D mlp run (probes.neurons) at its last
+    probe, and the same at the end of the initial stage (``initial_stage``) as
+    initial_step, initial_n_directions, initial_n_lines, initial_direction_share."""
     names = ["n_directions", "n_lines", "direction_share"]
     m = metrics[metrics["metric"].isin(names)]
     if m.empty:
         return pd.DataFrame(columns=["run_id", "step", *names])
-    last = m.groupby("run_id")["step"].transform("max")
-    table = m[m["step"] == last].pivot_table(index=["run_id", "step"], columns="metric",
-                                             values="value").reset_index()
+    table = m.pivot_table(index=["run_id", "step"], columns="metric", values="value").reset_index()
+    last = table[table["step"] == table.groupby("run_id")["step"].transform("max")]
+    first = initial_stage(metrics)
+    early = table[table["step"] == table["run_id"].map(first)]
+    early = early.rename(columns={c: f"initial_{c}" for c in ("step", *names)})
     keep = [c for c in ("activation", "gamma", "width", "dropout", "seed") if c in runs]
-    return runs[["run_id", *keep]].merge(table, on="run_id")[
-        ["run_id", *keep, "step", *[c for c in names if c in table]]]
+    out = runs[["run_id", *keep]].merge(last, on="run_id").merge(early, on="run_id", how="left")
+    cols = [c for c in names if c in table]
+    return out[["run_id", *keep, "step", *cols, "initial_step", *[f"initial_{c}" for c in cols]]]
 
 
 def summary(runs: pd.DataFrame, final: pd.DataFrame, slopes: pd.DataFrame | None,
@@ -165,12 +198,16 @@ def summary(runs: pd.DataFrame, final: pd.DataFrame, slopes: pd.DataFrame | None
         text += "\n\ncondensation at the last probe, per stage (mean over runs):\n"
         text += table.round(4).to_string()
     if found is not None and len(found):
-        outcome = found.assign(task=found["run_id"].map(runs.set_index("run_id")["task"]),
-                               counted=[f"{d:.0f} dir / {n:.0f} lines" for d, n in
-                                        zip(found["n_directions"], found["n_lines"])])
-        keys = [k for k in ("task", "activation", "gamma", "width", "dropout") if k in outcome]
-        table = outcome.groupby(keys)["counted"].value_counts().unstack(fill_value=0)
-        text += "\n\ndirections at the last probe (runs with each outcome):\n" + table.to_string()
+        for prefix, when in (("initial_", "at the end of the initial stage"),
+                             ("", "at the last probe")):
+            outcome = found.dropna(subset=[f"{prefix}n_directions"])
+            outcome = outcome.assign(
+                task=outcome["run_id"].map(runs.set_index("run_id")["task"]),
+                counted=[f"{d:.0f} dir / {n:.0f} lines" for d, n in
+                         zip(outcome[f"{prefix}n_directions"], outcome[f"{prefix}n_lines"])])
+            keys = [k for k in ("task", "activation", "gamma", "width", "dropout") if k in outcome]
+            table = outcome.groupby(keys)["counted"].value_counts().unstack(fill_value=0)
+            text += f"\n\ndirections {when} (runs with each outcome):\n" + table.to_string()
     if slopes is not None and len(slopes):
         text += "\n\nS_w = slope of log max-RD against log width:\n"
         text += slopes[["gamma", "activation", "dropout", "widths", "slope", "stderr"]].round(3) \

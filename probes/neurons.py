@@ -153,3 +153,62 @@ def count_directions(angles, weights=None, n_bins: int = 36, min_share: float = 
                 lines[i] = j
                 break
     return Directions(means, shares, lines)
+
+
+MULTIPLICITY_ONE = ("tanh", "sigmoid", "softplus")
+
+
+def early_directions(inputs, target, activation: str, min_rel: float = 0.5,
+                     n_grid: int = 3600) -> np.ndarray:
+    """Directions of (w, b) that the initial-stage dynamics favour, in closed form.
+
+    From a small initialization the output is ~0, so the residual is the target y and each
+    neuron's (w, b) follows the first non-vanishing term of sigma at 0 (Zhou et al., NeurIPS 2022,
+    arXiv 2105.11686), with x~ = (x, 1) and means over the training points:
+
+    - tanh, sigmoid, softplus (sigma'(0) != 0): d(w, b)/dt ~ a sigma'(0) E[y x~], so every neuron
+      moves along +-m, m = E[y x~]: one line, two opposite directions;
+    - x tanh(x) (~ z^2 at 0): d(w, b)/dt ~ 2 a M (w, b), M = E[y x~ x~^T]: neurons with a > 0
+      grow along the top eigenvector of M (when its eigenvalue is > 0), a < 0 along the bottom
+      one (when < 0): two lines when M is indefinite;
+    - relu (1-homogeneous): a neuron of angle t grows at rate ~ |F(t)|, F(t) = E[y relu(cos t x +
+      sin t)], and turns toward a local maximum of F (a > 0) or minimum (a < 0): the directions
+      are the local extrema of F with |F| >= ``min_rel`` times the largest |F|.
+
+    Args:
+        inputs: (n,) or (n, 1) scalar inputs x of the training points.
+        target: (n,) or (n, 1) targets y.
+        activation: one of relu, tanh, sigmoid, softplus, xtanh.
+        min_rel: relu only, the smallest |F| of an extremum kept, relative to max |F|, in (0, 1].
+        n_grid: relu only, angles on which F is evaluated.
+
+    Returns:
+        (k,) angles in [-pi, pi), sorted: both directions of each predicted line (tanh family,
+        x tanh x), or the kept extrema of F (relu).
+
+    Raises:
+        ValueError: an unknown activation, inputs that are not scalar, or a length mismatch.
+    """
+    x = np.asarray(inputs, dtype=np.float64).reshape(len(inputs), -1)
+    y = np.asarray(target, dtype=np.float64).reshape(-1)
+    if x.shape[1] != 1 or len(y) != len(x):
+        raise ValueError(f"inputs {x.shape} and target {y.shape}: accepted are n scalar inputs "
+                         f"and n targets")
+    xt = np.column_stack([x[:, 0], np.ones(len(x))])
+    if activation in MULTIPLICITY_ONE:
+        m = (y[:, None] * xt).mean(0)
+        angles = [np.arctan2(m[1], m[0])] * 2 + np.array([0.0, np.pi])
+    elif activation == "xtanh":
+        vals, vecs = np.linalg.eigh((y[:, None, None] * xt[:, :, None] * xt[:, None, :]).mean(0))
+        keep = [i for i, v in ((1, vals[1]), (0, -vals[0])) if v > 0]
+        angles = [np.arctan2(vecs[1, i], vecs[0, i]) + s for i in keep for s in (0.0, np.pi)]
+    elif activation == "relu":
+        t = np.linspace(-np.pi, np.pi, n_grid, endpoint=False)
+        f = (y[None] * np.maximum(np.outer(np.cos(t), xt[:, 0]) + np.sin(t)[:, None], 0)).mean(1)
+        prev, after = np.roll(f, 1), np.roll(f, -1)
+        extremum = ((f > prev) & (f >= after) & (f > 0)) | ((f < prev) & (f <= after) & (f < 0))
+        angles = t[extremum & (np.abs(f) >= min_rel * np.abs(f).max())]
+    else:
+        raise ValueError(f"activation={activation!r}: accepted are relu, tanh, sigmoid, softplus, "
+                         f"xtanh")
+    return np.sort(np.mod(np.asarray(angles) + np.pi, 2 * np.pi) - np.pi)

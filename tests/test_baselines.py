@@ -15,7 +15,7 @@ import models
 from models.mlp import ACTIVATIONS, build_mlp, log_width_gamma, ntk_scale, phase_init, phase_stds
 from probes import baselines
 from probes.config import expand, load_config
-from probes.neurons import amplitude, count_directions, orientation
+from probes.neurons import amplitude, count_directions, early_directions, orientation
 from probes.run import main
 from probes.train import Run
 from probes.units_baselines import active_neurons, all_units, resnet_stage
@@ -256,13 +256,17 @@ def test_mlp_checkpoint_reproduces_reported_loss_and_neurons(mlp_out):
         np.testing.assert_allclose(last["amplitude"], np.abs(a) * np.hypot(w, b), rtol=1e-5)
 
 
-def _early_run(task: str, activation: str, gamma: float, seed: int = 0):
-    """A width-100 net of configs/mlp_initial.yaml trained 1000 steps, in one thread (float
-    sums in another thread count could tip a borderline histogram bin)."""
-    raw = load_config(ROOT / "configs" / "mlp_initial.yaml", {
-        "task": task, "activation": activation, "gamma": gamma, "seed": seed,
-        "save_checkpoint": False})
-    (cfg,) = expand(raw)
+def _early_run(task: str, activation: str, gamma: float, seed: int = 0, steps: int | None = None):
+    """A width-100 net of configs/mlp_initial.yaml (40 log-spaced probes), in one thread (float
+    sums in another thread count could tip a borderline histogram bin).
+
+    Returns:
+        (directions.csv row of the run as a dict, the run's training data, neuron rows of the
+        last probe as a frame).
+    """
+    overrides = {"task": task, "activation": activation, "gamma": gamma, "seed": seed,
+                 "save_checkpoint": False} | ({"steps": steps} if steps else {})
+    (cfg,) = expand(load_config(ROOT / "configs" / "mlp_initial.yaml", overrides))
     t = make_task(cfg.task, **cfg.task_options())
     data = {k: v[:] for k, v in t.build().items()}
     threads = torch.get_num_threads()
@@ -271,27 +275,85 @@ def _early_run(task: str, activation: str, gamma: float, seed: int = 0):
         result = Run(cfg, t, data, Accelerator(cpu=True)).train()
     finally:
         torch.set_num_threads(threads)
-    m = pd.DataFrame(result.metrics)
-    last = m[(m["step"] == m["step"].max()) & (m["component"] == "mlp.in")].set_index("metric")
-    last = last["value"]
-    return int(last["n_directions"]), int(last["n_lines"]), last["direction_share"]
+    runs = pd.DataFrame([{"run_id": cfg.run_id}])
+    found = baselines.directions(runs, pd.DataFrame(result.metrics)).iloc[0].to_dict()
+    neurons = pd.DataFrame(result.neurons)
+    return found, data["train"], neurons[neurons["step"] == neurons["step"].max()]
 
 
-def test_initial_condensation_tanh_one_line():
-    n, lines, share = _early_run("sin_sum", "tanh", 3.0)
-    assert (n, lines) == (2, 1) and share > 0.9
+def _counts(found: dict, prefix: str = "") -> tuple[int, int]:
+    return int(found[f"{prefix}n_directions"]), int(found[f"{prefix}n_lines"])
 
 
-def test_initial_condensation_xtanh_two_lines():
-    counts = [_early_run("sine", "xtanh", 2.0, seed)[:2] for seed in range(10)]
-    assert sum(lines == 2 for _, lines in counts) >= 5
-    assert all(lines <= 2 and n <= 4 for n, lines in counts)  # twice the multiplicity 2
+def _gap(found_angles, predicted) -> float:
+    """Largest angular distance from a found direction to the nearest predicted one (radians)."""
+    d = np.angle(np.exp(1j * (np.asarray(found_angles)[:, None] - np.asarray(predicted)[None])))
+    return float(np.abs(d).min(1).max())
 
 
-def test_initial_condensation_relu_three_directions_two_opposite():
-    counts = [_early_run("sin_sum", "relu", 3.0, seed)[:2] for seed in range(10)]
-    assert counts.count((3, 2)) >= 6  # 3 directions on 2 lines: two of them are opposite
-    assert all(n <= 3 for n, _ in counts)  # never more than the activation allows
+def test_early_directions_closed_forms():
+    # multiplicity one: the line of m = E[y (x, 1)] = (0.5, 0.5)
+    np.testing.assert_allclose(early_directions([-1, 1], [0, 1], "tanh"), [-3 * math.pi / 4, math.pi / 4])
+    # x tanh x on an odd target: M = E[y (x,1)(x,1)^T] = [[0, c], [c, 0]], eigenvectors at +-45 deg
+    x = np.linspace(-1, 1, 41)
+    np.testing.assert_allclose(early_directions(x, x, "xtanh"),
+                               [-3 * math.pi / 4, -math.pi / 4, math.pi / 4, 3 * math.pi / 4], atol=1e-12)
+    # relu, one point (1, 1): F(t) = relu(cos t + sin t) peaks at 45 deg, and has no minimum < 0
+    np.testing.assert_allclose(early_directions([1.0], [1.0], "relu"), [math.pi / 4], atol=1e-9)
+    with pytest.raises(ValueError, match="activation='gelu'"):
+        early_directions(x, x, "gelu")
+
+
+def test_initial_stage_is_the_probe_before_the_loss_falls():
+    rows = [dict(run_id=r, step=s, component="output", metric="train_loss", value=v)
+            for r, losses in (("a", [1.0, 1.0, 0.995, 0.9, 0.1]), ("b", [2.0, 2.0, 1.99, 1.985, 1.99]))
+            for s, v in zip([0, 10, 20, 40, 80], losses)]
+    assert baselines.initial_stage(pd.DataFrame(rows)).to_dict() == {"a": 20, "b": 80}
+
+
+# Initial condensation (Zhou et al., NeurIPS 2022): counted at the end of the initial stage (the
+# probe before the training loss falls below 99% of its start, while the residual is still the
+# target), checked against the closed-form directions of probes.neurons.early_directions.
+
+def test_initial_condensation_tanh_one_line_on_m():
+    found, train, last = _early_run("sin_sum", "tanh", 3.0)
+    assert _counts(found, "initial_") == (2, 1) and found["initial_direction_share"] > 0.9
+    assert found["initial_step"] == found["step"] == 1000  # the loss has not fallen yet
+    predicted = early_directions(train["inputs"], train["target"], "tanh")
+    got = count_directions(last["angle"], last["amplitude"]).angles
+    assert _gap(got, predicted) < 0.1  # measured 0.05 rad
+
+
+def test_initial_condensation_xtanh_two_lines_on_eigenvectors():
+    counts, steps = [], []
+    for seed in range(10):
+        found, _, _ = _early_run("sine", "xtanh", 2.0, seed)
+        counts.append(_counts(found, "initial_"))
+        steps.append(int(found["initial_step"]))
+    assert sum(lines == 2 for _, lines in counts) >= 9  # measured 10/10
+    assert all(n <= 4 for n, _ in counts)  # twice the multiplicity 2
+    # the directions at the end of the initial stage lie on the eigenvector lines of E[y x~ x~^T]
+    for seed in (0, 1):
+        _, train, last = _early_run("sine", "xtanh", 2.0, seed, steps=steps[seed])
+        got = count_directions(last["angle"], last["amplitude"]).angles
+        predicted = early_directions(train["inputs"], train["target"], "xtanh")
+        assert _gap(got, predicted) < 0.15  # measured <= 0.12 rad
+
+
+def test_initial_condensation_relu_on_extrema_then_three_directions():
+    counts, later, steps = [], [], []
+    for seed in range(10):
+        found, _, _ = _early_run("sin_sum", "relu", 3.0, seed)
+        counts.append(_counts(found, "initial_"))
+        later.append(_counts(found))
+        steps.append(int(found["initial_step"]))
+    # initial stage: 2 directions (never more than 3), on the two largest maxima of F
+    assert counts.count((2, 2)) >= 9 and all(n <= 3 for n, _ in counts)  # measured 10/10
+    _, train, last = _early_run("sin_sum", "relu", 3.0, 0, steps=steps[0])
+    got = count_directions(last["angle"], last["amplitude"]).angles
+    assert _gap(got, early_directions(train["inputs"], train["target"], "relu")) < 0.15
+    # by step 1000: 3 directions of which 2 are opposite (same breakpoint) in most seeds
+    assert later.count((3, 2)) >= 6 and all(n <= 3 for n, _ in later)
 
 
 def test_dropout_lowers_the_active_group_ratio():
