@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from probes.neurons import INITIAL_LOSS_RATIO
 from probes.units_baselines import resnet_stage
 
 SLOPE_GROUPS = ("gamma", "gamma_prime", "activation", "dropout")
@@ -123,7 +124,7 @@ def final_condensation(runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFram
     return pd.DataFrame(rows, columns=FINAL_COLUMNS)
 
 
-def initial_stage(metrics: pd.DataFrame, loss_ratio: float = 0.99) -> pd.Series:
+def initial_stage(metrics: pd.DataFrame, loss_ratio: float = INITIAL_LOSS_RATIO) -> pd.Series:
     """run_id -> the last probe step of the initial stage: the probe before the training loss
     first falls below ``loss_ratio`` times its value at step 0 (the last probe when it never
     does).

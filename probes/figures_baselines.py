@@ -1,9 +1,9 @@
 """Figures of the baseline families, drawn from their CSVs (nothing recomputed by hand):
 
 - ``amplitude_vs_angle.png`` (mlp, 1-D input): each hidden neuron's amplitude |a| |(w, b)|
-  against its orientation angle of (w, b), at step 0 and at the last probe, one panel per
-  (activation, gamma, width, dropout) (lowest seed), as in Luo et al. (JMLR 2021) and Zhou et
-  al. (arXiv 2105.11686);
+  (log scale) against its orientation angle of (w, b), at step 0, at the end of the initial
+  stage and at the last probe, one panel per (activation, gamma, width, dropout) (lowest seed),
+  as in Luo et al. (JMLR 2021) and Zhou et al. (arXiv 2105.11686);
 - ``rd_vs_width.png`` (mlp, several widths): max-RD against width on log-log axes per gamma,
   with the fitted lines of rd_slopes.csv (S_w in the legend);
 - ``rd_over_training.png`` (mlp): RD of the hidden layer against step, one line per run;
@@ -34,7 +34,11 @@ def _label(run: pd.Series, with_task: bool = False) -> str:
 
 def amplitude_vs_angle(runs: pd.DataFrame, neurons: pd.DataFrame, metrics: pd.DataFrame,
                        path: Path, max_panels: int = 12) -> bool:
-    """Scatter of amplitude against angle at step 0 (grey) and the last probe (red)."""
+    """Scatter of amplitude against angle at step 0 (grey), at the end of the initial stage
+    (blue, when it is neither) and at the last probe (red), with the directions and lines counted
+    at the last two."""
+    from probes.baselines import initial_stage
+
     with_task = runs["task"].nunique() > 1
     keys = [k for k in ("task", "activation", "gamma", "width", "dropout")
             if k in runs and (k != "task" or with_task)]
@@ -43,23 +47,32 @@ def amplitude_vs_angle(runs: pd.DataFrame, neurons: pd.DataFrame, metrics: pd.Da
     if chosen.empty:
         return False
     found = metrics[metrics["metric"].isin(["n_directions", "n_lines"])]
+    first = initial_stage(metrics)
     cols = min(len(chosen), 4)
     rows = int(np.ceil(len(chosen) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.2 * rows), squeeze=False,
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.4 * rows), squeeze=False,
                              layout="constrained")
     for ax, (_, run) in zip(axes.flat, chosen.iterrows()):
         n = neurons[neurons["run_id"] == run["run_id"]]
         last = n["step"].max()
-        for step, color, label in ((0, "0.6", "step 0"), (last, "C3", f"step {last}")):
+        early = first.get(run["run_id"], last)
+        shown = {0: ("0.6", "step 0"), early: ("C0", f"step {early}"), last: ("C3", f"step {last}")}
+        color, label = shown[early]
+        shown[early] = (color, f"{label} (initial stage)")  # may be step 0 or the last probe
+        title = [_label(run, with_task)]
+        for step, (color, label) in shown.items():
             s = n[n["step"] == step]
             ax.scatter(s["angle"], s["amplitude"], s=5, color=color, label=label)
-        f = found[(found["run_id"] == run["run_id"]) & (found["step"] == last)]
-        counts = dict(zip(f["metric"], f["value"]))
-        ax.set_title(f"{_label(run, with_task)}\n{counts.get('n_directions', np.nan):.0f} directions, "
-                     f"{counts.get('n_lines', np.nan):.0f} lines", fontsize=8)
+        for step, name in ((early, "initial"), (last, "last")):
+            f = found[(found["run_id"] == run["run_id"]) & (found["step"] == step)]
+            counts = dict(zip(f["metric"], f["value"]))
+            title.append(f"{name}: {counts.get('n_directions', np.nan):.0f} directions, "
+                         f"{counts.get('n_lines', np.nan):.0f} lines")
+        ax.set_title("\n".join(title), fontsize=7)
         ax.set_xlim(-np.pi, np.pi)
         ax.set_xlabel("orientation angle of (w, b)")
         ax.set_ylabel("amplitude |a| |(w, b)|")
+        ax.set_yscale("log")  # from a small init the three steps are orders of magnitude apart
         ax.legend(fontsize=6)
     for ax in list(axes.flat)[len(chosen):]:
         ax.axis("off")

@@ -156,6 +156,9 @@ def count_directions(angles, weights=None, n_bins: int = 36, min_share: float = 
 
 
 MULTIPLICITY_ONE = ("tanh", "sigmoid", "softplus")
+# the initial stage ends at the probe before the training loss first falls below this share of
+# its value at step 0 (the residual is then no longer the target)
+INITIAL_LOSS_RATIO = 0.99
 
 
 def early_directions(inputs, target, activation: str, min_rel: float = 0.5,

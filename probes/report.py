@@ -3,7 +3,8 @@
 Layout of an experiment's output folder::
 
     runs.csv  metrics.csv  ood_offsets.csv  correlations.csv  figures/*.png
-    neurons.csv (1-D two-layer nets only: each neuron at step 0 and at the last probe)
+    neurons.csv (1-D two-layer nets only: each neuron at step 0, at the end of the initial
+    stage and at the last probe)
     runs/<run_id>/config.yaml  model/  run.json  metrics.csv  ood_offsets.csv  [neurons.csv]
 
 ``runs/<run_id>/run.json`` is written last: a run folder with it is finished, and a rerun of the

@@ -33,7 +33,7 @@ from models import LM_FAMILIES, build_for_run
 from models.mlp import ntk_scale
 from probes.config import FAMILY_KEYS, RunConfig
 from probes.metrics import Condensation, relative_distance
-from probes.neurons import count_directions
+from probes.neurons import INITIAL_LOSS_RATIO, count_directions
 from probes.report import run_dir
 from probes.resume import load_state, save_state
 from probes.units_baselines import NO_RD, all_units, neuron_features
@@ -51,7 +51,8 @@ class RunResult:
     offsets: list[dict] = field(default_factory=list)
     model: torch.nn.Module | None = None
     init_records: list[dict] = field(default_factory=list)
-    neurons: list[dict] = field(default_factory=list)  # 1-D two-layer nets: first and last probe
+    # 1-D two-layer nets: step 0, the end of the initial stage and the last probe
+    neurons: list[dict] = field(default_factory=list)
 
 
 def probe_steps(steps: int, n_probes: int) -> list[int]:
@@ -94,6 +95,7 @@ class Run:
         self.eval_data = {s: {k: v[: cfg.n_eval] if s == "train" else v for k, v in data[s].items()}
                           for s in data}
         self.metrics, self.offsets, self.neurons, self.last_neurons = [], [], [], []
+        self.initial_neurons: list[dict] = []  # the probe before the loss first falls
 
     def build(self):
         cfg = self.cfg
@@ -150,6 +152,7 @@ class Run:
             done, scores, wall0 = saved["step"], saved["scores"], saved["wall_s"]
             self.metrics, self.offsets = saved["metrics"], saved["offsets"]
             self.neurons, self.last_neurons = saved.get("neurons", []), saved.get("last_neurons", [])
+            self.initial_neurons = saved.get("initial_neurons", [])
         if progress is not None:
             progress(None, done)
         diverged, step = False, done
@@ -177,13 +180,18 @@ class Run:
                 save_state(folder, model, optimizer, scheduler, {
                     "step": step, "scores": scores, "metrics": self.metrics,
                     "offsets": self.offsets, "neurons": self.neurons,
-                    "last_neurons": self.last_neurons,
+                    "last_neurons": self.last_neurons, "initial_neurons": self.initial_neurons,
                     "wall_s": wall0 + time.perf_counter() - start})
         names = ("train_loss", *self.objective.score_names)
         final = dict.fromkeys(names, float("nan")) if diverged else scores
         row = self.summary(final, step, diverged, wall0 + time.perf_counter() - start)
         model.eval()
-        neurons = self.neurons + [r for r in self.last_neurons if r["step"] != 0]
+        steps = {0}
+        neurons = list(self.neurons)
+        for rows in (self.initial_neurons, self.last_neurons):
+            if rows and rows[0]["step"] not in steps:
+                steps.add(rows[0]["step"])
+                neurons += rows
         return RunResult(cfg, row, self.metrics, self.offsets, model.cpu(), self.init_records,
                          neurons)
 
@@ -203,8 +211,11 @@ class Run:
                 continue
             rd = relative_distance(u.units, self.units0[(u.layer, u.component, u.head)])
             self.metrics.append(base | dict(metric="rd", threshold=None, value=rd))
+        before = self.last_neurons
         self.probe_neurons(model, step)
         ev = self.objective.evaluate(model, self.eval_data, self.accelerator.device)
+        if before and not self.initial_neurons and self.loss_fell(ev.scores.get("train_loss")):
+            self.initial_neurons = before
         base = dict(run_id=run_id, step=step, layer=None, component="output", head=None,
                     basis=None, threshold=None)
         for metric, value in ev.scores.items():
@@ -215,11 +226,18 @@ class Run:
                                      share=count / n_ood))
         return ev.scores
 
+    def loss_fell(self, loss) -> bool:
+        """Whether the training loss is below INITIAL_LOSS_RATIO times its value at step 0: the
+        end of the initial stage (``probes.baselines.initial_stage`` reads it from metrics.csv)."""
+        first = [r["value"] for r in self.metrics
+                 if r["step"] == 0 and r["metric"] == "train_loss" and r["component"] == "output"]
+        return bool(first) and loss is not None and loss < INITIAL_LOSS_RATIO * first[0]
+
     def probe_neurons(self, model, step: int) -> None:
         """1-D two-layer nets: directions counted from the angle histogram (metrics rows
         ``n_directions``, ``n_lines`` and ``direction_share``, the share of the total amplitude
-        they hold), and each neuron's (w, b, angle, amplitude), kept for step 0 and the latest
-        probe."""
+        they hold), and each neuron's (w, b, angle, amplitude), kept for step 0, the end of the
+        initial stage (``loss_fell``) and the latest probe."""
         feats = neuron_features(model)
         if feats is None or not np.isfinite(feats["amplitude"]).all():
             return

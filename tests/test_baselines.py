@@ -256,17 +256,16 @@ def test_mlp_checkpoint_reproduces_reported_loss_and_neurons(mlp_out):
         np.testing.assert_allclose(last["amplitude"], np.abs(a) * np.hypot(w, b), rtol=1e-5)
 
 
-def _early_run(task: str, activation: str, gamma: float, seed: int = 0, steps: int | None = None):
+def _early_run(task: str, activation: str, gamma: float, seed: int = 0):
     """A width-100 net of configs/mlp_initial.yaml (40 log-spaced probes), in one thread (float
     sums in another thread count could tip a borderline histogram bin).
 
     Returns:
-        (directions.csv row of the run as a dict, the run's training data, neuron rows of the
-        last probe as a frame).
+        (directions.csv row of the run as a dict, the run's training data, its neurons.csv rows).
     """
-    overrides = {"task": task, "activation": activation, "gamma": gamma, "seed": seed,
-                 "save_checkpoint": False} | ({"steps": steps} if steps else {})
-    (cfg,) = expand(load_config(ROOT / "configs" / "mlp_initial.yaml", overrides))
+    (cfg,) = expand(load_config(ROOT / "configs" / "mlp_initial.yaml", {
+        "task": task, "activation": activation, "gamma": gamma, "seed": seed,
+        "save_checkpoint": False}))
     t = make_task(cfg.task, **cfg.task_options())
     data = {k: v[:] for k, v in t.build().items()}
     threads = torch.get_num_threads()
@@ -277,8 +276,14 @@ def _early_run(task: str, activation: str, gamma: float, seed: int = 0, steps: i
         torch.set_num_threads(threads)
     runs = pd.DataFrame([{"run_id": cfg.run_id}])
     found = baselines.directions(runs, pd.DataFrame(result.metrics)).iloc[0].to_dict()
-    neurons = pd.DataFrame(result.neurons)
-    return found, data["train"], neurons[neurons["step"] == neurons["step"].max()]
+    return found, data["train"], pd.DataFrame(result.neurons)
+
+
+def _angles_at(neurons: pd.DataFrame, step) -> np.ndarray:
+    """The direction angles counted from the neurons of one probe step."""
+    s = neurons[neurons["step"] == step]
+    assert len(s) == 100
+    return count_directions(s["angle"], s["amplitude"]).angles
 
 
 def _counts(found: dict, prefix: str = "") -> tuple[int, int]:
@@ -316,42 +321,36 @@ def test_initial_stage_is_the_probe_before_the_loss_falls():
 # target), checked against the closed-form directions of probes.neurons.early_directions.
 
 def test_initial_condensation_tanh_one_line_on_m():
-    found, train, last = _early_run("sin_sum", "tanh", 3.0)
+    found, train, neurons = _early_run("sin_sum", "tanh", 3.0)
     assert _counts(found, "initial_") == (2, 1) and found["initial_direction_share"] > 0.9
     assert found["initial_step"] == found["step"] == 1000  # the loss has not fallen yet
     predicted = early_directions(train["inputs"], train["target"], "tanh")
-    got = count_directions(last["angle"], last["amplitude"]).angles
-    assert _gap(got, predicted) < 0.1  # measured 0.05 rad
+    assert _gap(_angles_at(neurons, 1000), predicted) < 0.1  # measured 0.05 rad
 
 
 def test_initial_condensation_xtanh_two_lines_on_eigenvectors():
-    counts, steps = [], []
+    counts = []
     for seed in range(10):
-        found, _, _ = _early_run("sine", "xtanh", 2.0, seed)
+        found, train, neurons = _early_run("sine", "xtanh", 2.0, seed)
         counts.append(_counts(found, "initial_"))
-        steps.append(int(found["initial_step"]))
+        if seed < 3:  # on the eigenvector lines of E[y x~ x~^T], from the neurons.csv rows
+            predicted = early_directions(train["inputs"], train["target"], "xtanh")
+            assert _gap(_angles_at(neurons, found["initial_step"]), predicted) < 0.15
     assert sum(lines == 2 for _, lines in counts) >= 9  # measured 10/10
     assert all(n <= 4 for n, _ in counts)  # twice the multiplicity 2
-    # the directions at the end of the initial stage lie on the eigenvector lines of E[y x~ x~^T]
-    for seed in (0, 1):
-        _, train, last = _early_run("sine", "xtanh", 2.0, seed, steps=steps[seed])
-        got = count_directions(last["angle"], last["amplitude"]).angles
-        predicted = early_directions(train["inputs"], train["target"], "xtanh")
-        assert _gap(got, predicted) < 0.15  # measured <= 0.12 rad
 
 
 def test_initial_condensation_relu_on_extrema_then_three_directions():
-    counts, later, steps = [], [], []
+    counts, later = [], []
     for seed in range(10):
-        found, _, _ = _early_run("sin_sum", "relu", 3.0, seed)
+        found, train, neurons = _early_run("sin_sum", "relu", 3.0, seed)
         counts.append(_counts(found, "initial_"))
         later.append(_counts(found))
-        steps.append(int(found["initial_step"]))
-    # initial stage: 2 directions (never more than 3), on the two largest maxima of F
+        if seed < 3:  # on the largest extrema of F(t) = E[y relu(cos t x + sin t)]
+            predicted = early_directions(train["inputs"], train["target"], "relu")
+            assert _gap(_angles_at(neurons, found["initial_step"]), predicted) < 0.15
+    # initial stage: 2 directions (never more than 3)
     assert counts.count((2, 2)) >= 9 and all(n <= 3 for n, _ in counts)  # measured 10/10
-    _, train, last = _early_run("sin_sum", "relu", 3.0, 0, steps=steps[0])
-    got = count_directions(last["angle"], last["amplitude"]).angles
-    assert _gap(got, early_directions(train["inputs"], train["target"], "relu")) < 0.15
     # by step 1000: 3 directions of which 2 are opposite (same breakpoint) in most seeds
     assert later.count((3, 2)) >= 6 and all(n <= 3 for n, _ in later)
 
