@@ -165,7 +165,7 @@ def directions(runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
     first = initial_stage(metrics)
     early = table[table["step"] == table["run_id"].map(first)]
     early = early.rename(columns={c: f"initial_{c}" for c in ("step", *names)})
-    keep = [c for c in ("activation", "gamma", "width", "dropout", "seed") if c in runs]
+    keep = [c for c in ("task", "activation", "gamma", "width", "dropout", "seed") if c in runs]
     out = runs[["run_id", *keep]].merge(last, on="run_id").merge(early, on="run_id", how="left")
     cols = [c for c in names if c in table]
     return out[["run_id", *keep, "step", *cols, "initial_step", *[f"initial_{c}" for c in cols]]]
@@ -183,7 +183,8 @@ def summary(runs: pd.DataFrame, final: pd.DataFrame, slopes: pd.DataFrame | None
     else:  # a long grid: means over seeds
         keys = [k for k in ("task", *settings) if k in runs and k != "seed"]
         table = runs.groupby(keys).agg(runs=("run_id", "count"), fitted=("fitted", "sum"),
-                                       **{c: (c, "mean") for c in scores}, wall_s=("wall_s", "sum"))
+                                       **{c: (c, "mean") for c in scores},
+                                       wall_s_total=("wall_s", "sum"))
         text = "final scores, mean over seeds:\n" + table.to_string()
     if len(final):
         keys = ["gamma", "dropout", "stage"]

@@ -32,6 +32,11 @@ def _label(run: pd.Series, with_task: bool = False) -> str:
     return ", ".join(parts)
 
 
+def _count(counts: dict, metric: str, noun: str) -> str:
+    value = counts.get(metric, np.nan)
+    return f"{value:.0f} {noun}{'' if value == 1 else 's'}"
+
+
 def amplitude_vs_angle(runs: pd.DataFrame, neurons: pd.DataFrame, metrics: pd.DataFrame,
                        path: Path, max_panels: int = 12) -> bool:
     """Scatter of amplitude against angle at step 0 (grey), at the end of the initial stage
@@ -46,7 +51,7 @@ def amplitude_vs_angle(runs: pd.DataFrame, neurons: pd.DataFrame, metrics: pd.Da
     chosen = chosen[chosen["run_id"].isin(neurons["run_id"])].head(max_panels)
     if chosen.empty:
         return False
-    found = metrics[metrics["metric"].isin(["n_directions", "n_lines"])]
+    found = metrics[metrics["metric"].isin(["n_directions", "n_lines", "direction_share"])]
     first = initial_stage(metrics)
     cols = min(len(chosen), 4)
     rows = int(np.ceil(len(chosen) / cols))
@@ -66,8 +71,9 @@ def amplitude_vs_angle(runs: pd.DataFrame, neurons: pd.DataFrame, metrics: pd.Da
         for step, name in ((early, "initial"), (last, "last")):
             f = found[(found["run_id"] == run["run_id"]) & (found["step"] == step)]
             counts = dict(zip(f["metric"], f["value"]))
-            title.append(f"{name}: {counts.get('n_directions', np.nan):.0f} directions, "
-                         f"{counts.get('n_lines', np.nan):.0f} lines")
+            title.append(f"{name}: {_count(counts, 'n_directions', 'direction')}, "
+                         f"{_count(counts, 'n_lines', 'line')}, "
+                         f"share {counts.get('direction_share', np.nan):.2f}")
         ax.set_title("\n".join(title), fontsize=7)
         ax.set_xlim(-np.pi, np.pi)
         ax.set_xlabel("orientation angle of (w, b)")
