@@ -147,6 +147,18 @@ HINTS = typing.get_type_hints(RunConfig)
 LIST_KEYS = {"thresholds"}
 
 
+NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+         type(None): "null"}
+
+
+def _type_name(tp) -> str:
+    """'an integer', 'a number or null', ... for an annotated RunConfig type."""
+    union = typing.get_origin(tp) in (typing.Union, types.UnionType)
+    options = typing.get_args(tp) if union else (tp,)
+    return " or ".join("a list" if typing.get_origin(o) is list
+                       else NAMES.get(o, getattr(o, "__name__", str(o))) for o in options)
+
+
 def _accepts(key: str, value) -> bool:
     """Whether ``value`` fits the annotated type of RunConfig field ``key``."""
     tp = HINTS[key]
@@ -181,7 +193,7 @@ def _check_value(key: str, value) -> None:
         raise ConfigError(f"{key}=[] is an empty grid: give at least one value")
     for v in values:
         if not _accepts(key, v):
-            raise ConfigError(f"{key}={v!r} has the wrong type: accepted is {HINTS[key]}")
+            raise ConfigError(f"{key}={v!r} has the wrong type: accepted is {_type_name(HINTS[key])}")
 
 
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> dict:

@@ -108,7 +108,8 @@ def test_rerun_skips_finished_and_same_seed_is_identical(tiny_out, tmp_path, cap
     (["--n_embd", "30", "--n_head", "4"], "n_embd=30"),
     (["--config", "missing.yaml"], "missing.yaml"),
     (["--experiment", "[a, b]"], "experiment"),
-    (["--steps", "ten"], "steps='ten'"),
+    (["--steps", "ten"], "steps='ten' has the wrong type: accepted is an integer"),
+    (["--d_ff", "wide"], "accepted is an integer or null"),
 ])
 def test_bad_input_one_line_exit_2_nothing_written(args, names, tmp_path, capsys):
     out = tmp_path / "out"
