@@ -204,7 +204,6 @@ def summary(runs: pd.DataFrame, final: pd.DataFrame, slopes: pd.DataFrame | None
                              ("", "at the last probe")):
             outcome = found.dropna(subset=[f"{prefix}n_directions"])
             outcome = outcome.assign(
-                task=outcome["run_id"].map(runs.set_index("run_id")["task"]),
                 counted=[f"{d:.0f} dir / {n:.0f} line{'' if n == 1 else 's'}" for d, n in
                          zip(outcome[f"{prefix}n_directions"], outcome[f"{prefix}n_lines"])])
             keys = [k for k in ("task", "activation", "gamma", "width", "dropout") if k in outcome]
