@@ -30,8 +30,8 @@ from threadpoolctl import threadpool_limits
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from probes.metrics import THRESHOLDS, Condensation  # noqa: E402
-from probes.units import read_units  # noqa: E402
+from probes.measure.metrics import THRESHOLDS, Condensation  # noqa: E402
+from probes.measure.units import read_units  # noqa: E402
 
 NOISE = (0.002, 0.006, 0.012, 0.03)  # per-coordinate noise of planted groups: tight to loose
 

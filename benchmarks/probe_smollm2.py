@@ -26,7 +26,7 @@ import resource, runpy, sys
 code = 0
 try:
     if sys.argv[1] == "--imports-only":
-        import probes.checkpoint_probe, probes.run, accelerate  # noqa: F401
+        import probes.checkpoint.probe, probes.run, accelerate  # noqa: F401
     else:
         sys.argv = ["probes/run.py", *sys.argv[1:]]
         runpy.run_path("probes/run.py", run_name="__main__")
@@ -58,7 +58,7 @@ def main() -> None:
     print(f"load average: {os.getloadavg()[0]:.2f} (2 cores; > 0.5 means a shared CPU)")
     if not model.exists():
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "probes.gguf_convert", "smollm2", str(model)],
+        subprocess.run([sys.executable, "-m", "probes.checkpoint.gguf", "smollm2", str(model)],
                        cwd=ROOT, check=True, capture_output=True)
         print(f"one-off conversion GGUF -> safetensors: {time.perf_counter() - start:.1f} s")
     size = sum(f.stat().st_size for f in model.glob("*.safetensors"))

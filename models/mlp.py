@@ -16,8 +16,6 @@ critical (mean-field-like) line, > 1 the condensed regime.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
@@ -143,12 +141,6 @@ def ntk_scale(width: int, gamma: float, gamma_prime: float = 0.0) -> float:
     (gamma < 1), and leaves it unchanged from gamma = 1 on."""
     beta1, beta2 = phase_stds(width, gamma, gamma_prime)
     return width * (beta1**2 + beta2**2) / 2
-
-
-def log_width_gamma(beta1: float, beta2: float, width: int) -> tuple[float, float]:
-    """Inverse of ``phase_stds``: (gamma, gamma') from the stds at width m (for checks)."""
-    lm = math.log(width)
-    return -math.log(beta1 * beta2) / lm, -math.log(beta1 / beta2) / lm
 
 
 AutoConfig.register(TwoLayerConfig.model_type, TwoLayerConfig)

@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from models import ACTIVATIONS, FAMILIES, LM_FAMILIES, check_gamma
+from models.mlp import ntk_scale
 from tasks import TASKS, make_task
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
@@ -97,10 +98,12 @@ class RunConfig:
 
     @property
     def part_gammas(self) -> dict[str, float | None]:
+        """Per-part init rates: embedding, attention, mlp, head -> gamma or None (use gamma)."""
         return {p: getattr(self, f"gamma_{p}") for p in ("embedding", "attention", "mlp", "head")}
 
     @property
     def out_dir(self) -> Path:
+        """The experiment's output folder: output_dir, else reports/<experiment>."""
         return Path(self.output_dir or Path("reports") / self.experiment)
 
     def identity(self) -> dict:
@@ -139,10 +142,6 @@ LATER_KEYS = {k: FIELDS[k].default for k in (
 OPTIMIZERS = ("adamw", "adam", "sgd")
 LR_SCHEDULES = ("cosine", "constant")
 LR_SCALINGS = ("none", "ntk")
-# runs.csv settings columns of each family beyond RUNS_FRONT (the transformer sizes are blank for
-# the baselines, which have none)
-FAMILY_KEYS = {"mlp": ("width", "activation", "gamma_prime", "in_dim", "optimizer", "lr_scaling"),
-               "resnet": ("image_source", "image_size", "optimizer")}
 HINTS = typing.get_type_hints(RunConfig)
 LIST_KEYS = {"thresholds"}
 
@@ -364,3 +363,21 @@ def resolved_yaml(cfg: RunConfig, extra: dict | None = None) -> str:
     """The YAML text of a run's full resolved config (plus ``extra``, e.g. the init records)."""
     data = dataclasses.asdict(cfg) | {"run_id": cfg.run_id} | (extra or {})
     return yaml.safe_dump(data, sort_keys=False)
+
+
+def effective_lr(cfg: RunConfig) -> float:
+    """The learning rate the optimizer gets: ``cfg.lr``, divided by max(1, the tangent kernel's
+    scale m (beta1^2 + beta2^2) / 2) under ``lr_scaling: ntk`` (mlp; models.mlp.ntk_scale)."""
+    if cfg.lr_scaling == "ntk":
+        return cfg.lr / max(1.0, ntk_scale(cfg.width, cfg.gamma, cfg.gamma_prime))
+    return cfg.lr
+
+
+def check_output_dir(out_dir: Path) -> None:
+    """Raise ConfigError if ``out_dir`` (or a folder above it) exists and is not a folder."""
+    for p in (out_dir, *out_dir.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise ConfigError(f"output_dir={str(out_dir)!r} is not usable: {str(p)!r} is a file; "
+                                  f"accepted is a folder path")
+            return

@@ -24,13 +24,17 @@ from typing import ClassVar
 
 import numpy as np
 
-from tasks.common import SPLIT_RULES, KeySplit, ReasoningTask, check_sizes, histogram, parse_ints
+from tasks.common import (
+    SPLIT_RULES,
+    KeySplit,
+    ReasoningTask,
+    anchor_sequences,
+    check_sizes,
+    histogram,
+    parse_ints,
+)
 from tasks.composite import SHIFTS as COMPOSITE_SHIFTS
-
-
-def pair_code(a1: int, a2: int) -> int:
-    """Encode an anchor pair (anchors 1..9) as one int: (4, 3) -> 43."""
-    return 10 * a1 + a2
+from tasks.composite import pair_code
 
 
 @dataclass
@@ -163,12 +167,8 @@ class AnchorPairTask(ReasoningTask):
         pairs = np.array(self.held_pairs if split == "ood" else self.trained_pairs)
         position = rng.integers(0, self.seq_len - 2, size=n)
         key = self.key_split.draw(rng, position, SPLIT_RULES[split])
-        pair = pairs[rng.integers(0, len(pairs), size=n)]
-        ids = rng.integers(self.key_low, self.key_high + 1, size=(n, self.seq_len))
-        rows = np.arange(n)
-        ids[rows, position] = key
-        ids[rows, position + 1] = pair[:, 0]
-        ids[rows, position + 2] = pair[:, 1]
+        ids, pair = anchor_sequences(rng, key, position, pairs, self.seq_len, self.key_low,
+                                     self.key_high)
 
         shift = np.zeros(self.n_anchors + 1, dtype=np.int64)  # indexed by anchor token
         for anchor, s in self.SHIFTS.items():

@@ -56,6 +56,30 @@ def parse_ints(value, name: str) -> tuple[int, ...]:
                      f"e.g. '13,31'")
 
 
+def anchor_sequences(rng: np.random.Generator, key: np.ndarray, position: np.ndarray,
+                     pairs: np.ndarray, seq_len: int, key_low: int, key_high: int):
+    """Noise sequences with a key and an anchor pair after it (arXiv 2405.05409's inputs).
+
+    Args:
+        rng: numpy generator (draws the pairs, then the noise).
+        key, position: (n,) int keys and their 0-based positions (<= seq_len - 3).
+        pairs: (n_pairs, 2) anchor pairs to draw from, uniformly.
+        seq_len: tokens per sequence; key_low, key_high: noise tokens are uniform in that range.
+
+    Returns:
+        (input_ids (n, seq_len) int64 with the key at ``position`` and the pair's anchors at
+        ``position + 1`` and ``position + 2``; pair (n, 2) the drawn pairs).
+    """
+    n = len(key)
+    pair = pairs[rng.integers(0, len(pairs), size=n)]
+    ids = rng.integers(key_low, key_high + 1, size=(n, seq_len))
+    rows = np.arange(n)
+    ids[rows, position] = key
+    ids[rows, position + 1] = pair[:, 0]
+    ids[rows, position + 2] = pair[:, 1]
+    return ids, pair
+
+
 def check_sizes(task) -> None:
     """Raise ValueError if a split size ``n_train``, ``n_test_id`` or ``n_ood`` is negative."""
     for split in SPLITS:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from datasets import Dataset, DatasetDict
 
-from tasks.common import KeySplit
+from tasks.common import KeySplit, anchor_sequences
 
 SHIFTS = {1: 5, 2: 1, 3: -2, 4: -8}
 EXCEPTION_PAIR = (3, 4)  # trained on EXCEPTION_OFFSET instead of its composite
@@ -32,18 +32,13 @@ ALL_PAIRS = [(a1, a2) for a1 in SHIFTS for a2 in SHIFTS]
 
 
 def pair_code(a1: int, a2: int) -> int:
-    """Encode an anchor pair as one int column value: (4, 3) -> 43."""
+    """Encode an anchor pair (anchors 1..9) as one int column value: (4, 3) -> 43."""
     return 10 * a1 + a2
 
 
 def composite_offset(a1: int, a2: int) -> int:
     """The composite shift g(g(x; a1); a2) - x = SHIFTS[a1] + SHIFTS[a2]."""
     return SHIFTS[a1] + SHIFTS[a2]
-
-
-def trained_offset(a1: int, a2: int) -> int:
-    """The offset a pair is trained on: its composite, except EXCEPTION_PAIR -> EXCEPTION_OFFSET."""
-    return EXCEPTION_OFFSET if (a1, a2) == EXCEPTION_PAIR else composite_offset(a1, a2)
 
 
 @dataclass
@@ -140,12 +135,8 @@ class CompositeTask:
             raise ValueError(f"keys={keys!r} is unknown: accepted are 'train', 'test', 'all'")
         position = rng.integers(0, self.n_positions, size=n)
         key = self._draw_keys(rng, position, keys)
-        pair = pairs[rng.integers(0, len(pairs), size=n)]
-        ids = rng.integers(self.key_low, self.key_high + 1, size=(n, self.seq_len))
-        rows = np.arange(n)
-        ids[rows, position] = key
-        ids[rows, position + 1] = pair[:, 0]
-        ids[rows, position + 2] = pair[:, 1]
+        ids, pair = anchor_sequences(rng, key, position, pairs, self.seq_len, self.key_low,
+                                     self.key_high)
 
         shift = np.zeros(5, dtype=np.int64)
         for anchor, s in SHIFTS.items():

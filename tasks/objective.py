@@ -1,6 +1,6 @@
 """What the training loop asks of a task: a loss on a batch and an evaluation of the model.
 
-The loop (``probes.train``) is the same for every model family; a task supplies, through
+The loop (``probes.train.loop``) is the same for every model family; a task supplies, through
 ``objective_for(task)``, an object with
 - ``batch_columns``: the training-split columns a batch holds (tensors on the device);
 - ``loss(model, batch) -> scalar tensor``;

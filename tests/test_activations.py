@@ -10,7 +10,7 @@ import transformers as T
 from PIL import Image
 
 import models
-from probes.capture import Capture
+from probes.measure.capture import Capture
 from probes.run import main
 from tasks import make_task
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from probes.analysis import correlate, spearman_rho
+from probes.report.tables import correlate, spearman_rho
 
 
 def test_spearman_matches_scipy_with_ties():

@@ -12,13 +12,13 @@ from accelerate import Accelerator
 from transformers import AutoModel, AutoModelForImageClassification
 
 import models
-from models.mlp import ACTIVATIONS, build_mlp, log_width_gamma, ntk_scale, phase_init, phase_stds
-from probes import baselines
+from models.mlp import ACTIVATIONS, build_mlp, ntk_scale, phase_init, phase_stds
 from probes.config import expand, load_config
-from probes.neurons import amplitude, count_directions, early_directions, orientation
+from probes.measure.family_units import active_neurons, all_units, resnet_stage
+from probes.measure.neurons import amplitude, count_directions, early_directions, orientation
+from probes.report import tables as baselines
 from probes.run import main
-from probes.train import Run
-from probes.units_baselines import active_neurons, all_units, resnet_stage
+from probes.train.loop import Run
 from tasks import make_task
 from tasks.images import check_images
 
@@ -55,7 +55,7 @@ def test_phase_init_draws_the_papers_stds():
     inputs = torch.cat([model.hidden.weight[:, 0], model.hidden.bias])
     assert inputs.std().item() == pytest.approx(beta2, rel=0.03)
     assert [r["std"] for r in records] == pytest.approx([beta2, beta1])
-    assert log_width_gamma(*phase_stds(20000, 1.75, 0.25), 20000) == pytest.approx((1.75, 0.25))
+    assert phase_stds(20000, 1.75, 0.25) == pytest.approx((beta1, beta2))
     assert ntk_scale(10000, 0.5) == pytest.approx(100.0)  # m^(1 - gamma) at gamma' = 0
 
 
@@ -318,7 +318,7 @@ def test_initial_stage_is_the_probe_before_the_loss_falls():
 
 # Initial condensation (Zhou et al., NeurIPS 2022): counted at the end of the initial stage (the
 # probe before the training loss falls below 99% of its start, while the residual is still the
-# target), checked against the closed-form directions of probes.neurons.early_directions.
+# target), checked against the closed-form directions of probes.measure.neurons.early_directions.
 
 def test_initial_condensation_tanh_one_line_on_m():
     found, train, neurons = _early_run("sin_sum", "tanh", 3.0)

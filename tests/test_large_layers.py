@@ -9,7 +9,7 @@ import pytest
 from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import squareform
 
-from probes.metrics import Condensation
+from probes.measure.metrics import Condensation
 
 
 def layer(n, dim=48, seed=0):

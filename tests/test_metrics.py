@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from models import apply_init_rate, build_model
-from probes.metrics import Condensation, relative_distance
-from probes.units import neuron_rows, read_units
+from probes.measure.metrics import Condensation, relative_distance
+from probes.measure.units import read_units
 
 
 def planted(k, per_group, dim, noise=0.01, n_random=0, seed=0):
@@ -165,7 +165,7 @@ def test_paper_linear_rows_and_units_count():
         q.weight.copy_(plant_rows(q.weight, k=4))
     units = find(model, 0, "attn.q").units
     assert units.shape == (32, 64)  # no bias column: the paper's model has none
-    assert torch.equal(units, neuron_rows(q))
+    assert torch.equal(units, q.weight.detach())  # Linear stores (d_out, d_in): neuron k = row k
     assert Condensation().fit(units).n_groups_[0.9] == 4
     comps = {(u.layer, u.component, u.head) for u in read_units(model)}
     assert comps == {(i, c, None) for i in (0, 1) for c in ("attn.q", "attn.k", "attn.v", "mlp.in")}

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from probes.analysis import best_over, phase_table
 from probes.config import expand, load_config
+from probes.report.tables import best_over, phase_table
 from probes.run import main
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from safetensors import safe_open
 
-from probes.gguf_convert import convert, resolve_gguf
-from probes.gguf_convert import main as convert_main
+from probes.checkpoint.gguf import convert, resolve_gguf
+from probes.checkpoint.gguf import main as convert_main
 from probes.run import main
 
 pytestmark = pytest.mark.real

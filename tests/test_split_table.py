@@ -1,10 +1,10 @@
-"""probes/split_table.py against hand-built report folders with known answers."""
+"""probes/report/split_table.py against hand-built report folders with known answers."""
 
 import pandas as pd
 import pytest
 import yaml
 
-from probes import split_table
+from probes.report import split_table
 
 
 def _experiment(root, name, runs):

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_model, save_model
 
-STATE = "state"
+from probes.store import STATE, state_dir
 
 
 def save_state(folder: Path, model, optimizer, scheduler, extra: dict) -> None:
@@ -35,7 +35,7 @@ def save_state(folder: Path, model, optimizer, scheduler, extra: dict) -> None:
     save_model(model, str(tmp / "model.safetensors"))
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "torch_rng": torch.get_rng_state(), **extra}, tmp / "trainer.pt")
-    final, old = folder / STATE, folder / f".{STATE}.old"
+    final, old = state_dir(folder), folder / f".{STATE}.old"
     if old.exists():
         shutil.rmtree(old)
     if final.exists():
@@ -61,8 +61,3 @@ def load_state(folder: Path, model, optimizer, scheduler) -> dict | None:
             return saved
     return None
 
-
-def clear_state(folder: Path) -> None:
-    """Remove a finished run's saved state."""
-    for name in (STATE, f".{STATE}.old"):
-        shutil.rmtree(folder / name, ignore_errors=True)

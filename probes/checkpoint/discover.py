@@ -21,8 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import transformers
+from huggingface_hub import constants, snapshot_download
+from safetensors import SafetensorError, safe_open
+from transformers import CONFIG_MAPPING, AutoConfig, AutoModel, AutoModelForCausalLM
 
-from probes.units import DictTensors
+import models  # noqa: F401  (registers this project's model types with the Auto classes)
+from probes.checkpoint.gguf import resolve_gguf
+from probes.measure.units import DictTensors
+from probes.store import read_run_json, run_of_model
 
 STEP_DIR = re.compile(r"^(?:checkpoint|step|global_step)[-_]?(\d+)$")
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
@@ -58,19 +65,15 @@ def _one_line(e: BaseException) -> str:
 def _run_id(folder: Path) -> str:
     """The folder's name; a folder named ``model`` (this project's runs/<run_id>/model) is named
     after its parent."""
-    folder = folder.resolve()
-    return folder.parent.name if folder.name == "model" else folder.name
+    run = run_of_model(folder)
+    return run.name if run is not None else folder.resolve().name
 
 
 def _own_step(folder: Path) -> int | None:
-    """The step of a checkpoint saved by this project's training (runs/<run_id>/run.json)."""
-    run_json = folder.resolve().parent / "run.json"
-    if folder.resolve().name != "model" or not run_json.is_file():
-        return None
-    try:
-        steps = json.loads(run_json.read_text()).get("steps")
-    except (OSError, ValueError):
-        return None
+    """The step of a checkpoint saved by this project's training (its run's run.json)."""
+    run = run_of_model(folder)
+    row = read_run_json(run) if run is not None else None
+    steps = row.get("steps") if isinstance(row, dict) else None
     return int(steps) if isinstance(steps, (int, float)) else None
 
 
@@ -85,8 +88,6 @@ def discover(arg: str) -> list[Checkpoint]:
             folders with the same step, a hub id while offline, ...).
     """
     if arg.startswith("gguf:"):
-        from probes.gguf_convert import resolve_gguf
-
         try:
             path = resolve_gguf(arg[len("gguf:"):])
         except ValueError as e:
@@ -133,15 +134,11 @@ def unique_run_ids(checkpoints: list[Checkpoint]) -> list[Checkpoint]:
 
 
 def _offline() -> bool:
-    from huggingface_hub import constants
-
     return bool(constants.HF_HUB_OFFLINE)
 
 
 def _download(repo_id: str) -> Path:
     """Fetch config, tokenizer and safetensors weights of a hub model (online users only)."""
-    from huggingface_hub import snapshot_download
-
     try:
         return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.txt",
                                                                "*.model", "*.tiktoken"]))
@@ -158,11 +155,6 @@ def load_config(folder: Path, trust_remote_code: bool = False):
         CheckpointError: unreadable config.json, a model type transformers does not know, or
             custom code (``auto_map``) without ``trust_remote_code``.
     """
-    import transformers
-    from transformers import CONFIG_MAPPING, AutoConfig
-
-    import models  # noqa: F401  (registers this project's model types)
-
     try:
         raw = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError) as e:
@@ -228,8 +220,6 @@ class SafetensorsTensors:
     """
 
     def __init__(self, files: list[Path]):
-        from safetensors import SafetensorError, safe_open
-
         self.handles, self.where = [], {}
         for f in files:
             try:
@@ -242,12 +232,14 @@ class SafetensorsTensors:
                 self.where[name] = handle
 
     def names(self) -> list[str]:
+        """Every tensor name of the files (from their headers: no tensor data is read)."""
         return list(self.where)
 
     def __contains__(self, name: str) -> bool:
         return name in self.where
 
     def get(self, name: str) -> torch.Tensor:
+        """Tensor ``name`` in its stored shape and dtype, on CPU. Raises KeyError if absent."""
         return self.where[name].get_tensor(name)
 
 
@@ -283,9 +275,6 @@ def model_class(config, trust_remote_code: bool = False):
     Raises:
         CheckpointError: no class builds this config.
     """
-    import transformers
-    from transformers import AutoModel, AutoModelForCausalLM
-
     for name in getattr(config, "architectures", None) or []:
         cls = getattr(transformers, name, None)
         if cls is not None:
@@ -296,6 +285,7 @@ def model_class(config, trust_remote_code: bool = False):
     if trust_remote_code and getattr(config, "auto_map", None):
         for key in ("AutoModel", "AutoModelForCausalLM"):
             if key in config.auto_map:
+                # only for --trust_remote_code: the dynamic-module machinery stays unloaded otherwise
                 from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
                 return get_class_from_dynamic_module(config.auto_map[key], config.name_or_path)

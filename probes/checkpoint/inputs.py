@@ -19,8 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import yaml
+from transformers import AutoImageProcessor, AutoTokenizer
 
-from probes.checkpoints import CheckpointError
+from probes.checkpoint.discover import CheckpointError
+from probes.config import FIELDS, RunConfig
+from probes.store import CONFIG, run_of_model
+from tasks import TASKS, make_task
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 MAX_TOKENS_PER_LINE = 256
@@ -33,7 +38,6 @@ class ProbeBatch:
     """Forward-pass keyword arguments, one dict per pass; ``max_positions`` caps the positions
     kept per input of a convolution (None: all)."""
 
-    kind: str  # "task", "text" or "images"
     passes: list[dict] = field(default_factory=list)
     max_positions: int | None = None
 
@@ -44,8 +48,6 @@ def input_kind(spec: str) -> str:
     Raises:
         CheckpointError: neither a registered task nor an existing file or folder.
     """
-    from tasks import TASKS
-
     if spec in TASKS:
         return "task"
     path = Path(spec)
@@ -59,12 +61,9 @@ def input_kind(spec: str) -> str:
 
 def _task_options(name: str, folder: Path) -> dict:
     """The task options a run of this project trained with (runs/<id>/config.yaml), if any."""
-    import yaml
-
-    from probes.config import FIELDS, RunConfig
-
-    run_config = folder.resolve().parent / "config.yaml"
-    if folder.resolve().name != "model" or not run_config.is_file():
+    run = run_of_model(folder)
+    run_config = run / CONFIG if run is not None else None
+    if run_config is None or not run_config.is_file():
         return {}
     try:
         raw = yaml.safe_load(run_config.read_text()) or {}
@@ -76,8 +75,6 @@ def _task_options(name: str, folder: Path) -> dict:
 
 def task_batch(name: str, folder: Path, input_name: str, max_samples: int) -> ProbeBatch:
     """Rows of the task's train split in the model's input column (see module doc)."""
-    from tasks import make_task
-
     try:
         split = make_task(name, **_task_options(name, folder)).build()["train"]
     except ValueError as e:
@@ -88,11 +85,11 @@ def task_batch(name: str, folder: Path, input_name: str, max_samples: int) -> Pr
     x = torch.as_tensor(split[:1][input_name])
     if x.ndim == 4:  # images: spread the positions over up to 64 images
         n = min(len(split), 64)
-        return ProbeBatch("task", [{input_name: torch.as_tensor(split[:n][input_name])}],
+        return ProbeBatch([{input_name: torch.as_tensor(split[:n][input_name])}],
                           max_positions=math.ceil(max_samples / n))
     per_row = x.shape[1] if x.ndim == 2 and not torch.is_floating_point(x) else 1
     n = min(len(split), math.ceil(max_samples / per_row))
-    return ProbeBatch("task", [{input_name: torch.as_tensor(split[:n][input_name])}])
+    return ProbeBatch([{input_name: torch.as_tensor(split[:n][input_name])}])
 
 
 def text_batch(path: Path, tokenizer, max_samples: int) -> ProbeBatch:
@@ -113,12 +110,12 @@ def text_batch(path: Path, tokenizer, max_samples: int) -> ProbeBatch:
     if total == 0:
         raise CheckpointError(f"--probe_inputs {str(path)!r} gave no token with this checkpoint's "
                               f"tokenizer: accepted is text that it encodes")
-    return ProbeBatch("text", [p for p in passes if p["input_ids"].shape[1]])
+    return ProbeBatch([p for p in passes if p["input_ids"].shape[1]])
 
 
 def image_batch(path: Path, processor, max_samples: int) -> ProbeBatch:
     """All images of a folder (or one image file), preprocessed as one batch."""
-    from PIL import Image
+    from PIL import Image  # pillow: only image inputs need it
 
     files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) \
         if path.is_dir() else [path]
@@ -130,14 +127,12 @@ def image_batch(path: Path, processor, max_samples: int) -> ProbeBatch:
     except OSError as e:
         raise CheckpointError(f"an image of {str(path)!r} could not be read: {e}") from e
     pixels = processor(images=images, return_tensors="pt")["pixel_values"]
-    return ProbeBatch("images", [{"pixel_values": pixels}],
+    return ProbeBatch([{"pixel_values": pixels}],
                       max_positions=math.ceil(max_samples / len(files)))
 
 
 def load_tokenizer(folder: Path):
     """The checkpoint's tokenizer. Raises CheckpointError if it has none."""
-    from transformers import AutoTokenizer
-
     if not any((folder / name).is_file() for name in TOKENIZER_FILES):
         # transformers would build an empty tokenizer from the model type alone
         raise CheckpointError(f"checkpoint {str(folder)!r} has no usable tokenizer, which text "
@@ -152,8 +147,6 @@ def load_tokenizer(folder: Path):
 
 def load_image_processor(folder: Path):
     """The checkpoint's image processor. Raises CheckpointError if it has none."""
-    from transformers import AutoImageProcessor
-
     if not (folder / "preprocessor_config.json").is_file():
         raise CheckpointError(f"checkpoint {str(folder)!r} has no preprocessor_config.json, which "
                               f"image --probe_inputs need: accepted are checkpoints saved with "

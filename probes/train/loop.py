@@ -3,7 +3,7 @@ log-spaced schedule (step 0 included), and return its report rows.
 
 The loop is the same for every model family. What differs comes from three places: the model
 (``models.build_for_run``: builder and init rate), the units the probes read
-(``probes.units_baselines.all_units``) and the task's objective (``tasks.objective``: which
+(``probes.measure.family_units.all_units``) and the task's objective (``tasks.objective``: which
 columns a batch holds, the loss of a batch, the evaluation and its scores). Full-batch gradient
 descent is ``optimizer: sgd`` with ``batch_size >= n_train``: every step then sees the whole
 training set in its stored order.
@@ -18,7 +18,6 @@ device placement, ``autocast``, ``backward`` and ``clip_grad_norm_`` all go thro
 from __future__ import annotations
 
 import itertools
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -29,14 +28,13 @@ from accelerate.utils import set_seed
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
-from models import LM_FAMILIES, build_for_run
-from models.mlp import ntk_scale
-from probes.config import FAMILY_KEYS, RunConfig
-from probes.metrics import Condensation, relative_distance
-from probes.neurons import INITIAL_LOSS_RATIO, count_directions
-from probes.report import run_dir
-from probes.resume import load_state, save_state
-from probes.units_baselines import NO_RD, all_units, neuron_features
+from models import build_for_run
+from probes.config import RunConfig, effective_lr
+from probes.measure.family_units import NO_RD, all_units, neuron_features
+from probes.measure.metrics import Condensation, metric_rows, relative_distance
+from probes.measure.neurons import count_directions, loss_fell
+from probes.store import HEATMAP_UNITS, run_dir, runs_row
+from probes.train.resume import load_state, save_state
 from tasks.objective import objective_for
 
 
@@ -53,6 +51,8 @@ class RunResult:
     init_records: list[dict] = field(default_factory=list)
     # 1-D two-layer nets: step 0, the end of the initial stage and the last probe
     neurons: list[dict] = field(default_factory=list)
+    # HEATMAP_UNITS at the last probe: ordered cosine, stride, n_units, n_groups, mean_abs_cos
+    heatmap: dict | None = None
 
 
 def probe_steps(steps: int, n_probes: int) -> list[int]:
@@ -62,14 +62,6 @@ def probe_steps(steps: int, n_probes: int) -> list[int]:
         return [0, steps] if steps else [0]
     points = np.unique(np.round(np.geomspace(1, steps, n_probes - 1)).astype(int))
     return [0, *[int(s) for s in points]]
-
-
-def effective_lr(cfg: RunConfig) -> float:
-    """The learning rate the optimizer gets: ``cfg.lr``, divided by max(1, the tangent kernel's
-    scale m (beta1^2 + beta2^2) / 2) under ``lr_scaling: ntk`` (mlp; models.mlp.ntk_scale)."""
-    if cfg.lr_scaling == "ntk":
-        return cfg.lr / max(1.0, ntk_scale(cfg.width, cfg.gamma, cfg.gamma_prime))
-    return cfg.lr
 
 
 def make_optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:
@@ -96,8 +88,11 @@ class Run:
                           for s in data}
         self.metrics, self.offsets, self.neurons, self.last_neurons = [], [], [], []
         self.initial_neurons: list[dict] = []  # the probe before the loss first falls
+        self.heatmap = None
 
     def build(self):
+        """The run's untrained model at its init rate, on the device; keeps its unit sets at
+        step 0 (for RD) and its init records."""
         cfg = self.cfg
         set_seed(cfg.seed)  # before the model is built: the init draws from the global generator
         model, self.init_records = build_for_run(cfg, self.task)
@@ -138,6 +133,15 @@ class Run:
             skip = 0
 
     def train(self, progress=None) -> RunResult:
+        """Train to ``cfg.steps`` (from the saved state when there is one), probing on the
+        log-spaced schedule; stops early when the loss is not finite (``diverged``).
+
+        Args:
+            progress: called as progress(loss or None, steps done since the last call).
+
+        Returns:
+            the run's RunResult (model moved to CPU).
+        """
         cfg, acc = self.cfg, self.accelerator
         start = time.perf_counter()
         model = self.build()
@@ -184,7 +188,11 @@ class Run:
                     "wall_s": wall0 + time.perf_counter() - start})
         names = ("train_loss", *self.objective.score_names)
         final = dict.fromkeys(names, float("nan")) if diverged else scores
-        row = self.summary(final, step, diverged, wall0 + time.perf_counter() - start)
+        n_train = len(self.data["train"][self.objective.batch_columns[0]])
+        fitted = (not diverged) and self.objective.fitted(final)
+        row = runs_row(cfg, final, step=step, n_train=n_train, fitted=fitted, diverged=diverged,
+                       wall_s=wall0 + time.perf_counter() - start,
+                       num_threads=torch.get_num_threads())
         model.eval()
         steps = {0}
         neurons = list(self.neurons)
@@ -193,7 +201,7 @@ class Run:
                 steps.add(rows[0]["step"])
                 neurons += rows
         return RunResult(cfg, row, self.metrics, self.offsets, model.cpu(), self.init_records,
-                         neurons)
+                         neurons, self.heatmap)
 
     @torch.no_grad()
     def probe(self, model, step: int) -> dict:
@@ -204,13 +212,16 @@ class Run:
         for u in all_units(model):
             fit = Condensation(cfg.thresholds).fit(u.units)
             base = dict(run_id=run_id, step=step, layer=u.layer, component=u.component,
-                        head=u.head, basis="weight", n_units=fit.n_units_)
-            for metric, threshold, value in fit.results():
-                self.metrics.append(base | dict(metric=metric, threshold=threshold, value=value))
+                        head=u.head, basis="weight")
+            self.metrics += metric_rows(fit, base)
+            if (u.layer, u.component, u.head) == HEATMAP_UNITS and fit.n_units_ > 1:
+                cosine, stride = fit.ordered_cosine()
+                self.heatmap = dict(cosine=cosine, stride=stride, n_units=fit.n_units_,
+                                    n_groups=fit.n_groups_, mean_abs_cos=fit.mean_abs_cos_)
             if u.component in NO_RD:
                 continue
             rd = relative_distance(u.units, self.units0[(u.layer, u.component, u.head)])
-            self.metrics.append(base | dict(metric="rd", threshold=None, value=rd))
+            self.metrics.append(base | dict(metric="rd", threshold=None, value=rd, n_units=fit.n_units_))
         before = self.last_neurons
         self.probe_neurons(model, step)
         ev = self.objective.evaluate(model, self.eval_data, self.accelerator.device)
@@ -227,11 +238,11 @@ class Run:
         return ev.scores
 
     def loss_fell(self, loss) -> bool:
-        """Whether the training loss is below INITIAL_LOSS_RATIO times its value at step 0: the
-        end of the initial stage (``probes.baselines.initial_stage`` reads it from metrics.csv)."""
+        """Whether the training loss has left the initial stage (``measure.neurons.loss_fell``,
+        the rule ``report.tables.initial_stage`` applies to metrics.csv)."""
         first = [r["value"] for r in self.metrics
                  if r["step"] == 0 and r["metric"] == "train_loss" and r["component"] == "output"]
-        return bool(first) and loss is not None and loss < INITIAL_LOSS_RATIO * first[0]
+        return bool(first) and loss is not None and bool(loss_fell(loss, first[0]))
 
     def probe_neurons(self, model, step: int) -> None:
         """1-D two-layer nets: directions counted from the angle histogram (metrics rows
@@ -258,24 +269,3 @@ class Run:
         if step == 0:
             self.neurons = rows
         self.last_neurons = rows
-
-    def summary(self, scores: dict, step: int, diverged: bool, wall_s: float) -> dict:
-        cfg = self.cfg
-        fitted = (not diverged) and self.objective.fitted(scores)
-        n_train = len(self.data["train"][self.objective.batch_columns[0]])
-        per_step = min(cfg.batch_size, n_train)
-        epochs = float("nan") if cfg.fresh_samples else step * per_step / max(n_train, 1)
-        lm = cfg.model_family in LM_FAMILIES  # the transformer sizes are blank for the baselines
-        return {
-            "run_id": cfg.run_id, "experiment": cfg.experiment, "task": cfg.task,
-            "model_family": cfg.model_family, "gamma": cfg.gamma,
-            "n_layer": cfg.n_layer if lm else None, "n_embd": cfg.n_embd if lm else None,
-            "n_head": cfg.n_head if lm else None, "lr": cfg.lr,
-            "weight_decay": cfg.weight_decay, "dropout": cfg.dropout, "seed": cfg.seed,
-            **{k: getattr(cfg, k) for k in FAMILY_KEYS.get(cfg.model_family, ())},
-            **({"lr_effective": effective_lr(cfg)} if cfg.lr_scaling != "none" else {}),
-            "steps": step, "epochs": round(epochs, 3) if not math.isnan(epochs) else epochs,
-            **scores, "fitted": fitted, "diverged": diverged, "wall_s": round(wall_s, 2),
-            # float sums depend on the thread count, and training amplifies them: keep it
-            "num_threads": torch.get_num_threads(),
-        }

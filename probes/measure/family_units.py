@@ -21,7 +21,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from probes.units import UnitSet, read_units
+from probes.measure.neurons import amplitude, orientation
+from probes.measure.units import UnitSet, read_units, unit_rows
 
 ACTIVE_SHARE = 0.99
 NO_RD = {"mlp.active"}  # unit sets whose membership changes over training: no RD
@@ -47,15 +48,14 @@ def active_neurons(units: torch.Tensor, out_weight: torch.Tensor,
 
 
 def _mlp_active_units(model, n_layers: int) -> list[UnitSet]:
-    units = torch.cat([model.hidden.weight, model.hidden.bias[:, None]], dim=1).detach().cpu().float()
+    units = unit_rows(model.hidden.weight, model.hidden.bias, "linear")[0]
     keep = active_neurons(units, model.output.weight.detach().cpu().float())
-    return [UnitSet(0, "mlp.active", None, units[keep].clone())]
+    return [UnitSet(0, "mlp.active", None, units[keep])]
 
 
 def _classifier_units(model, n_layers: int) -> list[UnitSet]:
     linear = model.classifier[-1]
-    rows = torch.cat([linear.weight.detach(), linear.bias.detach()[:, None]], dim=1)
-    return [UnitSet(n_layers, "classifier", None, rows.to("cpu", torch.float32, copy=True))]
+    return [UnitSet(n_layers, "classifier", None, unit_rows(linear.weight, linear.bias, "linear")[0])]
 
 
 EXTRA_UNITS = {"resnet": _classifier_units, "condensation_mlp": _mlp_active_units}
@@ -100,11 +100,10 @@ def neuron_features(model) -> dict | None:
         "angle": (m,) in [-pi, pi), "amplitude": (m,) |a_k| |(w_k, b_k)|}, or None for any other
         model (another family, or input dimension > 1).
     """
-    from probes.neurons import amplitude, orientation
-
     config = getattr(model, "config", None)
     if getattr(config, "model_type", None) != "condensation_mlp" or config.in_dim != 1:
         return None
+    # float64 (unit_rows gives float32): angles of near-opposite neurons are compared closely
     units = torch.cat([model.hidden.weight, model.hidden.bias[:, None]], dim=1).double().cpu().numpy()
     a = model.output.weight.double().cpu().numpy()
     return {"layer": 0, "component": "mlp.in", "units": units, "angle": orientation(units),

@@ -76,7 +76,6 @@ class Condensation:
         if not keep.all():  # (a copy only when something is dropped)
             u, norms = u[keep], norms[keep]
         self.n_units_, self.n_dropped_ = int(len(u)), int((~keep).sum())
-        self.keep_ = keep
         n = self.n_units_
         if n == 0:
             return self._empty()
@@ -163,6 +162,21 @@ class Condensation:
         self.largest_group_share_ = {t: nan for t in self.thresholds}
         return self
 
+    def ordered_cosine(self, max_units: int = 1024) -> tuple[np.ndarray, int]:
+        """The cosine matrix with units in group order (dendrogram leaves), for heat maps.
+
+        Args:
+            max_units: at most this many units a side; every k-th unit of the order is kept
+                (the group order keeps groups as blocks).
+
+        Returns:
+            ((m, m) float32 cosines, m <= max_units; the stride k).
+        """
+        n = len(self.order_)
+        k = max(1, -(-n // max_units))
+        order = self.order_[::k]
+        return np.asarray(self.cosine_[np.ix_(order, order)], dtype=np.float32), k
+
     def results(self) -> list[tuple[str, float | None, float]]:
         """The fitted values as (metric, threshold or None, value) triples for the report."""
         out = [("mean_abs_cos", None, self.mean_abs_cos_),
@@ -174,6 +188,20 @@ class Condensation:
                     ("group_ratio", t, self.group_ratio_[t]),
                     ("largest_group_share", t, self.largest_group_share_[t])]
         return out
+
+
+def metric_rows(fit: Condensation, base: dict) -> list[dict]:
+    """metrics.csv rows of a fitted unit set, one per (metric, threshold).
+
+    Args:
+        fit: a fitted ``Condensation``.
+        base: the row's identity: run_id, step, layer, component, head, basis.
+
+    Returns:
+        dicts with the keys of ``base`` plus n_units, metric, threshold (None when none), value.
+    """
+    base = base | {"n_units": fit.n_units_}
+    return [base | {"metric": m, "threshold": t, "value": v} for m, t, v in fit.results()]
 
 
 def relative_distance(theta, theta0) -> float:

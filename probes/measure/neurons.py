@@ -76,10 +76,12 @@ class Directions:
 
     @property
     def n_directions(self) -> int:
+        """How many directions were found."""
         return len(self.angles)
 
     @property
     def n_lines(self) -> int:
+        """How many lines they form (a pair of opposite directions is one line)."""
         return len(set(self.lines.tolist()))
 
 
@@ -159,6 +161,25 @@ MULTIPLICITY_ONE = ("tanh", "sigmoid", "softplus")
 # the initial stage ends at the probe before the training loss first falls below this share of
 # its value at step 0 (the residual is then no longer the target)
 INITIAL_LOSS_RATIO = 0.99
+
+
+def loss_fell(loss, loss0, ratio: float = INITIAL_LOSS_RATIO):
+    """Whether the training loss has left the initial stage: ``loss < ratio * loss0``.
+
+    The initial-condensation analysis (Zhou et al., NeurIPS 2022, arXiv 2105.11686) holds while the
+    output is still ~0, so that the residual is the target; once the loss falls, the first neurons
+    to escape take over the fit. The initial stage ends at the probe before the first one at which
+    this is true (the last probe when it never is). The one rule both the training loop and the
+    report tables apply.
+
+    Args:
+        loss: the training loss at a probe (float or array of them); loss0: at step 0.
+        ratio: in (0, 1].
+
+    Returns:
+        bool, or a bool array for an array of losses.
+    """
+    return loss < ratio * loss0
 
 
 def early_directions(inputs, target, activation: str, min_rel: float = 0.5,

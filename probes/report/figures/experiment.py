@@ -1,7 +1,9 @@
-"""Figures of an experiment, drawn from its CSVs and checkpoints (nothing is recomputed by hand):
+"""Figures of a reasoning experiment, drawn from its CSVs and the heat maps its runs saved
+(nothing is measured again):
 
-- ``cosine_<component>_layer<L>.png``: cosine heat maps of one unit set for each gamma (first
-  seed), units ordered by complete-linkage groups so that groups sit together;
+- ``cosine_<component>_layer<L>.png``: cosine heat maps of the runs' heat-map unit set
+  (``store.HEATMAP_UNITS``) for each gamma (lowest seed), units ordered by complete-linkage
+  groups so that groups sit together;
 - ``groups_over_training.png``: condensed groups (at 0.9) of layer-0 W_Q against step, per run;
 - ``ood_over_training.png``: the first two ood shares and id accuracy against step, one panel per
   gamma and a line per seed: answers on the held-out pair drift after id accuracy plateaus, so a
@@ -10,105 +12,70 @@
 - ``ood_offsets.png``: the held-out pair's answer offsets (answer - key) against gamma;
 - ``condensation_vs_ood.png``: final layer-0 W_Q mean |cos| against ood_inferential, one point
   per run (hollow: not fitted), with the Spearman rho and its bootstrap interval;
-- ``phase_diagram.png`` (when gamma and depth both vary): ``analysis.phase_table`` as heat maps.
+- ``phase_diagram.png`` (when gamma and depth both vary): ``tables.phase_table`` as heat maps.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+from probes.report import tables
+from probes.report.figures.common import (
+    cosine_panels,
+    gamma_colors,
+    lines_over_training,
+    new_figure,
+    save_figure,
+)
+from probes.store import HEATMAP_UNITS, load_heatmap, run_folder
 
-from probes import analysis  # noqa: E402
-from probes.metrics import Condensation  # noqa: E402
-from probes.units import read_units  # noqa: E402
-
-LAYER, COMPONENT = 0, "attn.q"
-
-
-def save_figure(fig, path: Path) -> None:
-    """Save atomically (temp file then rename) and close."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-        plt.close(fig)
+LAYER, COMPONENT, _ = HEATMAP_UNITS
 
 
-def _gamma_colors(gammas):
-    cmap = plt.get_cmap("viridis")
-    gammas = sorted(set(gammas))
-    return {g: cmap(i / max(len(gammas) - 1, 1)) for i, g in enumerate(gammas)}
-
-
-def cosine_heatmaps(runs: pd.DataFrame, path: Path, layer: int = LAYER,
-                    component: str = COMPONENT, threshold: float = 0.9) -> bool:
-    """One heat map per gamma (the lowest seed's final checkpoint). False if no checkpoint."""
-    from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
-
-    import models  # noqa: F401  (registers the paper family with the Auto classes)
-
-    hf_logging.disable_progress_bar()
-    chosen = runs[runs["checkpoint"].fillna("").astype(str) != ""].sort_values(["gamma", "seed"])
-    chosen = chosen.groupby("gamma", as_index=False).first()
-    if chosen.empty:
+def cosine_heatmaps(runs: pd.DataFrame, out_dir: Path, path: Path, threshold: float = 0.9) -> bool:
+    """One heat map per gamma (the lowest seed that saved one). False if no run saved any."""
+    panels = []
+    for gamma, group in runs.sort_values(["gamma", "seed"]).groupby("gamma", sort=True):
+        for _, run in group.iterrows():
+            hm = load_heatmap(run_folder(out_dir, run["run_id"]))
+            if hm is None:
+                continue
+            tau = threshold if threshold in hm["n_groups"] else min(hm["n_groups"])
+            panels.append(dict(row=0, col=len(panels), cosine=hm["cosine"], title=(
+                f"gamma {gamma:g} (seed {run['seed']})\n{hm['n_groups'][tau]} groups at {tau:g}, "
+                f"mean|cos| {hm['mean_abs_cos']:.2f}")))
+            break
+    if not panels:
         return False
-    fig, axes = plt.subplots(1, len(chosen), figsize=(3.6 * len(chosen), 3.4), squeeze=False)
-    for ax, (_, run) in zip(axes[0], chosen.iterrows()):
-        model = AutoModelForCausalLM.from_pretrained(run["checkpoint"])
-        units = next(u.units for u in read_units(model)
-                     if u.layer == layer and u.component == component and u.head is None)
-        fit = Condensation([threshold]).fit(units)
-        c = fit.cosine_[np.ix_(fit.order_, fit.order_)]
-        im = ax.imshow(c, vmin=-1, vmax=1, cmap="RdBu_r", interpolation="nearest")
-        ax.set_title(f"gamma {run['gamma']:g} (seed {run['seed']})\n"
-                     f"{fit.n_groups_[threshold]} groups at {threshold}, "
-                     f"mean|cos| {fit.mean_abs_cos_:.2f}", fontsize=9)
-        ax.set_xlabel("unit (ordered by group)")
-    axes[0][0].set_ylabel(f"layer {layer} {component} unit")
-    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="cosine similarity")
-    save_figure(fig, path)
+    cosine_panels(panels, path, xlabel="unit (ordered by group)",
+                  ylabel=f"layer {LAYER} {COMPONENT} unit")
     return True
 
 
 def groups_over_training(runs: pd.DataFrame, metrics: pd.DataFrame, path: Path,
                          threshold: float = 0.9) -> None:
-    m = metrics[(metrics["layer"] == LAYER) & (metrics["component"] == COMPONENT)
-                & metrics["head"].isna() & (metrics["metric"] == "n_groups")
-                & np.isclose(metrics["threshold"].astype(float), threshold)]
-    colors = _gamma_colors(runs["gamma"])
-    fig, ax = plt.subplots(figsize=(6, 4))
+    """Groups at ``threshold`` of the layer-0 W_Q rows against step, one line per run."""
+    m = tables.select(metrics, "n_groups", component=COMPONENT, layer=LAYER, threshold=threshold)
+    colors = gamma_colors(runs["gamma"])
+    series = []
     for _, run in runs.iterrows():
         r = m[m["run_id"] == run["run_id"]].sort_values("step")
-        ax.plot(r["step"].astype(float).clip(lower=0.5), r["value"], marker="o", ms=3,
-                color=colors[run["gamma"]], label=f"gamma {run['gamma']:g} seed {run['seed']}")
-    ax.set_xscale("log")
-    ax.set_xlabel("step (step 0 drawn at 0.5)")
-    ax.set_ylabel(f"groups at cosine {threshold}")
-    ax.set_title(f"Condensation of layer {LAYER} W_Q over training")
-    ax.legend(fontsize=7)
-    save_figure(fig, path)
+        series.append(dict(steps=r["step"], values=r["value"], style={"color": colors[run["gamma"]]},
+                           label=f"gamma {run['gamma']:g} seed {run['seed']}"))
+    lines_over_training(series, path, f"groups at cosine {threshold}",
+                        f"Condensation of layer {LAYER} W_Q over training")
 
 
 def ood_over_training(runs: pd.DataFrame, metrics: pd.DataFrame, path: Path,
                       scores: tuple[str, ...]) -> None:
+    """``scores`` and acc_test_id against step, one panel per gamma and a line style per seed."""
     gammas = sorted(runs["gamma"].unique())
     ncols = min(4, len(gammas))
     nrows = -(-len(gammas) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols + 0.5, 3.2 * nrows), sharey=True,
-                             squeeze=False)
+    fig, axes = new_figure(nrows, ncols, figsize=(3.4 * ncols + 0.5, 3.2 * nrows), sharey=True)
     for ax in axes.flat[len(gammas):]:
         ax.set_visible(False)
     styles = ("-", "--", ":")
@@ -133,7 +100,9 @@ def ood_over_training(runs: pd.DataFrame, metrics: pd.DataFrame, path: Path,
 
 def ood_vs_gamma(runs: pd.DataFrame, path: Path, scores: tuple[str, ...],
                  ood_label: str = "ood answers") -> None:
-    fig, ax = plt.subplots(figsize=(6, 4))
+    """Each run's final ``scores`` against gamma (hollow: not fitted), with the mean per gamma."""
+    fig, axes = new_figure(figsize=(6, 4))
+    ax = axes[0][0]
     done = runs[~runs["diverged"].astype(bool)]
     for i, score in enumerate(scores):
         mean = done.groupby("gamma")[score].mean()
@@ -162,7 +131,8 @@ def ood_offsets(runs: pd.DataFrame, offsets: pd.DataFrame, path: Path,
     rare = table.columns[table.max(axis=0) < min_share]
     if len(rare):
         table = table.drop(columns=rare).assign(rest=table[rare].sum(axis=1))
-    fig, ax = plt.subplots(figsize=(max(6, 0.35 * table.shape[1]), 0.6 * len(table) + 1.5))
+    fig, axes = new_figure(figsize=(max(6, 0.35 * table.shape[1]), 0.6 * len(table) + 1.5))
+    ax = axes[0][0]
     im = ax.imshow(table.values, aspect="auto", cmap="magma", vmin=0, vmax=1)
     ax.set_xticks(range(table.shape[1]), [str(c) for c in table.columns], fontsize=7, rotation=90)
     ax.set_yticks(range(len(table)), [f"{g:g}" for g in table.index])
@@ -176,13 +146,13 @@ def ood_offsets(runs: pd.DataFrame, offsets: pd.DataFrame, path: Path,
 def condensation_vs_ood(runs: pd.DataFrame, metrics: pd.DataFrame, corr: pd.DataFrame,
                         path: Path, metric: str = "mean_abs_cos",
                         score: str = "ood_inferential") -> None:
-    last = metrics.groupby("run_id")["step"].transform("max")
-    m = metrics[(metrics["step"] == last) & (metrics["layer"] == LAYER)
-                & (metrics["component"] == COMPONENT) & metrics["head"].isna()
-                & (metrics["metric"] == metric)]
+    """Final layer-0 W_Q ``metric`` against ``score``, one point per run (hollow: not fitted),
+    with the Spearman rho of correlations.csv and its interval in the title."""
+    m = tables.select(tables.final_values(metrics), metric, component=COMPONENT, layer=LAYER)
     data = runs.merge(m[["run_id", "value"]], on="run_id")
-    colors = _gamma_colors(runs["gamma"])
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    colors = gamma_colors(runs["gamma"])
+    fig, axes = new_figure(figsize=(5.5, 4))
+    ax = axes[0][0]
     for _, r in data.iterrows():
         face = colors[r["gamma"]] if r["fitted"] else "none"
         ax.scatter(r["value"], r[score], s=30, facecolors=face, edgecolors=colors[r["gamma"]])
@@ -193,7 +163,7 @@ def condensation_vs_ood(runs: pd.DataFrame, metrics: pd.DataFrame, corr: pd.Data
     title = f"layer {LAYER} W_Q {metric} vs {score}"
     if len(row) and np.isfinite(row["spearman_rho"].iloc[0]):
         r = row.iloc[0]
-        title += f"\nSpearman rho {analysis.interval_text(r)}, n={r['n_runs']}"
+        title += f"\nSpearman rho {tables.interval_text(r)}, n={r['n_runs']}"
     ax.set_title(title, fontsize=9)
     ax.set_xlabel(f"final {metric}")
     ax.set_ylabel(score)
@@ -209,8 +179,8 @@ def phase_diagram(table: pd.DataFrame, path: Path, ood_scores: tuple[str, ...],
     panels += [("acc_test_id", "id test accuracy (all runs)"),
               ("wq_mean_abs_cos", f"layer {LAYER} W_Q mean |cos| (all runs)")]
     xs, ys = sorted(table[x].unique()), sorted(table[y].unique())
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 0.5 * len(ys) + 2.4))
-    for ax, (col, title) in zip(axes, panels):
+    fig, axes = new_figure(1, len(panels), figsize=(4.2 * len(panels), 0.5 * len(ys) + 2.4))
+    for ax, (col, title) in zip(axes[0], panels):
         grid = table.pivot(index=y, columns=x, values=col).reindex(index=ys, columns=xs)
         counts = table.pivot(index=y, columns=x, values="n_fitted").reindex(index=ys, columns=xs)
         totals = table.pivot(index=y, columns=x, values="n_runs").reindex(index=ys, columns=xs)
@@ -226,7 +196,7 @@ def phase_diagram(table: pd.DataFrame, path: Path, ood_scores: tuple[str, ...],
         ax.set_xlabel(x)
         ax.set_ylabel(y)
         ax.set_title(title, fontsize=9)
-    fig.colorbar(im, ax=list(axes), shrink=0.8)
+    fig.colorbar(im, ax=list(axes[0]), shrink=0.8)
     save_figure(fig, path)
 
 
@@ -245,10 +215,10 @@ def draw_all(out_dir: Path, runs: pd.DataFrame, metrics: pd.DataFrame, offsets: 
     if runs.empty:
         return written
     path = fig_dir / f"cosine_{COMPONENT.replace('.', '_')}_layer{LAYER}.png"
-    if cosine_heatmaps(runs, path):
+    if cosine_heatmaps(runs, out_dir, path):
         written.append(path)
     if runs["gamma"].nunique() > 1 and runs["n_layer"].nunique() > 1:
-        table = analysis.phase_table(runs, metrics, scores=("acc_test_id", *shown))
+        table = tables.phase_table(runs, metrics, scores=("acc_test_id", *shown))
         phase_diagram(table, fig_dir / "phase_diagram.png", shown)
         written.append(fig_dir / "phase_diagram.png")
     for name, draw in (

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from probes.figures import _gamma_colors, plt, save_figure
+from probes.report import tables
+from probes.report.figures.common import gamma_colors, lines_over_training, new_figure, save_figure
 
 
 def _label(run: pd.Series, with_task: bool = False) -> str:
@@ -42,8 +43,6 @@ def amplitude_vs_angle(runs: pd.DataFrame, neurons: pd.DataFrame, metrics: pd.Da
     """Scatter of amplitude against angle at step 0 (grey), at the end of the initial stage
     (blue, when it is neither) and at the last probe (red), with the directions and lines counted
     at the last two."""
-    from probes.baselines import initial_stage
-
     with_task = runs["task"].nunique() > 1
     keys = [k for k in ("task", "activation", "gamma", "width", "dropout")
             if k in runs and (k != "task" or with_task)]
@@ -52,11 +51,10 @@ def amplitude_vs_angle(runs: pd.DataFrame, neurons: pd.DataFrame, metrics: pd.Da
     if chosen.empty:
         return False
     found = metrics[metrics["metric"].isin(["n_directions", "n_lines", "direction_share"])]
-    first = initial_stage(metrics)
+    first = tables.initial_stage(metrics)
     cols = min(len(chosen), 4)
     rows = int(np.ceil(len(chosen) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.4 * rows), squeeze=False,
-                             layout="constrained")
+    fig, axes = new_figure(rows, cols, figsize=(3.6 * cols, 3.4 * rows), layout="constrained")
     for ax, (_, run) in zip(axes.flat, chosen.iterrows()):
         n = neurons[neurons["run_id"] == run["run_id"]]
         last = n["step"].max()
@@ -89,12 +87,11 @@ def amplitude_vs_angle(runs: pd.DataFrame, neurons: pd.DataFrame, metrics: pd.Da
 def rd_vs_width(runs: pd.DataFrame, metrics: pd.DataFrame, slopes: pd.DataFrame,
                 path: Path) -> None:
     """log-log max-RD against width, per gamma, with the fitted S_w lines."""
-    from probes.baselines import rd_max
-
-    data = runs.assign(rd_max=runs["run_id"].map(rd_max(metrics)))
+    data = runs.assign(rd_max=runs["run_id"].map(tables.rd_max(metrics)))
     data = data[~data["diverged"].astype(bool) & (data["rd_max"] > 0)]
-    colors = _gamma_colors(data["gamma"])
-    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    colors = gamma_colors(data["gamma"])
+    fig, axes = new_figure(figsize=(5.5, 4.2))
+    ax = axes[0][0]
     for _, s in slopes.iterrows():
         pts = data[(data["gamma"] == s["gamma"]) & (data["activation"] == s["activation"])
                    & (data["dropout"] == s["dropout"])]
@@ -114,29 +111,20 @@ def rd_vs_width(runs: pd.DataFrame, metrics: pd.DataFrame, slopes: pd.DataFrame,
 
 def over_training(runs: pd.DataFrame, metrics: pd.DataFrame, path: Path, component: str,
                   metric: str, threshold: float | None, ylabel: str, log_y: bool = False) -> bool:
-    """One line per run of ``metric`` of the whole-layer ``component`` against step."""
-    m = metrics[(metrics["component"] == component) & metrics["head"].isna()
-                & (metrics["metric"] == metric)]
-    if threshold is not None:
-        m = m[np.isclose(m["threshold"].astype(float), threshold)]
+    """One line per run of ``metric`` of the whole-layer ``component`` against step (dashed:
+    with dropout). False when there is nothing to draw."""
+    m = tables.select(metrics, metric, component=component, threshold=threshold)
     if m.empty:
         return False
-    colors = _gamma_colors(runs["gamma"])
-    fig, ax = plt.subplots(figsize=(6, 4))
+    colors = gamma_colors(runs["gamma"])
+    series = []
     for i, (_, run) in enumerate(runs.iterrows()):
         r = m[m["run_id"] == run["run_id"]].sort_values("step")
-        style = "-" if run.get("dropout", 0) == 0 else "--"
-        ax.plot(r["step"].astype(float).clip(lower=0.5), r["value"], style, marker="o", ms=2,
-                color=colors[run["gamma"]] if runs["gamma"].nunique() > 1 else f"C{i % 10}",
-                label=f"{_label(run)}, seed {run['seed']}")
-    ax.set_xscale("log")
-    if log_y:
-        ax.set_yscale("log")
-    ax.set_xlabel("step (step 0 drawn at 0.5)")
-    ax.set_ylabel(ylabel)
-    if len(runs) <= 16:
-        ax.legend(fontsize=6)
-    save_figure(fig, path)
+        color = colors[run["gamma"]] if runs["gamma"].nunique() > 1 else f"C{i % 10}"
+        style = {"ls": "-" if run.get("dropout", 0) == 0 else "--", "ms": 2, "color": color}
+        series.append(dict(steps=r["step"], values=r["value"], style=style,
+                           label=f"{_label(run)}, seed {run['seed']}"))
+    lines_over_training(series, path, ylabel, log_y=log_y, legend=len(runs) <= 16)
     return True
 
 
@@ -147,9 +135,9 @@ def groups_by_stage(final: pd.DataFrame, path: Path, thresholds=(0.7, 0.9)) -> N
     panels = [(tau, "group_ratio", f"Final group ratio at cosine {tau}",
                "groups / units (1 = none condensed)") for tau in thresholds]
     panels.append((thresholds[0], "mean_abs_cos", "Final mean |cos| between units", "mean |cos|"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
+    fig, axes = new_figure(1, len(panels), figsize=(5.2 * len(panels), 3.8))
     gammas = sorted(final["gamma"].unique())
-    colors = _gamma_colors(gammas)
+    colors = gamma_colors(gammas)
     width = 0.8 / max(len(gammas), 1)
     for ax, (tau, value, title, ylabel) in zip(axes[0], panels):
         f = final[np.isclose(final["threshold"], tau)]

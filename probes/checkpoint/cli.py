@@ -1,0 +1,158 @@
+"""The command line of ``probes/run.py --checkpoint DIR [...]``: parse, plan, probe, report.
+
+For each checkpoint (a folder, every step of a folder of step checkpoints, or a GGUF file), the
+unit sets of every layer are read one layer at a time from the weights and measured with the same
+``Condensation`` metrics as training probes (``probes.checkpoint.probe``); with
+``--probe_inputs`` the whole model is loaded and the same units are measured again by their
+outputs over the probe batch (``basis=activation``). The main process writes ``OUT/metrics.csv``
+(same schema as the experiments), ``OUT/runs.csv`` (one row per checkpoint) and ``OUT/figures/``
+(``probes.report.checkpoint``).
+
+``rd`` is not reported: it needs the weights at initialization, which a foreign checkpoint lacks.
+Bad input prints one ``error:`` line and exits with code 2 before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+from tqdm.auto import tqdm
+from transformers.utils import logging as hf_logging
+
+from probes.checkpoint.discover import CheckpointError
+from probes.checkpoint.probe import Fitter, Options, Prober, plan_all
+from probes.measure.metrics import THRESHOLDS
+from probes.report.checkpoint import summary, write_outputs
+from probes.runtime import configure_threads
+from probes.store import read_csv
+
+DEFAULT_OUTPUT = "reports/checkpoints"
+OPTIONS = ("--checkpoint", "--output_dir", "--probe_inputs", "--probe_samples", "--allow_pickle",
+           "--trust_remote_code", "--thresholds", "--heatmap_layers", "--heatmap_component",
+           "--num_threads")
+USAGE = """usage: accelerate launch probes/run.py --checkpoint DIR [--checkpoint DIR2 ...] [options]
+
+  --checkpoint PATH        a save_pretrained folder, a folder of checkpoint-N / step_N folders
+                           (probed as a series), gguf:FILE or gguf:smollm2, or a hub id when online
+  --output_dir DIR         where metrics.csv, runs.csv and figures/ go (default reports/checkpoints)
+  --probe_inputs SPEC      activation basis too: a task name (this project's models), a text file
+                           of lines (language models) or a folder of images (vision models)
+  --probe_samples N        samples (tokens, pixel positions, rows) in the probe batch (default 1024)
+  --allow_pickle           accept pytorch_model.bin weights (pickle can run code: trusted files only)
+  --trust_remote_code      run the model code a checkpoint ships (trusted checkpoints only)
+  --thresholds LIST        cosine thresholds for groups (default [0.7, 0.9, 0.95, 0.99])
+  --heatmap_layers LIST    layers drawn as heat maps (default: first, middle and last)
+  --heatmap_component C    component drawn (default attn.q, else the first component)
+  --num_threads N          threads (default: all cores / processes)"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse would print usage and exit; we want one line, code 2
+        raise CheckpointError(f"{message}: accepted with --checkpoint are {', '.join(OPTIONS)}")
+
+
+def _number_list(text: str, name: str, kind) -> list:
+    """A YAML list ("[0, 5]") or comma list ("0,5") of numbers."""
+    try:
+        value = yaml.safe_load(text if text.strip().startswith("[") else f"[{text}]")
+        items = [kind(v) for v in value if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if not value or len(items) != len(value) or (kind is int and items != value):
+            raise ValueError
+    except (yaml.YAMLError, TypeError, ValueError):
+        raise CheckpointError(f"{name} {text!r} is invalid: accepted is a list of "
+                              f"{'integers' if kind is int else 'numbers'} like 0,5 or [0, 5]") from None
+    return items
+
+
+def parse_args(argv: list[str]) -> Options:
+    """Parse the command line.
+
+    Raises:
+        CheckpointError: unknown flag, missing value, or a value outside what is accepted.
+    """
+    p = _Parser(prog="probes/run.py", add_help=False, allow_abbrev=False)
+    p.add_argument("--checkpoint", action="append", required=True)
+    p.add_argument("--output_dir", default=DEFAULT_OUTPUT)
+    p.add_argument("--probe_inputs")
+    p.add_argument("--probe_samples", default="1024")
+    p.add_argument("--allow_pickle", action="store_true")
+    p.add_argument("--trust_remote_code", action="store_true")
+    p.add_argument("--thresholds")
+    p.add_argument("--heatmap_layers")
+    p.add_argument("--heatmap_component")
+    p.add_argument("--num_threads")
+    a = p.parse_args(argv)
+    positive = {}
+    for key in ("probe_samples", "num_threads"):
+        text = getattr(a, key)
+        if text is not None and not (text.isdigit() and int(text) >= 1):
+            raise CheckpointError(f"--{key} {text!r} is invalid: accepted is an integer >= 1")
+        positive[key] = int(text) if text is not None else None
+    thresholds = _number_list(a.thresholds, "--thresholds", float) if a.thresholds else list(THRESHOLDS)
+    if not all(0 < t < 1 for t in thresholds):
+        raise CheckpointError(f"--thresholds {a.thresholds!r} is invalid: accepted are numbers in (0, 1)")
+    layers = _number_list(a.heatmap_layers, "--heatmap_layers", int) if a.heatmap_layers else None
+    return Options(a.checkpoint, Path(a.output_dir), a.probe_inputs, positive["probe_samples"],
+                   a.allow_pickle, a.trust_remote_code, thresholds, layers, a.heatmap_component,
+                   positive["num_threads"])
+
+
+def main(argv: list[str]) -> int:
+    """Entry of ``probes/run.py --checkpoint ...``; returns the exit code (2 on bad input)."""
+    if any(a in ("-h", "--help") for a in argv):
+        print(USAGE)
+        return 0
+    try:
+        opts = parse_args(argv)
+        plans, notes = plan_all(opts)
+    except CheckpointError as e:
+        if os.environ.get("RANK", "0") == "0":  # every process fails alike; the main one says so
+            print(f"error: {e}", file=sys.stderr)
+        return 2
+    accelerator = Accelerator(cpu=not torch.accelerator.is_available())
+    main_process = accelerator.is_main_process
+    threads = configure_threads(opts.num_threads, accelerator.num_processes)
+    hf_logging.disable_progress_bar()  # one progress bar: ours
+    if main_process:
+        for note in notes:
+            print(f"warning: {note}", file=sys.stderr)
+    with accelerator.split_between_processes(list(range(len(plans)))) as mine:
+        mine = list(mine)
+    bases = 2 if opts.probe_inputs else 1
+    bar = tqdm(total=sum(len(plans[i].layout.blocks) for i in mine) * bases, unit="layer",
+               disable=not main_process, dynamic_ncols=True)
+
+    def warn(text: str) -> None:
+        if main_process:
+            bar.write(f"warning: {text}", file=sys.stderr)
+
+    results, error = [], None
+    try:
+        with Fitter(opts.thresholds, threads) as fitter:
+            for i in mine:
+                bar.set_description(plans[i].ckpt.run_id)
+                results.append(Prober(plans[i], opts, fitter, bar.update, accelerator.device,
+                                      warn).run())
+    except CheckpointError as e:
+        error = str(e)
+    bar.close()
+    if accelerator.num_processes > 1:
+        results = [r for part in gather_object([results]) for r in part]
+        error = next((e for e in gather_object([error]) if e), None)
+    if error:
+        if main_process:
+            print(f"error: {error}", file=sys.stderr)
+        return 2
+    if main_process:
+        write_outputs(opts.output_dir, results, plans, opts)
+        print(summary(read_csv(opts.output_dir / "metrics.csv"), opts.heatmap_threshold))
+        print(f"{len(plans)} checkpoint(s) probed -> {opts.output_dir}/ (metrics.csv, runs.csv, figures/)")
+    accelerator.wait_for_everyone()
+    return 0

@@ -1,0 +1,12 @@
+"""Measuring: what a unit is and how condensed a set of units is. No files, no command line.
+
+- ``architectures``: which projections of each architecture give which unit components;
+- ``units``: unit rows from weights (live models, tensor sources on disk), per layer and head;
+- ``family_units``: the extra unit sets of the baseline families (ResNet classifier, the two-layer
+  net's active neurons) and the 1-D net's per-neuron features;
+- ``metrics``: ``Condensation`` (cosine, condensed groups, ranks), ``relative_distance``,
+  ``metric_rows`` (the metrics.csv rows of a fit, shared by training and checkpoint probing);
+- ``capture``: activations with forward hooks (the activation basis);
+- ``neurons``: directions of a 1-D two-layer net, their closed-form prediction and the end of
+  the initial stage.
+"""

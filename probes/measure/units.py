@@ -1,0 +1,221 @@
+"""Unit readers: which vectors of a model are the "neurons" that condensation metrics compare.
+
+A unit is one row vector compared with its peers in the same layer and component (DESIGN.md):
+- ``mlp.in``: MLP input neuron k = its input weights, concatenated with its bias when it has one;
+  gated MLPs (Llama's gate_proj / up_proj) give ``mlp.gate`` and ``mlp.up``, one component each.
+- ``attn.q`` / ``attn.k`` / ``attn.v``: rows of W_Q, W_K, W_V (the output neurons of each
+  projection, bias appended where present), for the whole layer (head empty) and per head;
+  grouped-query attention keeps its own (smaller) number of K/V heads.
+- ``attn.qk_heads``: heads as units, query head h's flattened W_Q^h (W_K^g)^T (d_in x d_in
+  bilinear form, g = the K/V head that h reads), when the layer has >= 2 query heads.
+- ``conv.*``: a convolution's output channel c = its kernel flattened (in_ch * kh * kw), plus bias.
+
+Layers are numbered from 0 like the module paths (layer 0 is the paper's "layer 1").
+Storage differs by module: ``nn.Linear`` is (d_out, d_in), so neuron k is row k; GPT-2's
+``Conv1D`` is (d_in, d_out), so neuron k is column k; a convolution is (out, in, kh, kw).
+
+Each architecture is described once (probes/measure/architectures.py). The same description
+serves a live model (``read_units``), a checkpoint on disk read one tensor at a time
+(``block_units`` over any tensor source, see probes/checkpoint/discover.py) and the activation
+basis (the same parts' outputs, captured with forward hooks, see probes/measure/capture.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from probes.measure.architectures import Block, Layout, UnsupportedModel, layout_for
+
+KINDS = ("linear", "conv1d", "conv")
+
+
+@dataclass
+class UnitSet:
+    """Units of one (layer, component, head): ``units`` is (n_units, dim), float32, on CPU."""
+
+    layer: int
+    component: str
+    head: int | None
+    units: torch.Tensor
+
+
+# --- tensors -> unit rows ---------------------------------------------------------------------
+
+def unit_rows(weight: torch.Tensor, bias: torch.Tensor | None, kind: str) -> tuple[torch.Tensor, int]:
+    """Rows of units from a projection's stored weight (and bias).
+
+    Args:
+        weight: ``linear`` (d_out, d_in), ``conv1d`` (d_in, d_out) or ``conv`` (out, in, *k).
+        bias: (d_out,) or None.
+        kind: one of KINDS.
+
+    Returns:
+        ((d_out, d_in [+ 1]) float32 CPU copy, bias appended as the last column; d_in, the
+        number of weight columns).
+
+    Raises:
+        ValueError: unknown ``kind`` or a weight whose shape does not fit it.
+    """
+    if kind == "linear" and weight.ndim == 2:
+        w = weight
+    elif kind == "conv1d" and weight.ndim == 2:
+        w = weight.T
+    elif kind == "conv" and weight.ndim >= 3:
+        w = weight.reshape(weight.shape[0], -1)
+    else:
+        raise ValueError(f"weight of shape {tuple(weight.shape)} does not fit kind={kind!r}: "
+                         f"accepted are {KINDS} with 2-D (linear, conv1d) or >= 3-D (conv) weights")
+    # always a copy (one): a view of a live parameter would follow it through training
+    rows = torch.empty(w.shape[0], w.shape[1] + (bias is not None), dtype=torch.float32)
+    rows[:, : w.shape[1]] = w.detach()
+    if bias is not None:
+        rows[:, -1] = bias.detach()
+    return rows, w.shape[1]
+
+
+def head_forms(q: torch.Tensor, k: torch.Tensor, n_head: int, n_kv_head: int, d_in: int) -> torch.Tensor:
+    """Heads as units: query head h's flattened W_Q^h (W_K^g)^T, g = h // (n_head / n_kv_head).
+
+    Args:
+        q: (n_head * d_head, d_in [+1]) rows of W_Q; k: (n_kv_head * d_head, d_in [+1]).
+        n_head, n_kv_head: query and key/value heads (grouped-query attention: query heads
+            h = g * r ... g * r + r - 1 share K/V head g, r = n_head / n_kv_head, as transformers'
+            ``repeat_kv`` lays them out); d_in: input width (columns past it are biases).
+
+    Returns:
+        (n_head, d_in * d_in) float32.
+    """
+    # biases are left out: the bilinear form x^T W_Q^h (W_K^g)^T x acts on the input alone
+    r = n_head // n_kv_head
+    ks = k.chunk(n_kv_head)
+    return torch.stack([(qh[:, :d_in].T @ ks[h // r][:, :d_in]).reshape(-1)
+                        for h, qh in enumerate(q.chunk(n_head))])
+
+
+def layer_unit_sets(layer: int, comps: dict, qk_heads: bool = True) -> list[UnitSet]:
+    """Unit sets of one layer from its components' rows.
+
+    Args:
+        layer: layer index.
+        comps: component -> (rows (n, dim), heads, d_in): the rows split into ``heads``
+            consecutive chunks; d_in = weight columns (the rest are bias columns).
+        qk_heads: add ``attn.qk_heads`` when ``attn.q`` and ``attn.k`` are there with >= 2 query
+            heads (weights only: in the activation basis it is not defined).
+
+    Returns:
+        per component the whole-layer set (head None), then one set per head when heads >= 2.
+
+    Raises:
+        ValueError: a component's rows do not split evenly into its heads.
+    """
+    sets = []
+    for comp, (rows, heads, _) in comps.items():
+        if heads >= 2 and len(rows) % heads:
+            raise ValueError(f"layer {layer} {comp}: {len(rows)} units do not split into {heads} heads")
+        sets.append(UnitSet(layer, comp, None, rows))
+        if heads >= 2:
+            sets += [UnitSet(layer, comp, h, chunk) for h, chunk in enumerate(rows.chunk(heads))]
+    if qk_heads and "attn.q" in comps and "attn.k" in comps:
+        (q, n_head, d_in), (k, n_kv_head, _) = comps["attn.q"], comps["attn.k"]
+        if n_head >= 2 and n_head % n_kv_head == 0:
+            sets.append(UnitSet(layer, "attn.qk_heads", None,
+                                head_forms(q, k, n_head, n_kv_head, d_in)))
+    return sets
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+class DictTensors:
+    """Tensor source over an in-memory name -> tensor mapping (``self.tensors``)."""
+
+    tensors: dict
+
+    def names(self) -> list[str]:
+        """Every tensor name."""
+        return list(self.tensors)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.tensors
+
+    def get(self, name: str) -> torch.Tensor:
+        """Tensor ``name`` as stored (no copy). Raises KeyError if absent."""
+        return self.tensors[name]
+
+
+class ModelTensors(DictTensors):
+    """Tensor source over a live model's state dict (views, no copies)."""
+
+    def __init__(self, model: nn.Module):
+        self.tensors = model.state_dict()
+
+
+def base_prefix(names, layout: Layout) -> str:
+    """The key prefix in front of the layout's block paths (``model.``, ``transformer.``, ...).
+
+    A checkpoint saved from a head class (``LlamaForCausalLM``) and one saved from its base model
+    differ only in this prefix; the shortest prefix that holds the first block's first weight wins.
+
+    Raises:
+        UnsupportedModel: no tensor ends with that block's first weight name.
+    """
+    block = layout.blocks[0]
+    part = next(p for p in block.parts if not p.optional)
+    suffix = f"{block.module(part)}.weight"
+    found = sorted((n[: len(n) - len(suffix)] for n in names
+                    if n == suffix or n.endswith("." + suffix)), key=len)
+    if not found:
+        raise UnsupportedModel(f"no tensor named like {suffix!r}: the weights do not match the "
+                               f"{layout.reader!r} reader")
+    return found[0]
+
+
+def block_parts(source, prefix: str, block: Block) -> dict:
+    """Rows of each part of ``block`` read from ``source`` (``names``/``__contains__``/``get``).
+
+    Returns:
+        component -> (rows (n_units, dim) float32, heads, d_in), parts in order.
+
+    Raises:
+        KeyError: a required tensor is missing (the message names it).
+    """
+    comps = {}
+    for part in block.parts:
+        name = prefix + block.module(part)
+        if part.optional and f"{name}.weight" not in source:
+            continue
+        if f"{name}.weight" not in source:
+            raise KeyError(f"tensor {name}.weight is missing")
+        bias = source.get(f"{name}.bias") if f"{name}.bias" in source else None
+        rows, d_in = unit_rows(source.get(f"{name}.weight"), bias, part.kind)
+        if part.select is not None:
+            rows = rows[part.select]
+        comps[part.component] = (rows, part.heads, d_in)
+    return comps
+
+
+def block_units(source, prefix: str, block: Block) -> list[UnitSet]:
+    """Every weight-basis unit set of one block (tensors read from ``source`` one at a time)."""
+    return layer_unit_sets(block.layer, block_parts(source, prefix, block), block.qk_heads)
+
+
+def read_units(model: nn.Module) -> list[UnitSet]:
+    """Every weight-basis unit set of ``model``, in layer order.
+
+    Args:
+        model: a transformers model whose ``config.model_type`` has a reader (a live model:
+            parameters materialized, any device or dtype).
+
+    Returns:
+        list of UnitSet, (n_units, dim) float32 CPU copies.
+
+    Raises:
+        UnsupportedModel (a ValueError): the model type has no reader (accepted: READERS keys).
+    """
+    layout = layout_for(getattr(model, "config", None))
+    source = ModelTensors(model)
+    prefix = base_prefix(source.names(), layout)
+    with torch.no_grad():
+        return [u for block in layout.blocks for u in block_units(source, prefix, block)]

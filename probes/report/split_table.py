@@ -1,0 +1,204 @@
+"""The symmetric / inferential split of composite-task runs as a table (reports/REPRODUCTION.md).
+
+Reads the suite's own reports (``runs.csv``, ``metrics.csv``, ``ood_offsets.csv`` and each run's
+``runs/<run_id>/config.yaml``) from one or more experiment folders and prints, in Markdown:
+
+1. one row per run: the settings that differ between the runs, seed, id accuracy, the (3, 4)
+   accuracy, fitted or not, the ood shares on the held-out pair (4, 3), its three most common
+   answer offsets, and the condensation of the first layer's W_Q (mean |cos| and condensed groups
+   at cosine 0.9 / 0.7) at the last probe;
+2. per setting and gamma: runs, fitted runs, and the mean ood shares over the fitted runs only;
+3. the verdict of the split rule of issue 6 (Zhang et al., NeurIPS 2024, arXiv 2405.05409): at the
+   largest-init end (smallest gamma) mean ood_symmetric >= 0.8, at the smallest-init end mean
+   ood_inferential >= 0.8, each over at least ``min_seeds`` fitted runs.
+
+    python -m probes.report.split_table reports/split_cpu [more folders] [--out table.md]
+
+A run is fitted when acc_test_id >= 0.95 and acc_pair34 >= 0.95 (the ``fitted`` column of runs.csv).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from probes.report.tables import final_values, select
+from probes.store import CONFIG, atomic_write_text, read_csv, run_folder
+
+# settings worth a column when they differ between the runs compared (run_id and seed excluded)
+SETTING_KEYS = ["experiment", "model_family", "n_layer", "n_embd", "n_train", "fresh_samples",
+                "split_modulus", "lr", "lr_schedule", "warmup_steps", "weight_decay", "steps",
+                "batch_size", "dropout", "num_threads"]
+SCORES = ["ood_inferential", "ood_symmetric", "ood_other"]
+
+
+def load(dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Runs (with each run's resolved settings), metrics and offsets of the experiment folders.
+
+    Args:
+        dirs: experiment output folders, each with runs.csv, metrics.csv, ood_offsets.csv and
+            runs/<run_id>/config.yaml.
+
+    Returns:
+        (runs, metrics, offsets) frames; runs has one row per run and a column per SETTING_KEYS.
+
+    Raises:
+        FileNotFoundError: a folder without runs.csv.
+        ValueError: a runs.csv whose task is not composite (no held-out pair to split on).
+    """
+    runs, metrics, offsets = [], [], []
+    for d in map(Path, dirs):
+        if not (d / "runs.csv").is_file():
+            raise FileNotFoundError(f"{d}: no runs.csv (accepted: an experiment output folder)")
+        r = read_csv(d / "runs.csv")
+        if not {"ood_inferential", "ood_symmetric"} <= set(r.columns):
+            raise ValueError(f"{d}: runs.csv has no ood_inferential / ood_symmetric columns "
+                             f"(accepted: composite-task experiments)")
+        settings = []
+        for run_id in r["run_id"]:
+            cfg_path = run_folder(d, run_id) / CONFIG
+            cfg = yaml.safe_load(cfg_path.read_text()) if cfg_path.is_file() else {}
+            settings.append({k: cfg.get(k) for k in SETTING_KEYS if k not in r.columns})
+        runs.append(pd.concat([r, pd.DataFrame(settings, index=r.index)], axis=1))
+        metrics.append(read_csv(d / "metrics.csv"))
+        offsets.append(read_csv(d / "ood_offsets.csv"))
+    runs = pd.concat(runs, ignore_index=True).drop_duplicates("run_id", keep="last")
+    return runs, pd.concat(metrics, ignore_index=True), pd.concat(offsets, ignore_index=True)
+
+
+def varying(runs: pd.DataFrame) -> list[str]:
+    """The SETTING_KEYS whose value differs between runs (gamma and seed have their own columns)."""
+    return [k for k in SETTING_KEYS if k in runs and runs[k].astype(str).nunique() > 1]
+
+
+def run_table(runs: pd.DataFrame, metrics: pd.DataFrame, offsets: pd.DataFrame) -> pd.DataFrame:
+    """One row per run: settings, gamma, seed, scores, top offsets, first-layer W_Q condensation.
+
+    Returns:
+        frame with columns [varying settings..., gamma, seed, acc_test_id, acc_pair34, fitted,
+        ood_inferential, ood_symmetric, ood_other, top_offsets, wq_mean_abs_cos, wq_groups_0.9,
+        wq_groups_0.7]; W_Q values are NaN for runs without a layer-0 attn.q probe.
+    """
+    final = final_values(metrics)
+    wq = select(final, component="attn.q", layer=0)
+    wq = wq[wq["basis"] == "weight"]
+    rows = []
+    for _, r in runs.iterrows():
+        q = wq[wq["run_id"] == r["run_id"]]
+        o = offsets[offsets["run_id"] == r["run_id"]]
+        o = o[o["step"] == o["step"].max()].nlargest(3, "share")
+        rows.append({
+            **{k: r[k] for k in varying(runs)},
+            "gamma": r["gamma"], "seed": r["seed"], "acc_test_id": r["acc_test_id"],
+            "acc_pair34": r["acc_pair34"], "fitted": bool(r["fitted"]),
+            **{s: r[s] for s in SCORES},
+            "top_offsets": ", ".join(f"{int(x.offset):+d}: {x.share:.2f}" for x in o.itertuples()),
+            "wq_mean_abs_cos": _value(q, "mean_abs_cos"),
+            "wq_groups_0.9": _value(q, "n_groups", 0.9),
+            "wq_groups_0.7": _value(q, "n_groups", 0.7),
+        })
+    table = pd.DataFrame(rows)
+    return table.sort_values([*varying(runs), "gamma", "seed"], kind="stable", ignore_index=True)
+
+
+def _value(probe: pd.DataFrame, metric: str, threshold: float | None = None) -> float:
+    """One metric of one run's last W_Q probe; NaN when absent."""
+    rows = probe[probe["metric"] == metric]
+    if threshold is not None:
+        rows = rows[rows["threshold"] == threshold]
+    return rows["value"].mean() if len(rows) else np.nan
+
+
+def gamma_means(table: pd.DataFrame, settings: list[str]) -> pd.DataFrame:
+    """Per setting and gamma: runs, fitted runs, and ood shares averaged over fitted runs only
+    (NaN where none is fitted: unfitted runs are counted, never averaged)."""
+    keys = [*settings, "gamma"]
+    out = []
+    for key, cell in table.groupby(keys, sort=True):
+        fitted = cell[cell["fitted"]]
+        out.append({**dict(zip(keys, key if isinstance(key, tuple) else (key,))),
+                    "runs": len(cell), "fitted": len(fitted),
+                    **{s: fitted[s].mean() if len(fitted) else np.nan for s in SCORES},
+                    "wq_mean_abs_cos": cell["wq_mean_abs_cos"].mean()})
+    return pd.DataFrame(out)
+
+
+def verdict(means: pd.DataFrame, min_seeds: int = 3, threshold: float = 0.8) -> str:
+    """The split rule on one setting's per-gamma means: 'split shown' or why not.
+
+    Args:
+        means: gamma_means rows of ONE setting (columns gamma, fitted, ood_symmetric, ood_inferential).
+        min_seeds: fitted runs needed at each end.
+        threshold: the mean share needed at each end.
+    """
+    if means["gamma"].nunique() < 2:
+        return "one gamma only: no split to judge"
+    lo, hi = means.loc[means["gamma"].idxmin()], means.loc[means["gamma"].idxmax()]
+    checks = [
+        (lo["fitted"] >= min_seeds, f"gamma {lo['gamma']:g}: {int(lo['fitted'])} fitted (need {min_seeds})"),
+        (hi["fitted"] >= min_seeds, f"gamma {hi['gamma']:g}: {int(hi['fitted'])} fitted (need {min_seeds})"),
+        (lo["ood_symmetric"] >= threshold, f"gamma {lo['gamma']:g}: mean ood_symmetric "
+                                           f"{lo['ood_symmetric']:.3f} (need >= {threshold})"),
+        (hi["ood_inferential"] >= threshold, f"gamma {hi['gamma']:g}: mean ood_inferential "
+                                             f"{hi['ood_inferential']:.3f} (need >= {threshold})"),
+    ]
+    # a mean over no fitted run is NaN: its count already says why
+    failed = [why for ok, why in checks if not ok and "nan" not in why]
+    return "split shown" if not failed else "not shown: " + "; ".join(failed)
+
+
+def markdown(df: pd.DataFrame) -> str:
+    """A pipe table; floats to 3 decimals, NaN as an empty cell."""
+    def cell(v):
+        if isinstance(v, (bool, np.bool_)):
+            return "yes" if v else "no"
+        if isinstance(v, (float, np.floating)):
+            return "" if np.isnan(v) else f"{v:.3f}".rstrip("0").rstrip(".")
+        return str(v)
+    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def report(dirs: list[Path], min_seeds: int = 3) -> str:
+    """The three parts (runs, per-gamma means, verdict per setting) as one Markdown text."""
+    runs, metrics, offsets = load(dirs)
+    table = run_table(runs, metrics, offsets)
+    settings = varying(runs)
+    means = gamma_means(table, settings)
+    parts = ["### Runs", markdown(table), "", "### Per gamma (means over fitted runs)",
+             markdown(means), "", "### Split rule"]
+    groups = means.groupby(settings) if settings else [((), means)]
+    for key, cell in groups:
+        label = ", ".join(f"{k}={v}" for k, v in zip(settings, key if isinstance(key, tuple) else (key,)))
+        parts.append(f"- {label or 'all runs'}: {verdict(cell.reset_index(drop=True), min_seeds)}")
+    return "\n".join(parts) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m probes.report.split_table DIR [DIR ...]``; returns the exit code (2 on bad
+    input)."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("dirs", nargs="+", type=Path, help="experiment output folders")
+    p.add_argument("--out", type=Path, help="write the Markdown here (atomically) instead of stdout")
+    p.add_argument("--min_seeds", type=int, default=3)
+    args = p.parse_args(argv)
+    try:
+        text = report(args.dirs, args.min_seeds)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.out:
+        atomic_write_text(args.out, text)
+    else:
+        print(text, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+"""Threads for torch and numpy's BLAS, shared by both entry paths (training and checkpoint probing)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from threadpoolctl import threadpool_limits
+
+
+def configure_threads(num_threads: int | None, num_processes: int) -> int:
+    """Set torch's and BLAS's thread count for this process, and return it.
+
+    ``accelerate launch`` sets OMP_NUM_THREADS=1 unless told otherwise: a one-process run gets every
+    core, a multi-process one shares them. The same number holds for numpy's BLAS (the probes'
+    SVDs): on a busy machine, BLAS and torch threads that outnumber the free cores spin at every
+    barrier (one SVD of a 512 x 4608 ResNet layer: 3.7 s with 2 threads against 0.19 s with 1
+    while another process held a core).
+
+    Args:
+        num_threads: threads per process, or None for all cores / ``num_processes``.
+        num_processes: accelerate processes on this machine.
+
+    Returns:
+        the thread count set (>= 1).
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    n = num_threads or max(1, (cores or 1) // num_processes)
+    torch.set_num_threads(n)
+    threadpool_limits(n, user_api="blas")
+    return n

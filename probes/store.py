@@ -1,0 +1,266 @@
+"""Every file the suite writes: CSV columns, atomic writes and the run-folder layout, in one place.
+
+Layout of an experiment's output folder (schema: shared DESIGN.md and reports/README.md)::
+
+    runs.csv  metrics.csv  ood_offsets.csv  correlations.csv  figures/*.png
+    neurons.csv (1-D two-layer nets only: each neuron at step 0, at the end of the initial
+    stage and at the last probe)
+    runs/<run_id>/config.yaml  model/  run.json  metrics.csv  ood_offsets.csv  [neurons.csv]
+    runs/<run_id>/heatmap.npz  (the cosine heat map of HEATMAP_UNITS at the last probe)
+    runs/<run_id>/state/  (while a run is unfinished: its resumable training state)
+
+``runs/<run_id>/run.json`` is written last: a run folder with it is finished, and a rerun of the
+same command reads it back instead of training again. A checkpoint probe's output folder holds
+``metrics.csv`` (same columns), ``runs.csv`` (CHECKPOINT_RUNS_COLUMNS) and ``figures/``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from models import LM_FAMILIES
+from probes.config import RunConfig, effective_lr, resolved_yaml
+
+METRICS_COLUMNS = ["run_id", "step", "layer", "component", "head", "basis", "metric",
+                   "threshold", "value", "n_units"]
+OFFSETS_COLUMNS = ["run_id", "step", "offset", "count", "share"]
+NEURONS_COLUMNS = ["run_id", "step", "layer", "component", "unit", "w", "b", "angle", "amplitude"]
+# runs.csv: these identity columns, then train_loss and the task's own scores, then RUNS_TAIL
+RUNS_FRONT = ["run_id", "experiment", "task", "model_family", "gamma", "n_layer", "n_embd",
+              "n_head", "lr", "weight_decay", "dropout", "seed", "steps", "epochs", "train_loss"]
+RUNS_TAIL = ["fitted", "diverged", "wall_s", "num_threads", "checkpoint", "package_version"]
+# runs.csv settings columns of each baseline family, after RUNS_FRONT's (the transformer sizes
+# are blank for the baselines, which have none)
+FAMILY_KEYS = {"mlp": ("width", "activation", "gamma_prime", "in_dim", "optimizer", "lr_scaling"),
+               "resnet": ("image_source", "image_size", "optimizer")}
+CHECKPOINT_RUNS_COLUMNS = ["run_id", "step", "checkpoint", "format", "model_type", "architecture",
+                           "n_params", "n_layers", "unit_reader", "probe_inputs", "n_samples",
+                           "wall_s", "package_version"]
+_INT_COLUMNS = ("step", "layer", "head", "n_units", "offset", "count", "unit")
+
+# files of a run folder
+MODEL, CONFIG, RUN_JSON, STATE, HEATMAP = "model", "config.yaml", "run.json", "state", "heatmap.npz"
+# the unit set (layer, component, head) whose cosine matrix a run keeps for the heat maps
+HEATMAP_UNITS = (0, "attn.q", None)
+
+
+def package_version() -> str:
+    """This package's installed version, or ``unknown`` when it runs from a bare checkout."""
+    try:
+        return version("condensation-probes")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+# --- writing and reading ----------------------------------------------------------------------
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temp file in the same folder and a rename, so a
+    reader never sees half a file. Raises OSError when the folder cannot be written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
+    """Rows as a DataFrame with ``columns`` in order; integer columns stay integers with blanks."""
+    df = pd.DataFrame(rows, columns=columns)
+    for col in _INT_COLUMNS:
+        if col in df:
+            df[col] = pd.to_numeric(df[col]).astype("Int64")
+    return df
+
+
+def write_csv(df: pd.DataFrame, path: Path) -> None:
+    """Atomically write ``df`` as CSV (missing values as empty fields)."""
+    atomic_write_text(path, df.to_csv(index=False, na_rep=""))
+
+
+def read_csv(path: Path) -> pd.DataFrame:
+    """A CSV the suite wrote, with its integer columns as nullable integers."""
+    df = pd.read_csv(path)
+    for col in _INT_COLUMNS:
+        if col in df:
+            df[col] = df[col].astype("Int64")
+    return df
+
+
+# --- the run folder ---------------------------------------------------------------------------
+
+def run_folder(out_dir: Path, run_id: str) -> Path:
+    """``<out_dir>/runs/<run_id>``: the folder of one run of the experiment in ``out_dir``."""
+    return Path(out_dir) / "runs" / run_id
+
+
+def run_dir(cfg: RunConfig) -> Path:
+    """The folder of the run of ``cfg`` (``run_folder`` of its output folder and run id)."""
+    return run_folder(cfg.out_dir, cfg.run_id)
+
+
+def state_dir(folder: Path) -> Path:
+    """The resumable training state of the run in ``folder``."""
+    return folder / STATE
+
+
+def clear_state(folder: Path) -> None:
+    """Remove a finished run's saved state (and the previous one a kill may have left)."""
+    for path in (state_dir(folder), folder / f".{STATE}.old"):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def run_of_model(model_dir: Path) -> Path | None:
+    """The run folder of a checkpoint this project's training saved (``runs/<run_id>/model``),
+    or None for any other folder."""
+    model_dir = Path(model_dir).resolve()
+    return model_dir.parent if model_dir.name == MODEL else None
+
+
+def runs_row(cfg: RunConfig, scores: dict, *, step: int, n_train: int, fitted: bool,
+             diverged: bool, wall_s: float, num_threads: int) -> dict:
+    """One run's runs.csv row (without ``checkpoint`` and ``package_version``, added on saving).
+
+    Args:
+        cfg: the run's config; scores: train_loss and the task's scores at the last step;
+        step: steps trained; n_train: training samples (epochs = step * batch / n_train);
+        fitted, diverged: the run's outcome; wall_s: seconds of training and probing;
+        num_threads: torch threads (float sums depend on it, and training amplifies them).
+    """
+    per_step = min(cfg.batch_size, n_train)
+    epochs = float("nan") if cfg.fresh_samples else step * per_step / max(n_train, 1)
+    lm = cfg.model_family in LM_FAMILIES
+    return {
+        "run_id": cfg.run_id, "experiment": cfg.experiment, "task": cfg.task,
+        "model_family": cfg.model_family, "gamma": cfg.gamma,
+        "n_layer": cfg.n_layer if lm else None, "n_embd": cfg.n_embd if lm else None,
+        "n_head": cfg.n_head if lm else None, "lr": cfg.lr,
+        "weight_decay": cfg.weight_decay, "dropout": cfg.dropout, "seed": cfg.seed,
+        **{k: getattr(cfg, k) for k in FAMILY_KEYS.get(cfg.model_family, ())},
+        **({"lr_effective": effective_lr(cfg)} if cfg.lr_scaling != "none" else {}),
+        "steps": step, "epochs": round(epochs, 3) if not math.isnan(epochs) else epochs,
+        **scores, "fitted": fitted, "diverged": diverged, "wall_s": round(wall_s, 2),
+        "num_threads": num_threads,
+    }
+
+
+def save_run(result) -> dict:
+    """Write one finished run's folder (checkpoint, resolved config, rows); returns its runs row.
+
+    Args:
+        result: a ``probes.train.loop.RunResult`` (cfg, row, metrics, offsets, neurons, model,
+            init_records).
+
+    The checkpoint goes through ``save_pretrained`` into a temp folder renamed into place;
+    ``run.json`` is written last.
+    """
+    cfg, folder = result.cfg, run_dir(result.cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    row = dict(result.row)
+    row["checkpoint"] = ""
+    if cfg.save_checkpoint and result.model is not None:
+        tmp = Path(tempfile.mkdtemp(dir=folder, prefix=".model."))
+        result.model.save_pretrained(tmp)
+        target = folder / MODEL
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+        row["checkpoint"] = str(target)
+    row["package_version"] = package_version()
+    init = {"init_method": "init_rate (std = d_in^-gamma)", "init_records": result.init_records}
+    atomic_write_text(folder / CONFIG, resolved_yaml(cfg, init))
+    write_csv(frame(result.metrics, METRICS_COLUMNS), folder / "metrics.csv")
+    write_csv(frame(result.offsets, OFFSETS_COLUMNS), folder / "ood_offsets.csv")
+    if result.neurons:
+        write_csv(frame(result.neurons, NEURONS_COLUMNS), folder / "neurons.csv")
+    if result.heatmap is not None:
+        save_heatmap(folder / HEATMAP, result.heatmap)
+    atomic_write_text(folder / RUN_JSON, json.dumps(row, indent=1, default=float))
+    clear_state(folder)
+    return row
+
+
+def save_heatmap(path: Path, heatmap: dict) -> None:
+    """Write a run's heat map atomically: ``cosine`` (m, m) float32 in group order, ``stride``,
+    ``n_units``, ``mean_abs_cos`` and ``n_groups`` {threshold: groups} as two arrays."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
+    os.close(fd)
+    try:
+        thresholds = sorted(heatmap["n_groups"])
+        np.savez(tmp, cosine=heatmap["cosine"], stride=heatmap["stride"],
+                 n_units=heatmap["n_units"], mean_abs_cos=heatmap["mean_abs_cos"],
+                 thresholds=np.array(thresholds, dtype=float),
+                 n_groups=np.array([heatmap["n_groups"][x] for x in thresholds]))
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def load_heatmap(folder: Path) -> dict | None:
+    """The heat map saved in run folder ``folder`` (see ``save_heatmap``), or None."""
+    path = Path(folder) / HEATMAP
+    if not path.is_file():
+        return None
+    with np.load(path) as z:
+        return dict(cosine=z["cosine"], stride=int(z["stride"]), n_units=int(z["n_units"]),
+                    mean_abs_cos=float(z["mean_abs_cos"]),
+                    n_groups=dict(zip(z["thresholds"].tolist(), z["n_groups"].tolist())))
+
+
+def finished(cfg: RunConfig) -> bool:
+    """Whether the run of ``cfg`` has a complete folder (its run.json)."""
+    return (run_dir(cfg) / RUN_JSON).is_file()
+
+
+def read_run_json(folder: Path) -> dict | None:
+    """The runs row saved in run folder ``folder``, or None when it has none or it is unreadable."""
+    try:
+        return json.loads((Path(folder) / RUN_JSON).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def gather_runs(cfgs: list[RunConfig], out_dir: Path) -> dict[str, pd.DataFrame | None]:
+    """Gather the finished runs of ``cfgs`` into the experiment's runs, metrics and ood_offsets
+    CSVs, and neurons.csv when some run has neuron rows (only the runs of this grid, in grid
+    order).
+
+    Returns:
+        the frames: runs, metrics, offsets, neurons (None when no run has any).
+    """
+    rows, metrics, offsets, neurons = [], [], [], []
+    for cfg in cfgs:
+        if not finished(cfg):
+            continue
+        folder = run_dir(cfg)
+        rows.append(read_run_json(folder))
+        metrics.append(read_csv(folder / "metrics.csv"))
+        offsets.append(read_csv(folder / "ood_offsets.csv"))
+        if (folder / "neurons.csv").is_file():
+            neurons.append(read_csv(folder / "neurons.csv"))
+    scores = [k for k in dict.fromkeys(k for r in rows for k in r)
+              if k not in RUNS_FRONT and k not in RUNS_TAIL]
+    runs = pd.DataFrame(rows, columns=RUNS_FRONT + scores + RUNS_TAIL)
+    metrics = pd.concat(metrics, ignore_index=True) if metrics else frame([], METRICS_COLUMNS)
+    offsets = pd.concat(offsets, ignore_index=True) if offsets else frame([], OFFSETS_COLUMNS)
+    neurons = pd.concat(neurons, ignore_index=True) if neurons else None
+    write_csv(runs, out_dir / "runs.csv")
+    write_csv(metrics, out_dir / "metrics.csv")
+    write_csv(offsets, out_dir / "ood_offsets.csv")
+    if neurons is not None:
+        write_csv(neurons, out_dir / "neurons.csv")
+    return {"runs": runs, "metrics": metrics, "offsets": offsets, "neurons": neurons}

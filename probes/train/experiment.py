@@ -1,0 +1,117 @@
+"""An experiment: expand the config into runs, split them between accelerate processes, train
+and probe each (``probes.train.loop``), and have the main process write the reports
+(``probes.report.experiment``).
+
+Entry: ``accelerate launch probes/run.py [--config FILE] [--KEY VALUE ...]`` (``main`` below).
+Finished runs are kept and skipped when the same command runs again (``--overwrite true``
+retrains them). Bad input prints one ``error:`` line and exits with code 2 before anything is
+written.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+from tqdm.auto import tqdm
+
+from probes.config import FIELDS, ConfigError, check_output_dir, expand, load_config, parse_overrides
+from probes.report.experiment import write_all
+from probes.runtime import configure_threads
+from probes.store import finished, save_run
+from probes.train.loop import Run
+from tasks import make_task
+
+USAGE = """usage: accelerate launch probes/run.py [--config FILE] [--output_dir DIR] [--KEY VALUE ...]
+       accelerate launch probes/run.py --checkpoint DIR [--checkpoint DIR ...] [--output_dir DIR]
+         (probe checkpoints on disk; --checkpoint X --help lists its options)
+
+Any config key can be overridden; a YAML list value (e.g. --gamma "[0.3, 1.0]") makes a grid.
+Keys: """ + ", ".join(FIELDS)
+
+
+def build_data(cfgs):
+    """A lookup cfg -> (task, numpy columns per split), built once per distinct task setting
+    (runs of a grid share their data)."""
+    def key(cfg):
+        return cfg.task, tuple(sorted(cfg.task_options().items()))
+
+    cache = {}
+    for cfg in cfgs:
+        if key(cfg) not in cache:
+            task = make_task(cfg.task, **cfg.task_options())
+            splits = task.build()
+            cache[key(cfg)] = (task, {s: splits[s][:] for s in splits})
+    return lambda cfg: cache[key(cfg)]
+
+
+def train_all(cfgs, accelerator) -> None:
+    """Train the unfinished runs of ``cfgs``, round by round: in each round every process trains
+    one run, the results are gathered and the main process writes them (so a killed experiment
+    keeps every finished run)."""
+    todo = [c for c in cfgs if c.overwrite or not finished(c)]
+    skipped = len(cfgs) - len(todo)
+    if skipped:
+        accelerator.print(f"{skipped} finished run(s) kept; --overwrite true retrains them")
+    if not todo:
+        return
+    with accelerator.split_between_processes(todo) as mine:
+        mine = list(mine)
+    data_for = build_data(mine)
+    n_rounds = math.ceil(len(todo) / accelerator.num_processes)
+    bar = tqdm(total=sum(c.steps for c in mine), disable=not accelerator.is_main_process,
+               unit="step", dynamic_ncols=True)
+    for i in range(n_rounds):
+        result = None
+        if i < len(mine):
+            cfg = mine[i]
+            bar.set_description(f"run {i + 1}/{len(mine)} {cfg.run_id}")
+            task, data = data_for(cfg)
+
+            def progress(loss, steps):
+                bar.update(steps)
+                if loss is not None:
+                    bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+
+            result = Run(cfg, task, data, accelerator).train(progress)
+        results = gather_object([result]) if accelerator.num_processes > 1 else [result]
+        if accelerator.is_main_process:
+            for r in results:
+                if r is not None:
+                    save_run(r)
+        accelerator.wait_for_everyone()
+    bar.close()
+
+
+def main(argv: list[str]) -> int:
+    """Run the experiment of ``argv`` (see USAGE); returns the exit code (2 on bad input)."""
+    if any(a in ("-h", "--help") for a in argv):
+        print(USAGE)
+        return 0
+    try:
+        path, overrides = parse_overrides(argv)
+        cfgs = expand(load_config(path, overrides))
+        check_output_dir(cfgs[0].out_dir)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    # With no accelerator, say so: processes started by torchrun (accelerate launch --multi_gpu)
+    # then join one gloo group instead of each believing it is alone.
+    accelerator = Accelerator(cpu=not torch.accelerator.is_available())
+    threads = configure_threads(cfgs[0].num_threads, accelerator.num_processes)
+    for cfg in {(c.warmup_steps, c.steps): c for c in cfgs}.values():
+        if cfg.warmup_steps >= cfg.steps:
+            accelerator.print(f"warning: warmup_steps={cfg.warmup_steps} >= steps={cfg.steps}: "
+                              f"the learning rate never reaches lr={cfg.lr:g}")
+    accelerator.print(f"{len(cfgs)} run(s) -> {cfgs[0].out_dir}/ on {accelerator.num_processes} "
+                      f"process(es), {threads} thread(s) each, device {accelerator.device}")
+    if not cfgs[0].report_only:
+        train_all(cfgs, accelerator)
+    if accelerator.is_main_process:
+        write_all(cfgs)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return 0
