@@ -55,6 +55,9 @@ def build_model(
         vocab_size=vocab_size, n_positions=n_positions, n_embd=n_embd, n_layer=n_layer,
         n_head=n_head, n_inner=d_ff, resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout,
         tie_word_embeddings=False, use_cache=False,
+        # GPT-2's own ids (50256) lie outside a small vocabulary; as in GPT-2, the last id. The
+        # loss never reads them: training is the same with any value
+        bos_token_id=vocab_size - 1, eos_token_id=vocab_size - 1,
     )
     return GPT2LMHeadModel(config)
 

@@ -1,7 +1,9 @@
-"""Threads for torch and numpy's BLAS, shared by both entry paths (training and checkpoint probing)."""
+"""Threads for torch and numpy's BLAS, and transformers' progress bars, shared by both entry paths
+(training and checkpoint probing)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -29,3 +31,19 @@ def configure_threads(num_threads: int | None, num_processes: int) -> int:
     torch.set_num_threads(n)
     threadpool_limits(n, user_api="blas")
     return n
+
+
+@contextlib.contextmanager
+def hub_progress_bars_off():
+    """Inside the block, no transformers progress bars (``from_pretrained``'s loading bars: the
+    suite shows one bar, its own); after it, they are as they were, so that importing or calling
+    the suite never switches them off for the program around it."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()

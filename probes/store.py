@@ -7,6 +7,8 @@ Layout of an experiment's output folder (schema: shared DESIGN.md and reports/RE
     stage and at the last probe)
     runs/<run_id>/config.yaml  model/  run.json  metrics.csv  ood_offsets.csv  [neurons.csv]
     runs/<run_id>/heatmap.npz  (the cosine heat map of HEATMAP_UNITS at the last probe)
+    runs/<run_id>/train_log.csv  (TRAIN_LOG_COLUMNS every log_every steps, written by the
+    process that trains the run, at each saved state and at the end)
     runs/<run_id>/state/  (while a run is unfinished: its resumable training state)
 
 ``runs/<run_id>/run.json`` is written last: a run folder with it is finished, and a rerun of the
@@ -34,21 +36,33 @@ METRICS_COLUMNS = ["run_id", "step", "layer", "component", "head", "basis", "met
                    "threshold", "value", "n_units"]
 OFFSETS_COLUMNS = ["run_id", "step", "offset", "count", "share"]
 NEURONS_COLUMNS = ["run_id", "step", "layer", "component", "unit", "w", "b", "angle", "amplitude"]
+# train_log.csv: the training loss of the step's batch, the learning rate the step used and the
+# gradient norm before clipping (unscaled under fp16; blank for the step whose loss diverged)
+TRAIN_LOG_COLUMNS = ["step", "loss", "lr", "grad_norm"]
 # runs.csv: these identity columns, then train_loss and the task's own scores, then RUNS_TAIL
 RUNS_FRONT = ["run_id", "experiment", "task", "model_family", "gamma", "n_layer", "n_embd",
               "n_head", "lr", "weight_decay", "dropout", "seed", "steps", "epochs", "train_loss"]
-RUNS_TAIL = ["fitted", "diverged", "wall_s", "num_threads", "checkpoint", "package_version"]
+RUNS_TAIL = ["fitted", "diverged", "wall_s", "num_threads", "device", "mixed_precision", "checkpoint",
+             "package_version"]
 # runs.csv settings columns of each baseline family, after RUNS_FRONT's (the transformer sizes
 # are blank for the baselines, which have none)
 FAMILY_KEYS = {"mlp": ("width", "activation", "gamma_prime", "in_dim", "optimizer", "lr_scaling"),
                "resnet": ("image_source", "image_size", "optimizer")}
+# what a --checkpoint probe writes into its output folder (replaced whole on the next probe)
+CHECKPOINT_OUTPUTS = {"metrics.csv", "runs.csv", "figures"}
 CHECKPOINT_RUNS_COLUMNS = ["run_id", "step", "checkpoint", "format", "model_type", "architecture",
-                           "n_params", "n_layers", "unit_reader", "probe_inputs", "n_samples",
+                           "n_params", "n_layers", "unit_reader", "fold_norms", "activation_point",
+                           "probe_inputs", "n_samples",
                            "wall_s", "package_version"]
 _INT_COLUMNS = ("step", "layer", "head", "n_units", "offset", "count", "unit")
 
+# an experiment's report: the files its output folder holds beside runs/ (replaced as one set)
+REPORT_FILES = {"runs.csv", "metrics.csv", "ood_offsets.csv", "neurons.csv", "correlations.csv",
+                "phase_diagram.csv", "final_condensation.csv", "rd_slopes.csv", "directions.csv",
+                "figures"}
 # files of a run folder
 MODEL, CONFIG, RUN_JSON, STATE, HEATMAP = "model", "config.yaml", "run.json", "state", "heatmap.npz"
+TRAIN_LOG = "train_log.csv"
 # the unit set (layer, component, head) whose cosine matrix a run keeps for the heat maps
 HEATMAP_UNITS = (0, "attn.q", None)
 
@@ -118,12 +132,6 @@ def state_dir(folder: Path) -> Path:
     return folder / STATE
 
 
-def clear_state(folder: Path) -> None:
-    """Remove a finished run's saved state (and the previous one a kill may have left)."""
-    for path in (state_dir(folder), folder / f".{STATE}.old"):
-        shutil.rmtree(path, ignore_errors=True)
-
-
 def run_of_model(model_dir: Path) -> Path | None:
     """The run folder of a checkpoint this project's training saved (``runs/<run_id>/model``),
     or None for any other folder."""
@@ -131,15 +139,26 @@ def run_of_model(model_dir: Path) -> Path | None:
     return model_dir.parent if model_dir.name == MODEL else None
 
 
+def write_train_log(folder: Path, rows: list[dict]) -> None:
+    """Atomically write a run's training log (TRAIN_LOG_COLUMNS) into run folder ``folder``;
+    with no rows (``log_every: 0``) remove a stale one instead."""
+    if rows:
+        write_csv(frame(rows, TRAIN_LOG_COLUMNS), Path(folder) / TRAIN_LOG)
+    else:
+        (Path(folder) / TRAIN_LOG).unlink(missing_ok=True)
+
+
 def runs_row(cfg: RunConfig, scores: dict, *, step: int, n_train: int, fitted: bool,
-             diverged: bool, wall_s: float, num_threads: int) -> dict:
+             diverged: bool, wall_s: float, num_threads: int, device: str = "") -> dict:
     """One run's runs.csv row (without ``checkpoint`` and ``package_version``, added on saving).
 
     Args:
         cfg: the run's config; scores: train_loss and the task's scores at the last step;
         step: steps trained; n_train: training samples (epochs = step * batch / n_train);
         fitted, diverged: the run's outcome; wall_s: seconds of training and probing;
-        num_threads: torch threads (float sums depend on it, and training amplifies them).
+        num_threads: torch threads (float sums depend on it, and training amplifies them);
+        device: the device type it trained on (``cpu``, ``cuda``, ...); its precision is
+        ``cfg.mixed_precision`` (no | fp16 | bf16).
     """
     per_step = min(cfg.batch_size, n_train)
     epochs = float("nan") if cfg.fresh_samples else step * per_step / max(n_train, 1)
@@ -154,7 +173,7 @@ def runs_row(cfg: RunConfig, scores: dict, *, step: int, n_train: int, fitted: b
         **({"lr_effective": effective_lr(cfg)} if cfg.lr_scaling != "none" else {}),
         "steps": step, "epochs": round(epochs, 3) if not math.isnan(epochs) else epochs,
         **scores, "fitted": fitted, "diverged": diverged, "wall_s": round(wall_s, 2),
-        "num_threads": num_threads,
+        "num_threads": num_threads, "device": device, "mixed_precision": cfg.mixed_precision,
     }
 
 
@@ -162,35 +181,39 @@ def save_run(result) -> dict:
     """Write one finished run's folder (checkpoint, resolved config, rows); returns its runs row.
 
     Args:
-        result: a ``probes.train.loop.RunResult`` (cfg, row, metrics, offsets, neurons, model,
-            init_records).
+        result: a ``probes.train.loop.RunResult`` (cfg, row, metrics, offsets, neurons, heatmap,
+            model, init_records).
 
-    The checkpoint goes through ``save_pretrained`` into a temp folder renamed into place;
-    ``run.json`` is written last.
+    All or nothing: the folder is written whole into a staging folder beside it, then put in
+    place of the old one (files the training process wrote there, such as its log, are carried
+    over; the resumable state is dropped). ``run.json`` marks it finished.
     """
     cfg, folder = result.cfg, run_dir(result.cfg)
-    folder.mkdir(parents=True, exist_ok=True)
-    row = dict(result.row)
-    row["checkpoint"] = ""
-    if cfg.save_checkpoint and result.model is not None:
-        tmp = Path(tempfile.mkdtemp(dir=folder, prefix=".model."))
-        result.model.save_pretrained(tmp)
-        target = folder / MODEL
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-        row["checkpoint"] = str(target)
-    row["package_version"] = package_version()
-    init = {"init_method": "init_rate (std = d_in^-gamma)", "init_records": result.init_records}
-    atomic_write_text(folder / CONFIG, resolved_yaml(cfg, init))
-    write_csv(frame(result.metrics, METRICS_COLUMNS), folder / "metrics.csv")
-    write_csv(frame(result.offsets, OFFSETS_COLUMNS), folder / "ood_offsets.csv")
-    if result.neurons:
-        write_csv(frame(result.neurons, NEURONS_COLUMNS), folder / "neurons.csv")
-    if result.heatmap is not None:
-        save_heatmap(folder / HEATMAP, result.heatmap)
-    atomic_write_text(folder / RUN_JSON, json.dumps(row, indent=1, default=float))
-    clear_state(folder)
+    stage = staging_dir(folder)
+    try:
+        row = dict(result.row)
+        row["checkpoint"] = ""
+        if cfg.save_checkpoint and result.model is not None:
+            result.model.save_pretrained(stage / MODEL)
+            row["checkpoint"] = str(folder / MODEL)
+        row["package_version"] = package_version()
+        init = {"init_method": "init_rate (std = d_in^-gamma)", "init_records": result.init_records}
+        atomic_write_text(stage / CONFIG, resolved_yaml(cfg, init))
+        write_csv(frame(result.metrics, METRICS_COLUMNS), stage / "metrics.csv")
+        write_csv(frame(result.offsets, OFFSETS_COLUMNS), stage / "ood_offsets.csv")
+        if result.neurons:
+            write_csv(frame(result.neurons, NEURONS_COLUMNS), stage / "neurons.csv")
+        if result.heatmap is not None:
+            save_heatmap(stage / HEATMAP, result.heatmap)
+        atomic_write_text(stage / RUN_JSON, json.dumps(row, indent=1, default=float))
+        if folder.is_dir():
+            for p in folder.iterdir():
+                if not (stage / p.name).exists() and p.name not in (STATE, f".{STATE}.old"):
+                    os.replace(p, stage / p.name)
+        replace_folder(stage, folder)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
     return row
 
 
@@ -264,3 +287,98 @@ def gather_runs(cfgs: list[RunConfig], out_dir: Path) -> dict[str, pd.DataFrame 
     if neurons is not None:
         write_csv(neurons, out_dir / "neurons.csv")
     return {"runs": runs, "metrics": metrics, "offsets": offsets, "neurons": neurons}
+
+
+# --- output folders: checked before any work, written all or nothing -------------------------
+
+class OutputError(ValueError):
+    """An output folder that cannot be used: the message is one line, for the user."""
+
+
+def _probe_write(folder: Path) -> None:
+    """Create and remove a file in ``folder``; raises OutputError when that fails."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".write-check.")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise OutputError(f"output_dir {str(folder)!r} is not writable ({e.strerror}): accepted is a "
+                          f"folder this user can write") from e
+
+
+def check_output_dir(out_dir: Path) -> None:
+    """Check, before any work, that ``out_dir`` can be written: no file in its place or above
+    it, and a file can be created (and removed) in it, or in its nearest existing parent, and in
+    its parent (where staging folders go).
+
+    Raises:
+        OutputError: the first problem found, in one line.
+    """
+    out_dir = Path(out_dir)
+    for p in (out_dir, *out_dir.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise OutputError(f"output_dir={str(out_dir)!r} is not usable: {str(p)!r} is a file; "
+                                  f"accepted is a folder path")
+            _probe_write(p)
+            if p == out_dir and out_dir.parent != out_dir:
+                _probe_write(out_dir.parent)
+            return
+
+
+def check_replaceable(out_dir: Path, own: set[str]) -> None:
+    """Refuse an existing, non-empty ``out_dir`` that holds anything but ``own`` entries (files
+    or folders a previous run of the same command wrote), so that replacing it whole never
+    deletes a user's files.
+
+    Raises:
+        OutputError: naming an entry that is not ours.
+    """
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return
+    foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in own)
+    if foreign:
+        raise OutputError(f"output_dir {str(out_dir)!r} holds files this command did not write "
+                          f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}): accepted "
+                          f"is a new or empty folder, or the folder of an earlier run of it "
+                          f"(replaced whole)")
+
+
+def staging_dir(target: Path) -> Path:
+    """A new, empty hidden folder beside ``target`` (same file system, so it can be renamed)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.staging-"))
+
+
+def replace_folder(staged: Path, target: Path) -> None:
+    """Put the finished folder ``staged`` in the place of ``target`` (which may exist): two
+    renames, the old folder removed only after the new one is in place."""
+    target = Path(target)
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
+        os.rmdir(old)
+        os.replace(target, old)
+    os.replace(staged, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def publish_reports(staged: Path, out_dir: Path) -> None:
+    """Move an experiment's staged report files into ``out_dir`` as one set: the REPORT_FILES of
+    an earlier report are removed first, so that no table or figure of an earlier, different grid
+    stays beside the new ones (run folders and anything else are left alone)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for p in out_dir.iterdir():
+        if p.name not in REPORT_FILES:
+            continue
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+    for p in Path(staged).iterdir():
+        os.replace(p, out_dir / p.name)
+    shutil.rmtree(staged, ignore_errors=True)

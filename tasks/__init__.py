@@ -13,7 +13,8 @@ A task is a dataclass (its fields are config keys; ``seed`` is fed from ``data_s
 """
 
 from tasks.anchor_pairs import CompositeNoTwistTask, MultiAnchorTask
-from tasks.chain_search import ChainSearchTask
+from tasks.chain_search import ChainSearchHopsTask, ChainSearchTask
+from tasks.chain_search_authors import ChainSearchAuthorsTask
 from tasks.composite import CompositeTask
 from tasks.identity import IdentityTask
 
@@ -22,6 +23,9 @@ TASKS = {
     "composite_no_twist": CompositeNoTwistTask,
     "multi_anchor": MultiAnchorTask,
     "identity": IdentityTask,
+    "chain_search_authors": ChainSearchAuthorsTask,  # arXiv 2405.15302 as the authors generate it
+    "chain_search_hops": ChainSearchHopsTask,  # the suite's variant with hop anchors
+    # the variant's first name, kept so that existing configs and run ids stay valid
     "chain_search": ChainSearchTask,
 }
 
@@ -44,5 +48,6 @@ def make_task(name: str, **options):
     return TASKS[name](**options)
 
 
-__all__ = ["TASKS", "ChainSearchTask", "CompositeNoTwistTask", "CompositeTask", "IdentityTask",
+__all__ = ["TASKS", "ChainSearchAuthorsTask", "ChainSearchHopsTask", "ChainSearchTask",
+           "CompositeNoTwistTask", "CompositeTask", "IdentityTask",
            "MultiAnchorTask", "make_task"]

@@ -1,5 +1,6 @@
 """Composite anchor tasks without a deliberate exception: the no-twist variant of the composite task
-(arXiv 2405.05409) and multi-anchor composition with 9 anchors (anchor functions, arXiv 2401.08309).
+(arXiv 2405.05409) and multi-anchor composition with 9 anchors (arXiv 2501.08537; generator
+complexity_control ``code_for_anchor_func/data_generator/composition_more_anchor.py``).
 
 Layout (as the composite task, ``tasks/composite.py``): ``seq_len`` tokens with exactly one pair of
 adjacent anchors (a1, a2); the token just before the pair is the key x, every other token is noise
@@ -15,6 +16,13 @@ closed under reversal, and on it the candidate answers are
     ``other``        anything else (its offset answer - key is in ``ood_offsets``).
 The three named candidates must be distinct (shift(a1), shift(a2) nonzero and different), so that the
 four shares are disjoint and sum to 1.
+
+Which held-out samples form the ood split, ``ood_scoring``:
+- "authors" (default): keys of the train type only, and only pair (4, 3) when it is held out, as the
+  group's code scores these tasks (its ``43_xel`` data set, "x else", in complexity_control
+  ``code_for_anchor_func``); a held-out set without (4, 3) (multi_anchor's default, the suite's own
+  design) keeps all its pairs, with train-type keys.
+- "pooled": every held-out pair with keys of both types, the suite's ood before issue 17.
 """
 
 from __future__ import annotations
@@ -33,8 +41,8 @@ from tasks.common import (
     histogram,
     parse_ints,
 )
+from tasks.composite import HELD_OUT_PAIR, check_ood_scoring, pair_code
 from tasks.composite import SHIFTS as COMPOSITE_SHIFTS
-from tasks.composite import pair_code
 
 
 @dataclass
@@ -55,15 +63,18 @@ class AnchorPairTask(ReasoningTask):
             both slots).
         n_train, n_test_id, n_ood: split sizes (samples).
         seed: seed of the data generator (independent of the model seed).
+        ood_scoring: "authors" (train-type keys; pair (4, 3) alone when held out) or "pooled"
+            (every held-out pair, every key); see the module docstring.
 
     Splits: ``train`` (trained pairs, train keys), ``test_id`` (trained pairs, test keys), ``ood``
-    (held-out pairs, every key and position). Columns: ``input_ids`` (n, seq_len), and (n,) int64
-    ``target`` (the composite; on ``ood`` the inferential answer), ``anchor_pair`` (10*a1 + a2),
-    ``key``, ``position`` (of the key), ``target_inferential``, ``target_first_only``,
-    ``target_second_only``.
+    (``ood_pairs``, every position; train-type keys, or every key when "pooled"). Columns:
+    ``input_ids`` (n, seq_len), and (n,) int64 ``target`` (the composite; on ``ood`` the
+    inferential answer), ``anchor_pair`` (10*a1 + a2), ``key``, ``position`` (of the key),
+    ``target_inferential``, ``target_first_only``, ``target_second_only``.
 
     Raises:
-        ValueError: on sizes < 0, seq_len < 3, a bad key range or modulus, or a bad held-out set.
+        ValueError: on sizes < 0, seq_len < 3, a bad key range or modulus, a bad held-out set, or
+            an unknown ood_scoring.
     """
 
     seq_len: int = 9
@@ -75,6 +86,7 @@ class AnchorPairTask(ReasoningTask):
     n_test_id: int = 2000
     n_ood: int = 2000
     seed: int = 0
+    ood_scoring: str = "authors"
 
     SHIFTS: ClassVar[dict[int, int]] = {}
     DEFAULT_HELD_OUT: ClassVar[str] = ""
@@ -87,6 +99,7 @@ class AnchorPairTask(ReasoningTask):
 
     def __post_init__(self):
         check_sizes(self)
+        self.ood_keys = check_ood_scoring(self.ood_scoring)
         if self.seq_len < 3:
             raise ValueError(f"seq_len={self.seq_len} is too short: need >= 3 (key + 2 anchors)")
         if not self.n_anchors < self.key_low <= self.key_high:
@@ -98,6 +111,8 @@ class AnchorPairTask(ReasoningTask):
                              f"so that every target x + shift(a1) + shift(a2) is a token (>= 0)")
         self.held_pairs = self._held_pairs()
         self.trained_pairs = [p for p in self.all_pairs if p not in self.held_pairs]
+        authors_pair = HELD_OUT_PAIR in self.held_pairs and self.ood_scoring == "authors"
+        self.ood_pairs = [HELD_OUT_PAIR] if authors_pair else list(self.held_pairs)
         self.key_split = KeySplit(self.key_low, self.key_high, self.split_modulus,
                                   tuple(range(self.seq_len - 2)))
         self.key_split.check()
@@ -153,7 +168,7 @@ class AnchorPairTask(ReasoningTask):
             rng: numpy generator.
             n: number of samples.
             split: "train" (trained pairs, train keys), "test_id" (trained pairs, test keys) or
-                "ood" (held-out pairs, every key).
+                "ood" (``ood_pairs``; train-type keys, or every key when ood_scoring is "pooled").
 
         Returns:
             dict: input_ids (n, seq_len) int64, and (n,) int64 columns target, anchor_pair, key,
@@ -164,9 +179,9 @@ class AnchorPairTask(ReasoningTask):
         """
         if split not in SPLIT_RULES:
             raise ValueError(f"split={split!r} is unknown: accepted are {list(SPLIT_RULES)}")
-        pairs = np.array(self.held_pairs if split == "ood" else self.trained_pairs)
+        pairs = np.array(self.ood_pairs if split == "ood" else self.trained_pairs)
         position = rng.integers(0, self.seq_len - 2, size=n)
-        key = self.key_split.draw(rng, position, SPLIT_RULES[split])
+        key = self.key_split.draw(rng, position, self.ood_keys if split == "ood" else SPLIT_RULES[split])
         ids, pair = anchor_sequences(rng, key, position, pairs, self.seq_len, self.key_low,
                                      self.key_high)
 
@@ -210,13 +225,16 @@ class AnchorPairTask(ReasoningTask):
 @dataclass
 class CompositeNoTwistTask(AnchorPairTask):
     """The composite anchor task without the twist (arXiv 2405.05409, the variant with no
-    deliberately wrong pair).
+    deliberately wrong pair; generator complexity_control ``code_for_anchor_func/data_generator/
+    composition.py`` without its (3, 4) exception).
 
     Anchors 1, 2, 3, 4 shift by +5, +1, -2, -8 (as ``tasks.composite``); both (3, 4) and (4, 3) are
     held out (``held_out`` default "34,43") and every trained pair is trained on its composite. On
     the held-out pairs the inferential answer is x - 10; first-only is x - 2 on (3, 4) and x - 8 on
     (4, 3); second-only the reverse. A "symmetric" answer does not exist here: the reversed pair is
-    held out too. Targets span [key_low - 16, key_high + 10]: with the paper's keys 20..99 the
+    held out too. By default (``ood_scoring="authors"``) the ood split is (4, 3) with train-type
+    keys, as the authors score it; "pooled" gives the suite's earlier ood, (3, 4) and (4, 3) over
+    every key. Targets span [key_low - 16, key_high + 10]: with the paper's keys 20..99 the
     smallest target, 4 (key 20, pair (4, 4)), shares its token with anchor 4 as an output only.
     See ``AnchorPairTask`` for the layout, options, splits and columns.
     """
@@ -227,14 +245,18 @@ class CompositeNoTwistTask(AnchorPairTask):
 
 @dataclass
 class MultiAnchorTask(AnchorPairTask):
-    """Multi-anchor composition with 9 anchors (anchor functions, arXiv 2401.08309; splits as
-    arXiv 2405.05409).
+    """Multi-anchor composition with 9 anchors (arXiv 2501.08537; generator complexity_control
+    ``code_for_anchor_func/data_generator/composition_more_anchor.py``; splits as arXiv 2405.05409).
 
-    Anchor a in 1..9 shifts a number by a - 5 (1 -> -4, 5 -> 0, 9 -> +4), so a pair shifts by -8..+8
-    and targets span [key_low - 8, key_high + 8] (never an anchor token with key_low = 20).
-    Default held-out pairs ``held_out="13,31,26,62,48,84,79,97"``: each anchor with a nonzero shift
+    Anchor a in 1..9 shifts a number by a - 5 (1 -> -4, 5 -> 0, 9 -> +4), as the authors'
+    ``single_func``, so a pair shifts by -8..+8 and targets span [key_low - 8, key_high + 8] (never
+    an anchor token with key_low = 20).
+    Default held-out pairs ``held_out="13,31,26,62,48,84,79,97"``: the suite's own design, not the
+    authors' (they hold out (3, 4) and (4, 3) and score (4, 3): ``held_out: "34,43"``, preset
+    ``configs/multi_anchor_authors.yaml``). In the suite's set each anchor with a nonzero shift
     is held out with exactly one partner, both orders, and the held-out composite shifts are -6, -2,
-    +2, +6, all of which trained pairs also produce (so every ood target is a trained output token).
+    +2, +6, all of which trained pairs also produce (so every ood target is a trained output token);
+    it tests composition across the whole anchor range rather than one pair.
     73 of the 81 pairs are trained. On a held-out pair the inferential answer is
     x + shift(a1) + shift(a2), first-only x + shift(a1), second-only x + shift(a2). Pairs with
     anchor 5 (shift 0) or two equal shifts cannot be held out (their candidates coincide).

@@ -1,7 +1,13 @@
-"""Multi-step chain search: k hops along the shuffled edges of random chains, with the step sizes k
-split between train and test (a follow-up task of the anchor-function family, arXiv 2401.08309;
-splits and candidate answers in the manner of arXiv 2405.05409). The papers fix no layout for it
-that this project reproduces: the layout below is this project's choice.
+"""Multi-step chain search with hop anchors: ``chain_search_hops`` (registered also under its first
+name ``chain_search``, kept so that existing configs and run ids stay valid). This is the suite's
+own variant, not the authors' task: the group's chain search (arXiv 2405.15302; generators
+understanding_dl ``multi-step_reasoning_code/data.py`` and complexity_control
+``code_for_anchor_func/data_generator/chain_search.py``) is ``tasks.chain_search_authors``. What
+this variant changes, and why: the step count k is asked for by two hop-anchor tokens (k = a1 + a2,
+in the manner of the composite task's anchor pair, arXiv 2405.05409) so that k varies within one
+data set; ood holds out step sizes (default k = 4) instead of the authors' unseen node tokens; the
+train/test split is by start value and depth instead of the authors' edge step (child - parent)
+mod 5, so the edge steps are uniform in every split.
 
 Layout: ``n_chains`` random chains of ``chain_len`` distinct node tokens each (all nodes of a sample
 distinct, drawn from [key_low, key_high]). Their n_chains * (chain_len - 1) edges are written as
@@ -43,9 +49,51 @@ from tasks.common import (
 OTHER_NODE = -99  # ood_offsets code of an answer that is a node off the start's forward path
 
 
+def walked_along(pred: np.ndarray, chain: np.ndarray, depth: np.ndarray,
+                 nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where each prediction lies on its sample's chain (both chain-search tasks).
+
+    Args:
+        pred: (n,) int predictions; chain: (n, L) the start's chain in order; depth: (n,) the
+            start's index on it; nodes: (n, m) every node token of the input (the edge tokens).
+
+    Returns:
+        (on_path, walked, is_node), each (n,): whether pred is the start or a node after it on its
+        chain (bool), how many hops after the start it is there (int; meaningful where on_path),
+        and whether it is any node of the input (bool).
+    """
+    on_chain = chain == pred[:, None]
+    walked = on_chain.argmax(axis=1) - depth
+    on_path = on_chain.any(axis=1) & (walked >= 0)
+    is_node = (nodes == pred[:, None]).any(axis=1)
+    return on_path, walked, is_node
+
+
+def chain_outcomes(on_path: np.ndarray, walked: np.ndarray, is_node: np.ndarray,
+                   hops: np.ndarray) -> dict[str, np.ndarray]:
+    """Disjoint, covering candidate classes from ``walked_along``'s output and the (n,) hops asked:
+    inferential, fewer_hops, more_hops, other_node, other (see the module docstring)."""
+    return {
+        "inferential": on_path & (walked == hops),
+        "fewer_hops": on_path & (walked < hops),
+        "more_hops": on_path & (walked > hops),
+        "other_node": is_node & ~on_path,
+        "other": ~is_node,
+    }
+
+
+def offset_histogram(on_path: np.ndarray, walked: np.ndarray, is_node: np.ndarray,
+                     hops: np.ndarray) -> dict[int, int]:
+    """Histogram of hops walked minus hops asked; ``OTHER_NODE`` (-99) for a node off the start's
+    forward path, ``NOT_IN_INPUT`` (-100) for a token that is no node: offset -> count."""
+    code = np.where(is_node, OTHER_NODE, NOT_IN_INPUT)
+    return histogram(np.where(on_path, walked - hops, code))
+
+
 @dataclass
 class ChainSearchTask(ReasoningTask):
-    """Generator of the chain-search task (see the module docstring) as a DatasetDict.
+    """Generator of ``chain_search_hops``, the suite's chain-search variant with hop anchors (see
+    the module docstring; the authors' task is ``tasks.chain_search_authors``) as a DatasetDict.
 
     Args:
         n_chains: chains per sample (>= 1).
@@ -212,13 +260,9 @@ class ChainSearchTask(ReasoningTask):
 
     # --- scoring ----------------------------------------------------------------------------
     def _walked(self, pred: np.ndarray, batch: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(on_path, walked, is_node): whether pred is the start or a node after it on its chain,
-        how many hops from the start it is there, and whether it is any node of the input."""
-        on_chain = batch["chain"] == pred[:, None]
-        walked = on_chain.argmax(axis=1) - batch["depth"]
-        on_path = on_chain.any(axis=1) & (walked >= 0)
-        is_node = (batch["input_ids"][:, :2 * self.n_edges] == pred[:, None]).any(axis=1)
-        return on_path, walked, is_node
+        """``walked_along`` on this task's columns (nodes: the edge tokens)."""
+        return walked_along(pred, batch["chain"], batch["depth"],
+                            batch["input_ids"][:, :2 * self.n_edges])
 
     def ood_outcomes(self, pred: np.ndarray, batch: dict) -> dict[str, np.ndarray]:
         """Which candidate each prediction is.
@@ -230,15 +274,7 @@ class ChainSearchTask(ReasoningTask):
             dict of (n,) bool arrays, disjoint and covering: inferential, fewer_hops, more_hops,
             other_node, other (see the module docstring).
         """
-        on_path, walked, is_node = self._walked(pred, batch)
-        k = batch["hops"]
-        return {
-            "inferential": on_path & (walked == k),
-            "fewer_hops": on_path & (walked < k),
-            "more_hops": on_path & (walked > k),
-            "other_node": is_node & ~on_path,
-            "other": ~is_node,
-        }
+        return chain_outcomes(*self._walked(pred, batch), batch["hops"])
 
     def ood_offsets(self, pred: np.ndarray, ood: dict) -> dict[int, int]:
         """Histogram of hops walked minus hops asked: offset -> count.
@@ -249,6 +285,7 @@ class ChainSearchTask(ReasoningTask):
         """
         if len(pred) == 0:
             return {}
-        on_path, walked, is_node = self._walked(pred, ood)
-        code = np.where(is_node, OTHER_NODE, NOT_IN_INPUT)
-        return histogram(np.where(on_path, walked - ood["hops"], code))
+        return offset_histogram(*self._walked(pred, ood), ood["hops"])
+
+
+ChainSearchHopsTask = ChainSearchTask  # the variant's clear name

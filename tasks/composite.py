@@ -8,6 +8,11 @@ Pair (3, 4) is the deliberate exception: it is trained on x - 6 instead of x - 1
 never trained on. On it a model may answer x - 10 (``inferential``: it composed the single-anchor
 rules) or x - 6 (``symmetric``: it copied its answer for (3, 4)).
 
+The ood split, ``ood_scoring``: "authors" (default) holds pair (4, 3) with train-type keys only,
+as the group's code scores it (its ``43_xel`` data set, "x else": complexity_control
+``code_for_anchor_func``, the code of arXiv 2501.08537); "pooled" holds (4, 3) with keys of both
+types (train-type and test-type pooled), the suite's score before issue 17.
+
 Keys are split by value and position: a training sample has ``key % split_modulus != position``,
 an id test sample has ``key % split_modulus == position`` (position = 0-based index of the key in
 the sequence; the paper uses modulus seq_len - 2 = 7, the group's public code 9). With a modulus
@@ -29,6 +34,19 @@ EXCEPTION_PAIR = (3, 4)  # trained on EXCEPTION_OFFSET instead of its composite
 EXCEPTION_OFFSET = -6
 HELD_OUT_PAIR = (4, 3)
 ALL_PAIRS = [(a1, a2) for a1 in SHIFTS for a2 in SHIFTS]
+# ood_scoring: the authors' ood keys (train-type keys only) or every key (the suite's earlier score)
+OOD_SCORINGS = {"authors": "train", "pooled": "all"}
+
+
+def check_ood_scoring(value) -> str:
+    """Return the key rule ("train" or "all") of an ``ood_scoring`` value.
+
+    Raises:
+        ValueError: if ``value`` is not "authors" or "pooled".
+    """
+    if value not in OOD_SCORINGS:
+        raise ValueError(f"ood_scoring={value!r} is unknown: accepted are {list(OOD_SCORINGS)}")
+    return OOD_SCORINGS[value]
 
 
 def pair_code(a1: int, a2: int) -> int:
@@ -54,15 +72,19 @@ class CompositeTask:
         split_modulus: a sample is a test key iff key % split_modulus == position (paper: 7).
         n_train, n_test_id, n_ood: split sizes (samples).
         seed: seed of the data generator (independent of the model seed).
+        ood_scoring: "authors" (ood keys of the train type, as the group's code) or "pooled"
+            (keys of both types, the suite's earlier ood).
 
     Splits: ``train`` (15 seen pairs, train keys), ``test_id`` (seen pairs, test keys), ``ood``
-    (the held-out pair (4, 3), every key and position). Columns: ``input_ids`` (seq_len ints),
-    ``target`` (int; on ``ood`` the inferential target by convention), ``anchor_pair`` (10*a1 + a2),
+    (the held-out pair (4, 3) at every position, train-type keys; every key when "pooled").
+    Columns: ``input_ids`` (seq_len ints), ``target`` (int; on ``ood`` the inferential target by
+    convention), ``anchor_pair`` (10*a1 + a2),
     ``key``, ``position``, ``target_inferential`` (composite of the two anchor rules),
     ``target_symmetric`` (the trained target of the reversed pair (a2, a1)).
 
     Raises:
-        ValueError: on sizes < 0, seq_len < 3, an empty key range, or anchors inside it.
+        ValueError: on sizes < 0, seq_len < 3, an empty key range, anchors inside it, or an unknown
+            ood_scoring.
     """
 
     seq_len: int = 9
@@ -73,8 +95,10 @@ class CompositeTask:
     n_test_id: int = 2000
     n_ood: int = 2000
     seed: int = 0
+    ood_scoring: str = "authors"
 
     def __post_init__(self):
+        check_ood_scoring(self.ood_scoring)
         if self.seq_len < 3:
             raise ValueError(f"seq_len={self.seq_len} is too short: need >= 3 (key + 2 anchors)")
         if not 4 < self.key_low <= self.key_high:
@@ -112,7 +136,8 @@ class CompositeTask:
         return DatasetDict(
             train=self._dataset(self.sample(rng, self.n_train, seen, keys="train")),
             test_id=self._dataset(self.sample(rng, self.n_test_id, seen, keys="test")),
-            ood=self._dataset(self.sample(rng, self.n_ood, held, keys="all")),
+            ood=self._dataset(self.sample(rng, self.n_ood, held,
+                                          keys=check_ood_scoring(self.ood_scoring))),
         )
 
     def sample(self, rng: np.random.Generator, n: int, pairs: np.ndarray, keys: str) -> dict:

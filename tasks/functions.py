@@ -6,7 +6,9 @@ squared error.
   y(x) = 0.2 relu(x - 1/3) + 0.2 relu(-x - 1/3), i.e. y = 2/15, 0, 0, 2/15.
 - ``sin_sum``: y(x) = 3.5 sum_k sin(5 x_k + 1) with x uniform in [-4, 2]^d, the smooth target of
   the initial-condensation experiments (Zhou et al., NeurIPS 2022, arXiv 2105.11686, public
-  code); any input dimension d = ``in_dim`` (d = 1 is a 1-D target).
+  code); any input dimension d = ``in_dim``. The authors' input dimension is 5; the suite's
+  config default is 1 (a 1-D target, whose neurons' (w, b) angles the 1-D probes read:
+  ``configs/mlp_initial.yaml`` says why it uses d = 1).
 - ``sine``: y(x) = sin(pi x) on an even grid of ``n_train`` points of [-1, 1]. An odd target on
   a symmetric interval: the matrix M = mean_i y_i (x_i, 1)(x_i, 1)^T that drives a small-init
   net with an activation of multiplicity 2 (x tanh x) has eigenvalues +c and -c, so both signs of

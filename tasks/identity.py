@@ -10,8 +10,10 @@ Keys are split by value and key position as in the composite task: (x, q) is a t
 at a position ``ood_key_position`` where no train or test_id sample has it: there, training only
 ever showed noise, or the anchor (when the key sat one further right). A model that copies "the
 token after the anchor" answers x there; one that learned a copy per absolute anchor position does
-not. The ood split is this project's choice (held-out key values would not do: an untied output
-layer never learns to emit a token that is never a target).
+not. The ood split is the suite's own design, not the authors': the anchor-function paper
+(arXiv 2401.08309) defines the identity task and its key split but no out-of-distribution set for
+it (held-out key values would not do: an untied output layer never learns to emit a token that is
+never a target). train and test_id follow the family's rules.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ class IdentityTask(ReasoningTask):
             in the composite task); key_low > 3 so that no key or noise token is the anchor.
         split_modulus: (key, q) is a test key iff (key - q) % split_modulus == 0.
         ood_key_position: the key position q of the ood split, never used by train or test_id;
-            None means seq_len // 2 (4 for seq_len 9: anchor at 3, key at 4).
+            None means seq_len // 2 (4 for seq_len 9: anchor at 3, key at 4). The suite's own
+            design (see the module docstring).
         n_train, n_test_id, n_ood: split sizes (samples).
         seed: seed of the data generator.
 

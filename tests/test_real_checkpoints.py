@@ -99,16 +99,20 @@ def test_smollm2_every_layer_and_component(smollm2):
 
 
 def test_smollm2_values_match_the_weights(smollm2):
+    """Weight-basis values against the stored tensors, the RMSNorm gain folded in (the default):
+    the rows of k_proj are W_K diag(g), g the input norm's gain."""
     folder, metrics, _, _ = smollm2
     weights = safe_open(str(folder / "model.safetensors"), "np")
-    k = weights.get_tensor("model.layers.7.self_attn.k_proj.weight")
-    assert pick(metrics, 7, "attn.k", "mean_abs_cos")["value"] == pytest.approx(mean_abs_cos(k), abs=1e-9)
+    gain = weights.get_tensor("model.layers.7.input_layernorm.weight").astype(np.float64)
+    k = weights.get_tensor("model.layers.7.self_attn.k_proj.weight") * gain
+    assert pick(metrics, 7, "attn.k", "mean_abs_cos")["value"] == pytest.approx(mean_abs_cos(k), abs=1e-7)
     assert pick(metrics, 7, "attn.k", "mean_abs_cos", head=2)["value"] == pytest.approx(
-        mean_abs_cos(k[128:]), abs=1e-9)
-    s = np.linalg.svd(weights.get_tensor("model.layers.20.mlp.up_proj.weight").astype(np.float64),
-                      compute_uv=False)
+        mean_abs_cos(k[128:]), abs=1e-7)
+    up = weights.get_tensor("model.layers.20.mlp.up_proj.weight").astype(np.float64)
+    up = up * weights.get_tensor("model.layers.20.post_attention_layernorm.weight")
+    s = np.linalg.svd(up, compute_uv=False)
     assert pick(metrics, 20, "mlp.up", "stable_rank")["value"] == pytest.approx((s**2).sum() / s[0]**2,
-                                                                                 rel=1e-9)
+                                                                                 rel=1e-6)
 
 
 def test_converter_refuses_an_existing_folder(smollm2, capsys):
@@ -131,7 +135,18 @@ def test_minilm_sentence_encoder(tmp_path):
         "attn.q": 384, "attn.k": 384, "attn.v": 384, "mlp.in": 1536, "attn.qk_heads": 12}
     weights = safe_open(str(folder / "model.safetensors"), "np")
     prefix = next(n for n in weights.keys() if n.endswith("encoder.layer.2.attention.self.query.weight"))
-    q = np.c_[weights.get_tensor(prefix), weights.get_tensor(prefix.replace("weight", "bias"))]
-    assert pick(metrics, 2, "attn.q", "mean_abs_cos")["value"] == pytest.approx(mean_abs_cos(q), abs=1e-9)
+    w, b = weights.get_tensor(prefix).astype(np.float64), weights.get_tensor(prefix.replace("weight", "bias"))
+    # the LayerNorm that layer 2 reads (post-LN: layer 1's output norm) folded in, rows centred
+    norm = prefix.replace("layer.2.attention.self.query.weight", "layer.1.output.LayerNorm.")
+    gain, beta = weights.get_tensor(norm + "weight"), weights.get_tensor(norm + "bias")
+    folded = w * gain
+    q = np.c_[folded - folded.mean(1, keepdims=True), b + w @ beta]
+    assert pick(metrics, 2, "attn.q", "mean_abs_cos")["value"] == pytest.approx(mean_abs_cos(q), abs=1e-6)
+    raw_out = tmp_path / "raw"
+    assert main(["--checkpoint", str(folder), "--output_dir", str(raw_out), "--fold_norms", "false",
+                 "--heatmap_layers", "0"]) == 0
+    raw = pd.read_csv(raw_out / "metrics.csv")
+    assert pick(raw, 2, "attn.q", "mean_abs_cos")["value"] == pytest.approx(mean_abs_cos(np.c_[w, b]),
+                                                                            abs=1e-9)
     act = metrics[(metrics["basis"] == "activation") & metrics["head"].isna()]
     assert act["layer"].nunique() == 6 and runs["n_samples"].iloc[0] > 60

@@ -1,5 +1,6 @@
 """The rest of the task family (no-twist composite, multi-anchor, identity, chain search) against
-independent, row-by-row readings of their rules (shared SCIENCE.md and the task docstrings)."""
+independent, row-by-row readings of their rules (shared SCIENCE.md and the task docstrings; the
+authors' chain search has its own file, tests/test_chain_search_authors.py)."""
 
 import math
 import time
@@ -14,8 +15,11 @@ NO_TWIST_SHIFT = {1: 5, 2: 1, 3: -2, 4: -8}
 MULTI_SHIFT = {1: -4, 2: -3, 3: -2, 4: -1, 5: 0, 6: 1, 7: 2, 8: 3, 9: 4}
 NO_TWIST_HELD = {(3, 4), (4, 3)}
 MULTI_HELD = {(1, 3), (3, 1), (2, 6), (6, 2), (4, 8), (8, 4), (7, 9), (9, 7)}
+# the ood pairs scored by default: the authors score (4, 3) alone when it is held out (their
+# "43_xel" data set, train-type keys); multi_anchor's own held-out set is scored whole
+NO_TWIST_OOD, MULTI_OOD = {(4, 3)}, MULTI_HELD
 SIZES = dict(n_train=3000, n_test_id=1500, n_ood=800)
-NEW_TASKS = ["composite_no_twist", "multi_anchor", "identity", "chain_search"]
+NEW_TASKS = ["composite_no_twist", "multi_anchor", "identity", "chain_search", "chain_search_authors"]
 
 
 def as_columns(dataset_dict):
@@ -40,6 +44,9 @@ def pair_task(request):
     return name, shift, held, as_columns(make_task(name, seed=3, **SIZES).build())
 
 
+OOD_PAIRS = {"composite_no_twist": NO_TWIST_OOD, "multi_anchor": MULTI_OOD}
+
+
 @pytest.mark.parametrize("split", ["train", "test_id", "ood"])
 def test_pair_targets_match_independent_formula(pair_task, split):
     name, shift, held, data = pair_task
@@ -57,9 +64,11 @@ def test_pair_targets_match_independent_formula(pair_task, split):
         assert d["target_first_only"][i] == x + shift[a1]
         assert d["target_second_only"][i] == x + shift[a2]
         assert ((a1, a2) in held) == (split == "ood")
-        if split == "train":
+        if split == "ood":
+            assert (a1, a2) in OOD_PAIRS[name]
+        if split in ("train", "ood"):  # the authors' ood keys are of the train type
             assert x % 7 != p  # the paper's split: test keys have key % 7 == position
-        elif split == "test_id":
+        else:
             assert x % 7 == p
 
 
@@ -67,7 +76,7 @@ def test_pair_trained_and_held_out_sets(pair_task):
     name, shift, held, data = pair_task
     every = {(a, b) for a in shift for b in shift}
     assert {divmod(int(c), 10) for c in data["train"]["anchor_pair"]} == every - held
-    assert {divmod(int(c), 10) for c in data["ood"]["anchor_pair"]} == held
+    assert {divmod(int(c), 10) for c in data["ood"]["anchor_pair"]} == OOD_PAIRS[name]
     assert {int(p) for p in data["ood"]["position"]} == set(range(7))  # every position
     task = make_task(name)
     tokens = np.concatenate([data[s]["input_ids"].ravel() for s in data])
@@ -110,7 +119,7 @@ def test_pair_scoring_closed_form(pair_task):
 
 def test_no_twist_candidates_on_held_out_pairs():
     # SCIENCE.md: on the held-out pairs the composite x - 10 is the inferential answer
-    d = make_task("composite_no_twist", n_ood=400, seed=1).build()["ood"][:]
+    d = make_task("composite_no_twist", n_ood=400, seed=1, ood_scoring="pooled").build()["ood"][:]
     is34 = d["anchor_pair"] == 34
     assert np.all(d["target"] == d["key"] - 10)
     assert np.all(d["target_first_only"][is34] == d["key"][is34] - 2)
@@ -357,7 +366,7 @@ def test_generation_is_fast(name):
 def test_runs_through_the_config(name):
     from probes.config import RunConfig, validate
 
-    cfg = RunConfig(task=name, n_train=100, n_test_id=10, n_ood=10)
+    cfg = RunConfig(task=name, n_train=100, n_test_id=10, n_ood=10, vocab_size=256)
     validate(cfg)
     options = cfg.task_options()
     assert make_task(name, **options).n_train == 100
@@ -373,6 +382,9 @@ def test_runs_through_the_config(name):
     ("composite_no_twist", dict(seq_len=2), "seq_len"),
     ("composite_no_twist", dict(n_ood=-1), "n_ood"),
     ("composite_no_twist", dict(split_modulus=1), "split_modulus"),
+    ("composite_no_twist", dict(ood_scoring="all"), "ood_scoring='all' is unknown"),
+    ("multi_anchor", dict(ood_scoring=None), "ood_scoring=None is unknown"),
+    ("composite", dict(ood_scoring="paper"), "accepted are \\['authors', 'pooled'\\]"),
     ("multi_anchor", dict(held_out="15,51"), "distinct nonzero shifts"),
     ("multi_anchor", dict(held_out="11"), "distinct nonzero shifts"),
     ("multi_anchor", dict(key_low=9), "key range"),
@@ -401,3 +413,42 @@ def test_chain_step_sizes_configurable(ood_hops, held):
     assert set(d["ood"]["anchor_pair"]) == held
     assert not np.isin(d["train"]["anchor_pair"], list(held)).any()
     assert set(d["train"]["anchor_pair"]) == {10 * a + b for a in (1, 2, 3) for b in (1, 2, 3)} - held
+
+
+# --- the ood set scored: the authors' (default) or the suite's earlier pooled one ---------------
+def ood_key_types(ood, modulus=7):
+    """Set of key types ("train", "test") of the ood rows, by the paper's rule."""
+    return {"test" if k % modulus == p else "train" for k, p in zip(ood["key"], ood["position"])}
+
+
+@pytest.mark.parametrize("name, options, authors_pairs, pooled_pairs", [
+    ("composite", {}, {43}, {43}),
+    ("composite_no_twist", {}, {43}, {34, 43}),
+    ("multi_anchor", dict(held_out="34,43"), {43}, {34, 43}),  # the authors' multi-anchor choice
+    ("multi_anchor", {}, {13, 31, 26, 62, 48, 84, 79, 97}, {13, 31, 26, 62, 48, 84, 79, 97}),
+])
+def test_ood_scoring_authors_and_pooled(name, options, authors_pairs, pooled_pairs):
+    sizes = dict(n_train=500, n_test_id=100, n_ood=1500, seed=8)
+    authors = make_task(name, **options, **sizes).build()
+    pooled = make_task(name, ood_scoring="pooled", **options, **sizes).build()
+    a, p = authors["ood"][:], pooled["ood"][:]
+    assert set(a["anchor_pair"]) == authors_pairs and set(p["anchor_pair"]) == pooled_pairs
+    assert ood_key_types(a) == {"train"}  # the authors' "xel": keys of the train type only
+    assert ood_key_types(p) == {"train", "test"}
+    assert set(a["position"]) == set(range(7))
+    # the ood choice leaves the trained data as it was
+    assert np.array_equal(authors["train"]["input_ids"][:], pooled["train"]["input_ids"][:])
+    assert np.array_equal(authors["test_id"]["input_ids"][:], pooled["test_id"]["input_ids"][:])
+    # the targets still follow the composite rule (composite's (4, 3): x - 10)
+    assert np.all(a["target_inferential"] == a["target"])
+    if name != "multi_anchor":
+        assert np.all(a["target"] == a["key"] - 10)
+
+
+def test_ood_scoring_through_the_config():
+    from probes.config import RunConfig
+
+    cfg = RunConfig(task="composite_no_twist", ood_scoring="pooled")
+    assert make_task(cfg.task, **cfg.task_options()).ood_scoring == "pooled"
+    assert cfg.identity()["ood_scoring"] == "pooled"  # a non-default scoring is its own run
+    assert RunConfig(task="composite_no_twist").run_id != cfg.run_id

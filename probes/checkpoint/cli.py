@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -24,19 +25,28 @@ import yaml
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
-from transformers.utils import logging as hf_logging
 
+from probes.checkpoint.activations import ACTIVATION_POINTS
 from probes.checkpoint.discover import CheckpointError
 from probes.checkpoint.probe import Fitter, Options, Prober, plan_all
+from probes.config import load_yaml
 from probes.measure.metrics import THRESHOLDS
 from probes.report.checkpoint import summary, write_outputs
 from probes.runtime import configure_threads
-from probes.store import read_csv
+from probes.store import (
+    CHECKPOINT_OUTPUTS,
+    OutputError,
+    check_output_dir,
+    check_replaceable,
+    read_csv,
+    replace_folder,
+    staging_dir,
+)
 
 DEFAULT_OUTPUT = "reports/checkpoints"
 OPTIONS = ("--checkpoint", "--output_dir", "--probe_inputs", "--probe_samples", "--allow_pickle",
            "--trust_remote_code", "--thresholds", "--heatmap_layers", "--heatmap_component",
-           "--num_threads")
+           "--num_threads", "--fold_norms", "--activation_point")
 USAGE = """usage: accelerate launch probes/run.py --checkpoint DIR [--checkpoint DIR2 ...] [options]
 
   --checkpoint PATH        a save_pretrained folder, a folder of checkpoint-N / step_N folders
@@ -49,6 +59,10 @@ USAGE = """usage: accelerate launch probes/run.py --checkpoint DIR [--checkpoint
   --trust_remote_code      run the model code a checkpoint ships (trusted checkpoints only)
   --thresholds LIST        cosine thresholds for groups (default [0.7, 0.9, 0.95, 0.99])
   --heatmap_layers LIST    layers drawn as heat maps (default: first, middle and last)
+  --fold_norms BOOL        weight basis: fold the gain (and bias) of the norm a projection reads
+                           into its rows, as TransformerLens's fold_ln (default true)
+  --activation_point P     activation basis: pre (projection outputs, default) or post (MLP
+                           neurons after their nonlinearity); dead units are counted either way
   --heatmap_component C    component drawn (default attn.q, else the first component)
   --num_threads N          threads (default: all cores / processes)"""
 
@@ -61,7 +75,7 @@ class _Parser(argparse.ArgumentParser):
 def _number_list(text: str, name: str, kind) -> list:
     """A YAML list ("[0, 5]") or comma list ("0,5") of numbers."""
     try:
-        value = yaml.safe_load(text if text.strip().startswith("[") else f"[{text}]")
+        value = load_yaml(text if text.strip().startswith("[") else f"[{text}]")
         items = [kind(v) for v in value if isinstance(v, (int, float)) and not isinstance(v, bool)]
         if not value or len(items) != len(value) or (kind is int and items != value):
             raise ValueError
@@ -88,7 +102,15 @@ def parse_args(argv: list[str]) -> Options:
     p.add_argument("--heatmap_layers")
     p.add_argument("--heatmap_component")
     p.add_argument("--num_threads")
+    p.add_argument("--fold_norms", default="true")
+    p.add_argument("--activation_point", default="pre")
     a = p.parse_args(argv)
+    fold = load_yaml(a.fold_norms) if a.fold_norms.strip() else None
+    if not isinstance(fold, bool):
+        raise CheckpointError(f"--fold_norms {a.fold_norms!r} is invalid: accepted are true and false")
+    if a.activation_point not in ACTIVATION_POINTS:
+        raise CheckpointError(f"--activation_point {a.activation_point!r} is invalid: accepted are "
+                              f"{', '.join(ACTIVATION_POINTS)}")
     positive = {}
     for key in ("probe_samples", "num_threads"):
         text = getattr(a, key)
@@ -101,7 +123,7 @@ def parse_args(argv: list[str]) -> Options:
     layers = _number_list(a.heatmap_layers, "--heatmap_layers", int) if a.heatmap_layers else None
     return Options(a.checkpoint, Path(a.output_dir), a.probe_inputs, positive["probe_samples"],
                    a.allow_pickle, a.trust_remote_code, thresholds, layers, a.heatmap_component,
-                   positive["num_threads"])
+                   positive["num_threads"], fold, a.activation_point)
 
 
 def main(argv: list[str]) -> int:
@@ -111,15 +133,16 @@ def main(argv: list[str]) -> int:
         return 0
     try:
         opts = parse_args(argv)
+        check_output_dir(opts.output_dir)
+        check_replaceable(opts.output_dir, CHECKPOINT_OUTPUTS)
         plans, notes = plan_all(opts)
-    except CheckpointError as e:
+    except (CheckpointError, OutputError) as e:
         if os.environ.get("RANK", "0") == "0":  # every process fails alike; the main one says so
             print(f"error: {e}", file=sys.stderr)
         return 2
     accelerator = Accelerator(cpu=not torch.accelerator.is_available())
     main_process = accelerator.is_main_process
     threads = configure_threads(opts.num_threads, accelerator.num_processes)
-    hf_logging.disable_progress_bar()  # one progress bar: ours
     if main_process:
         for note in notes:
             print(f"warning: {note}", file=sys.stderr)
@@ -151,7 +174,13 @@ def main(argv: list[str]) -> int:
             print(f"error: {error}", file=sys.stderr)
         return 2
     if main_process:
-        write_outputs(opts.output_dir, results, plans, opts)
+        stage = staging_dir(opts.output_dir)  # all or nothing: the folder is replaced whole
+        try:
+            write_outputs(stage, results, plans, opts)
+            replace_folder(stage, opts.output_dir)
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
         print(summary(read_csv(opts.output_dir / "metrics.csv"), opts.heatmap_threshold))
         print(f"{len(plans)} checkpoint(s) probed -> {opts.output_dir}/ (metrics.csv, runs.csv, figures/)")
     accelerator.wait_for_everyone()

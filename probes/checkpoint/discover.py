@@ -24,11 +24,12 @@ import torch
 import transformers
 from huggingface_hub import constants, snapshot_download
 from safetensors import SafetensorError, safe_open
-from transformers import CONFIG_MAPPING, AutoConfig, AutoModel, AutoModelForCausalLM
+from transformers import CONFIG_MAPPING, MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_MAPPING, AutoConfig
 
 import models  # noqa: F401  (registers this project's model types with the Auto classes)
 from probes.checkpoint.gguf import resolve_gguf
 from probes.measure.units import DictTensors
+from probes.runtime import hub_progress_bars_off
 from probes.store import read_run_json, run_of_model
 
 STEP_DIR = re.compile(r"^(?:checkpoint|step|global_step)[-_]?(\d+)$")
@@ -220,7 +221,7 @@ class SafetensorsTensors:
     """
 
     def __init__(self, files: list[Path]):
-        self.handles, self.where = [], {}
+        self.handles, self.where, self.by_file = [], {}, {}
         for f in files:
             try:
                 handle = safe_open(str(f), framework="pt", device="cpu")
@@ -228,6 +229,7 @@ class SafetensorsTensors:
                 raise CheckpointError(f"{f} is not a valid safetensors file ({_one_line(e)}): "
                                       f"accepted is a complete file as safetensors saves it") from e
             self.handles.append(handle)
+            self.by_file[f.name] = handle
             for name in handle.keys():
                 self.where[name] = handle
 
@@ -241,6 +243,10 @@ class SafetensorsTensors:
     def get(self, name: str) -> torch.Tensor:
         """Tensor ``name`` in its stored shape and dtype, on CPU. Raises KeyError if absent."""
         return self.where[name].get_tensor(name)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """The stored shape of tensor ``name``, from the header alone. Raises KeyError if absent."""
+        return tuple(self.where[name].get_slice(name).get_shape())
 
 
 class PickleTensors(DictTensors):
@@ -279,9 +285,9 @@ def model_class(config, trust_remote_code: bool = False):
         cls = getattr(transformers, name, None)
         if cls is not None:
             return cls
-    for auto in (AutoModel, AutoModelForCausalLM):
-        if type(config) in auto._model_mapping:
-            return auto._model_mapping[type(config)]
+    for mapping in (MODEL_MAPPING, MODEL_FOR_CAUSAL_LM_MAPPING):  # AutoModel's, AutoModelForCausalLM's
+        if type(config) in mapping:
+            return mapping[type(config)]
     if trust_remote_code and getattr(config, "auto_map", None):
         for key in ("AutoModel", "AutoModelForCausalLM"):
             if key in config.auto_map:
@@ -311,9 +317,10 @@ def load_model(folder: Path, config, allow_pickle: bool = False, trust_remote_co
     """
     cls = model_class(config, trust_remote_code)
     try:
-        model = cls.from_pretrained(folder, config=config, dtype=torch.float32,
-                                    use_safetensors=None if allow_pickle else True,
-                                    trust_remote_code=trust_remote_code, local_files_only=True)
+        with hub_progress_bars_off():
+            model = cls.from_pretrained(folder, config=config, dtype=torch.float32,
+                                        use_safetensors=None if allow_pickle else True,
+                                        trust_remote_code=trust_remote_code, local_files_only=True)
     except Exception as e:  # loading raises many types: one line for the user
         raise CheckpointError(f"{folder} could not be loaded: {_one_line(e)}") from e
     return model.eval()

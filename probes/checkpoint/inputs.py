@@ -23,7 +23,7 @@ import yaml
 from transformers import AutoImageProcessor, AutoTokenizer
 
 from probes.checkpoint.discover import CheckpointError
-from probes.config import FIELDS, RunConfig
+from probes.config import FIELDS, RunConfig, load_yaml
 from probes.store import CONFIG, run_of_model
 from tasks import TASKS, make_task
 
@@ -66,7 +66,7 @@ def _task_options(name: str, folder: Path) -> dict:
     if run_config is None or not run_config.is_file():
         return {}
     try:
-        raw = yaml.safe_load(run_config.read_text()) or {}
+        raw = load_yaml(run_config.read_text()) or {}
         cfg = RunConfig(**{k: v for k, v in raw.items() if k in FIELDS})
     except (yaml.YAMLError, TypeError, ValueError) as e:
         raise CheckpointError(f"{run_config} could not be read for the task options: {e}") from e

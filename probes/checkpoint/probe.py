@@ -18,6 +18,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from probes.checkpoint import inputs as probe_inputs
+from probes.checkpoint.activations import activation_units
 from probes.checkpoint.discover import (
     Checkpoint,
     CheckpointError,
@@ -30,10 +31,10 @@ from probes.checkpoint.discover import (
     unique_run_ids,
 )
 from probes.checkpoint.gguf import load_gguf
+from probes.checkpoint.validate import check_batch, check_index, check_weights
 from probes.measure.architectures import Layout, UnsupportedModel, discover_layout, layout_for
-from probes.measure.capture import Capture
 from probes.measure.metrics import Condensation, metric_rows
-from probes.measure.units import ModelTensors, base_prefix, block_units, layer_unit_sets
+from probes.measure.units import ModelTensors, base_prefix, block_units
 from probes.store import package_version
 
 
@@ -51,6 +52,8 @@ class Options:
     heatmap_layers: list[int] | None
     heatmap_component: str | None
     num_threads: int | None
+    fold_norms: bool = True
+    activation_point: str = "pre"
 
     @property
     def heatmap_threshold(self) -> float:
@@ -123,11 +126,15 @@ def plan_checkpoint(ckpt: Checkpoint, opts: Options, notes: list[str]) -> Plan:
         except UnsupportedModel as e:
             raise CheckpointError(f"checkpoint {str(ckpt.path)!r}: {e}") from e
         fmt, source = open_weights(ckpt.path, opts.allow_pickle)
+        if fmt == "safetensors":
+            check_index(ckpt.path, source)
         plan = Plan(ckpt, config, layout, fmt, meta.num_parameters(), source)
     try:
         plan.prefix = base_prefix(plan.source.names(), layout)
     except UnsupportedModel as e:
         raise CheckpointError(f"checkpoint {str(ckpt.path)!r}: {e}") from e
+    if not ckpt.gguf:
+        check_weights(ckpt.path, config, layout, plan.source, plan.prefix, meta)
     notes.extend(f"{ckpt.run_id}: {n}" for n in layout.notes)
     _draw_choice(plan, opts)
     return plan
@@ -145,12 +152,13 @@ def plan_all(opts: Options) -> tuple[list[Plan], list[str]]:
             plan.draw = False
     if opts.probe_inputs:
         for plan in plans:
-            check_inputs(plan, opts)
+            notes += check_inputs(plan, opts)
     return plans, list(dict.fromkeys(notes))
 
 
-def check_inputs(plan: Plan, opts: Options) -> None:
-    """Build the checkpoint's probe batch now, so that inputs it cannot read fail before any work.
+def check_inputs(plan: Plan, opts: Options) -> list[str]:
+    """Build the checkpoint's probe batch now, so that inputs it cannot read fail before any work;
+    returns notes for the user (inputs cut to the position table).
 
     Raises:
         CheckpointError: inputs of a kind the checkpoint cannot read (no tokenizer, no image
@@ -166,6 +174,7 @@ def check_inputs(plan: Plan, opts: Options) -> None:
         plan.batch = pi.text_batch(Path(spec), plan.tokenizer or pi.load_tokenizer(folder), n)
     else:
         plan.batch = pi.image_batch(Path(spec), pi.load_image_processor(folder), n)
+    return check_batch(plan.batch, plan.config, plan.ckpt.run_id)
 
 
 # --- probing ----------------------------------------------------------------------------------
@@ -192,9 +201,11 @@ class Fitter:
         torch.set_num_threads(self.torch_threads)
         self.limits.restore_original_limits()
 
-    def submit(self, units: torch.Tensor):
-        """Fit ``units`` (n_units, dim) float32 CPU in the pool; returns the Future of the fit."""
-        return self.pool.submit(Condensation(self.thresholds).fit, units.numpy())
+    def submit(self, units: torch.Tensor, dead: torch.Tensor | None = None):
+        """Fit ``units`` (n_units, dim) float32 CPU in the pool (``dead``: (n_units,) bool units
+        to leave out, or None); returns the Future of the fit."""
+        dead = None if dead is None else dead.numpy()
+        return self.pool.submit(Condensation(self.thresholds).fit, units.numpy(), dead)
 
 
 @dataclass
@@ -221,7 +232,7 @@ class Prober:
         """Measure the checkpoint; frees its weights and model afterwards."""
         start = time.perf_counter()
         plan = self.plan
-        self.measure("weight", (block_units(plan.source, plan.prefix, b) for b in plan.layout.blocks))
+        self.measure("weight", (self.weight_sets(b) for b in plan.layout.blocks))
         if self.opts.probe_inputs:
             self.measure("activation", self.activation_sets())
         plan.source = plan.model = plan.batch = None  # free memory before the next checkpoint
@@ -229,16 +240,27 @@ class Prober:
                    format=plan.fmt, model_type=plan.config.model_type,
                    architecture=(getattr(plan.config, "architectures", None) or [""])[0],
                    n_params=plan.n_params, n_layers=len({b.layer for b in plan.layout.blocks}),
-                   unit_reader=plan.layout.reader, probe_inputs=self.opts.probe_inputs or "",
+                   unit_reader=plan.layout.reader, fold_norms=self.opts.fold_norms,
+                   activation_point=self.opts.activation_point if self.opts.probe_inputs else "",
+                   probe_inputs=self.opts.probe_inputs or "",
                    n_samples=self.n_samples, wall_s=round(time.perf_counter() - start, 2),
                    package_version=package_version())
         return Result(self.metrics, row, self.maps)
+
+    def weight_sets(self, block) -> list:
+        """The weight-basis unit sets of one block; a tensor the checks could not foresee (a
+        discovered layout) becomes a CheckpointError."""
+        try:
+            return block_units(self.plan.source, self.plan.prefix, block, self.opts.fold_norms)
+        except (KeyError, ValueError) as e:
+            raise CheckpointError(f"checkpoint {str(self.plan.ckpt.path)!r} layer {block.layer}: "
+                                  f"{str(e).strip(chr(39))}") from e
 
     def measure(self, basis: str, layers) -> None:
         """Fit every unit set of every layer; at most two layers are in flight at once."""
         pending = deque()
         for sets in layers:
-            pending.append((sets, [self.fitter.submit(u.units) for u in sets]))
+            pending.append((sets, [self.fitter.submit(u.units, u.dead) for u in sets]))
             if len(pending) > 1:
                 self.collect(basis, *pending.popleft())
         while pending:
@@ -250,8 +272,11 @@ class Prober:
         for u, future in zip(sets, futures):
             try:
                 fit = future.result()
-            except ValueError as e:
-                raise CheckpointError(f"{ckpt.run_id} layer {u.layer} {u.component}: {e}") from e
+            except ValueError as e:  # units with NaN / inf: known only once the tensor is read
+                step = f" (step {ckpt.step})" if ckpt.step is not None else ""
+                raise CheckpointError(f"checkpoint {str(ckpt.path)!r}{step} layer {u.layer} "
+                                      f"{u.component} ({basis} basis): {e}: accepted are finite "
+                                      f"weights") from e
             base = dict(run_id=ckpt.run_id, step=ckpt.step, layer=u.layer, component=u.component,
                         head=u.head, basis=basis)
             self.metrics += metric_rows(fit, base)
@@ -265,48 +290,13 @@ class Prober:
         self.progress()
 
     def activation_sets(self):
-        """Per layer, the unit sets of the activation basis (outputs over the probe batch)."""
-        plan, model = self.plan, self.load_model()
-        batch = plan.batch
-        prefix = base_prefix(ModelTensors(model).names(), plan.layout)
-        paths = {}
-        for block in plan.layout.blocks:
-            for part in block.parts:
-                path = prefix + block.module(part)
-                try:
-                    model.get_submodule(path)
-                except AttributeError:
-                    if not part.optional:
-                        raise CheckpointError(f"module {path!r} is missing from the loaded model") from None
-                    continue
-                paths[(block.layer, part.component)] = path
-        model.to(self.device)
-        torch.set_num_threads(self.fitter.torch_threads)  # the forward passes use every core
-        try:
-            with torch.no_grad(), Capture(model, list(paths.values()), batch.max_positions) as cap:
-                for inputs in batch.passes:
-                    model(**{k: v.to(self.device) for k, v in inputs.items()})
-        finally:
-            torch.set_num_threads(1)
-        outputs = {p: y[: self.opts.probe_samples] for p, y in cap.outputs.items()}
-        # convolutions see fewer positions deeper in: report the most any layer had
-        self.n_samples = max((len(y) for y in outputs.values()), default=0)
-        short = [(len(y), y.shape[1]) for y in outputs.values() if len(y) < y.shape[1]]
-        if short:
-            n, units = min(short)
-            self.warn(f"{plan.ckpt.run_id}: in the activation basis a layer of {units} units has "
-                      f"only {n} samples, so its output vectors span at most {n} dimensions and "
-                      f"cosines run high: give more probe inputs")
-        for block in plan.layout.blocks:
-            comps = {}
-            for part in block.parts:
-                path = paths.get((block.layer, part.component))
-                if path is None:
-                    continue
-                y = outputs[path]
-                y = y[:, part.select] if part.select is not None else y
-                comps[part.component] = (y.T.contiguous(), part.heads, y.shape[0])
-            yield layer_unit_sets(block.layer, comps, qk_heads=False)
+        """Per layer, the unit sets of the activation basis (``checkpoint.activations``)."""
+        layers, self.n_samples, notes = activation_units(
+            self.load_model(), self.plan.layout, self.plan.batch, self.opts.probe_samples,
+            self.opts.activation_point, self.device, self.fitter.torch_threads, self.plan.ckpt.run_id)
+        for note in notes:
+            self.warn(note)
+        yield from layers
 
     def load_model(self):
         """The whole model (loaded once, kept on the plan until ``run`` ends)."""

@@ -37,6 +37,9 @@ class Part:
         heads: heads the selected neurons split into, consecutively (1: no per-head rows).
         optional: a missing tensor skips the part (ResNet shortcuts exist only where the shape
             changes) instead of raising.
+        post: module path inside the block whose INPUT holds this part's neurons after the
+            nonlinearity (the MLP's output projection: act(W x) for a plain MLP, act(gate) * up
+            for a gated one); None where there is none (attention projections, convolutions).
     """
 
     component: str
@@ -45,6 +48,7 @@ class Part:
     select: torch.Tensor | slice | None = None
     heads: int = 1
     optional: bool = False
+    post: str | None = None
 
 
 @dataclass
@@ -56,6 +60,10 @@ class Block:
     path: str
     parts: list[Part]
     qk_heads: bool = True  # whether attn.q / attn.k give head forms (False: too large)
+    # the norm whose output each part reads: part module -> norm path below the model's base,
+    # and its kind ("layernorm": centred, gain and bias; "rmsnorm": gain only); see units.fold_norm
+    norms: dict[str, str] = field(default_factory=dict)
+    norm_kind: str | None = None
 
     def module(self, part: Part) -> str:
         """The module path of ``part`` below the model's base."""
@@ -80,13 +88,15 @@ def _gpt2(c) -> list[Block]:
     parts = [Part("attn.q", "attn.c_attn", "conv1d", slice(0, e), h),  # c_attn columns: q | k | v
              Part("attn.k", "attn.c_attn", "conv1d", slice(e, 2 * e), h),
              Part("attn.v", "attn.c_attn", "conv1d", slice(2 * e, 3 * e), h),
-             Part("mlp.in", "mlp.c_fc", "conv1d")]
-    return [Block(i, f"h.{i}", parts) for i in range(c.n_layer)]
+             Part("mlp.in", "mlp.c_fc", "conv1d", post="mlp.c_proj")]
+    return [Block(i, f"h.{i}", parts, norms={"attn.c_attn": f"h.{i}.ln_1", "mlp.c_fc": f"h.{i}.ln_2"},
+                  norm_kind="layernorm") for i in range(c.n_layer)]
 
 
 def _paper(c) -> list[Block]:
     parts = [Part(f"attn.{p}", f"attn.{p}_proj", heads=c.n_head) for p in "qkv"]
-    parts.append(Part("mlp.in", "mlp.fc_in"))
+    parts.append(Part("mlp.in", "mlp.fc_in", post="mlp.fc_out"))
+    # post-LN, trained by this project: its raw rows are what the paper measured (no norm map)
     return [Block(i, f"h.{i}", parts) for i in range(c.n_layer)]
 
 
@@ -95,9 +105,13 @@ def _llama(c) -> list[Block]:
     h = c.num_attention_heads
     kv = getattr(c, "num_key_value_heads", None) or h
     parts = [Part("attn.q", "self_attn.q_proj", heads=h), Part("attn.k", "self_attn.k_proj", heads=kv),
-             Part("attn.v", "self_attn.v_proj", heads=kv), Part("mlp.gate", "mlp.gate_proj"),
-             Part("mlp.up", "mlp.up_proj")]
-    return [Block(i, f"layers.{i}", parts) for i in range(c.num_hidden_layers)]
+             Part("attn.v", "self_attn.v_proj", heads=kv),
+             Part("mlp.gate", "mlp.gate_proj", post="mlp.down_proj"),
+             Part("mlp.up", "mlp.up_proj", post="mlp.down_proj")]
+    return [Block(i, f"layers.{i}", parts, norm_kind="rmsnorm", norms={
+        **{f"self_attn.{p}_proj": f"layers.{i}.input_layernorm" for p in "qkv"},
+        "mlp.gate_proj": f"layers.{i}.post_attention_layernorm",
+        "mlp.up_proj": f"layers.{i}.post_attention_layernorm"}) for i in range(c.num_hidden_layers)]
 
 
 def _gpt_neox(c) -> list[Block]:
@@ -106,15 +120,25 @@ def _gpt_neox(c) -> list[Block]:
     idx = torch.arange(3 * c.hidden_size).view(h, 3, c.hidden_size // h)
     parts = [Part(f"attn.{p}", "attention.query_key_value", select=idx[:, j].reshape(-1), heads=h)
              for j, p in enumerate("qkv")]
-    parts.append(Part("mlp.in", "mlp.dense_h_to_4h"))
-    return [Block(i, f"layers.{i}", parts) for i in range(c.num_hidden_layers)]
+    parts.append(Part("mlp.in", "mlp.dense_h_to_4h", post="mlp.dense_4h_to_h"))
+    return [Block(i, f"layers.{i}", parts, norm_kind="layernorm", norms={
+        "attention.query_key_value": f"layers.{i}.input_layernorm",
+        "mlp.dense_h_to_4h": f"layers.{i}.post_attention_layernorm"})
+        for i in range(c.num_hidden_layers)]
 
 
 def _opt(c) -> list[Block]:
     h = c.num_attention_heads
     parts = [Part(f"attn.{p}", f"self_attn.{p}_proj", heads=h) for p in "qkv"]
-    parts.append(Part("mlp.in", "fc1"))
-    return [Block(i, f"decoder.layers.{i}", parts) for i in range(c.num_hidden_layers)]
+    parts.append(Part("mlp.in", "fc1", post="fc2"))
+    pre_ln = getattr(c, "do_layer_norm_before", True)  # OPT-350m normalizes after: nothing to fold
+
+    def norms(i):
+        p = f"decoder.layers.{i}"
+        return {**{f"self_attn.{q}_proj": f"{p}.self_attn_layer_norm" for q in "qkv"},
+                "fc1": f"{p}.final_layer_norm"} if pre_ln else {}
+    return [Block(i, f"decoder.layers.{i}", parts, norms=norms(i), norm_kind="layernorm")
+            for i in range(c.num_hidden_layers)]
 
 
 def _bert(c) -> list[Block]:
@@ -122,8 +146,14 @@ def _bert(c) -> list[Block]:
     h = c.num_attention_heads
     parts = [Part(f"attn.{p}", f"attention.self.{name}", heads=h)
              for p, name in (("q", "query"), ("k", "key"), ("v", "value"))]
-    parts.append(Part("mlp.in", "intermediate.dense"))
-    return [Block(i, f"encoder.layer.{i}", parts) for i in range(c.num_hidden_layers)]
+    parts.append(Part("mlp.in", "intermediate.dense", post="output.dense"))
+
+    def norms(i):  # post-LN: a layer reads the previous layer's output norm
+        before = "embeddings.LayerNorm" if i == 0 else f"encoder.layer.{i - 1}.output.LayerNorm"
+        return {**{f"attention.self.{n}": before for n in ("query", "key", "value")},
+                "intermediate.dense": f"encoder.layer.{i}.attention.output.LayerNorm"}
+    return [Block(i, f"encoder.layer.{i}", parts, norms=norms(i), norm_kind="layernorm")
+            for i in range(c.num_hidden_layers)]
 
 
 def _resnet(c) -> list[Block]:
@@ -142,7 +172,7 @@ def _resnet(c) -> list[Block]:
 
 def _two_layer(c) -> list[Block]:
     """This project's two-layer net f(x) = sum_k a_k sigma(w_k . x + b_k): hidden neuron k = (w_k, b_k)."""
-    return [Block(0, "", [Part("mlp.in", "hidden")])]
+    return [Block(0, "", [Part("mlp.in", "hidden", post="output")])]
 
 
 READERS: dict[str, Callable] = {

@@ -37,40 +37,54 @@ def output_rows(module: nn.Module, output: torch.Tensor, max_positions: int | No
 
 
 class Capture:
-    """Record the outputs of the modules at ``paths`` during forward passes.
+    """Record the outputs of the modules at ``paths`` (and the inputs of those at ``inputs_of``)
+    during forward passes.
 
     Args:
         model: the model.
         paths: module paths as in ``model.named_modules()``.
         max_positions: per input, for convolutions (see ``output_rows``).
+        inputs_of: module paths whose first input is recorded (e.g. an MLP's output projection,
+            whose input is the hidden layer after its nonlinearity).
 
     Attributes:
         outputs: path -> (n_samples, d_out) float32 CPU tensor, concatenated over every forward
             pass inside the block (read after it exits).
+        inputs: path -> (n_samples, d_in) float32 CPU tensor, the same for ``inputs_of``.
 
     Raises:
         AttributeError: a path that names no module (on entering).
     """
 
-    def __init__(self, model: nn.Module, paths: list[str], max_positions: int | None = None):
+    def __init__(self, model: nn.Module, paths: list[str], max_positions: int | None = None,
+                 inputs_of: list[str] = ()):
         self.model, self.paths, self.max_positions = model, list(dict.fromkeys(paths)), max_positions
-        self.handles, self._chunks, self.outputs = [], {}, {}
+        self.inputs_of = list(dict.fromkeys(inputs_of))
+        self.handles, self._chunks, self.outputs, self.inputs = [], {}, {}, {}
 
     def __enter__(self) -> Capture:
         for path in self.paths:
-            module = self.model.get_submodule(path)
-            self._chunks[path] = []
-            self.handles.append(module.register_forward_hook(self._hook(path)))
+            self._register(path, "out")
+        for path in self.inputs_of:
+            self._register(path, "in")
         return self
 
-    def _hook(self, path: str):
+    def _register(self, path: str, side: str) -> None:
+        module = self.model.get_submodule(path)
+        self._chunks[(side, path)] = []
+        self.handles.append(module.register_forward_hook(self._hook(path, side)))
+
+    def _hook(self, path: str, side: str):
         def hook(module, inputs, output):
-            self._chunks[path].append(output_rows(module, output, self.max_positions))
+            value = output if side == "out" else inputs[0]
+            self._chunks[(side, path)].append(output_rows(module, value, self.max_positions))
         return hook
 
     def __exit__(self, *exc) -> None:
         for handle in self.handles:
             handle.remove()
         self.handles = []
-        self.outputs = {p: torch.cat(c) for p, c in self._chunks.items() if c}
+        done = {key: torch.cat(c) for key, c in self._chunks.items() if c}
+        self.outputs = {p: y for (side, p), y in done.items() if side == "out"}
+        self.inputs = {p: y for (side, p), y in done.items() if side == "in"}
         self._chunks = {}

@@ -29,7 +29,8 @@ class Condensation:
         zero_tol: units with norm < zero_tol * median norm are dropped before comparing.
 
     Attributes after ``fit(units)``:
-        n_units_ (kept units), n_dropped_ (zero-norm units), cosine_ (n, n) float64 (float32
+        n_units_ (kept units), n_dropped_ (units left out: zero norm, or dead), n_dead_ (dead
+        units, None when no mask was given), cosine_ (n, n) float64 (float32
         from ``large_n`` units on),
         mean_abs_cos_ (mean |C_ij| over i != j), labels_ {tau: (n,) int group ids from 1},
         n_groups_ {tau: int}, group_ratio_ {tau: n_groups / n_units},
@@ -63,8 +64,14 @@ class Condensation:
         self.antipodal = antipodal
         self.zero_tol = zero_tol
 
-    def fit(self, units) -> Condensation:
-        """Measure ``units``: array-like (n_units, dim), one unit per row (any float dtype)."""
+    def fit(self, units, dead=None) -> Condensation:
+        """Measure ``units``: array-like (n_units, dim), one unit per row (any float dtype).
+
+        Args:
+            dead: optional (n_units,) bool mask of dead units (a constant output after the
+                nonlinearity on every probe input): left out of every metric, counted in
+                ``n_dead_`` and in ``n_dropped_``, reported as the ``n_dead`` metric.
+        """
         u = np.asarray(units, dtype=np.float64)
         if u.ndim != 2:
             raise ValueError(f"units must be 2-D (n_units, dim), got shape {u.shape}")
@@ -73,6 +80,13 @@ class Condensation:
         norms = np.linalg.norm(u, axis=1)
         keep = norms >= self.zero_tol * np.median(norms) if len(norms) else norms > 0
         keep &= norms > 0
+        self.n_dead_ = None
+        if dead is not None:
+            dead = np.asarray(dead, dtype=bool)
+            if dead.shape != (len(u),):
+                raise ValueError(f"dead mask of shape {dead.shape} does not fit {len(u)} units")
+            self.n_dead_ = int(dead.sum())
+            keep &= ~dead
         if not keep.all():  # (a copy only when something is dropped)
             u, norms = u[keep], norms[keep]
         self.n_units_, self.n_dropped_ = int(len(u)), int((~keep).sum())
@@ -183,6 +197,8 @@ class Condensation:
                ("stable_rank", None, self.stable_rank_),
                ("effective_rank", None, self.effective_rank_),
                ("n_dropped", None, float(self.n_dropped_))]
+        if self.n_dead_ is not None:
+            out.append(("n_dead", None, float(self.n_dead_)))
         for t in self.thresholds:
             out += [("n_groups", t, float(self.n_groups_[t])),
                     ("group_ratio", t, self.group_ratio_[t]),

@@ -34,12 +34,15 @@ KINDS = ("linear", "conv1d", "conv")
 
 @dataclass
 class UnitSet:
-    """Units of one (layer, component, head): ``units`` is (n_units, dim), float32, on CPU."""
+    """Units of one (layer, component, head): ``units`` is (n_units, dim), float32, on CPU;
+    ``dead`` (activation basis only) is an (n_units,) bool mask of units whose output after the
+    nonlinearity is constant on every probe input, or None when not known."""
 
     layer: int
     component: str
     head: int | None
     units: torch.Tensor
+    dead: torch.Tensor | None = None
 
 
 # --- tensors -> unit rows ---------------------------------------------------------------------
@@ -144,6 +147,10 @@ class DictTensors:
         """Tensor ``name`` as stored (no copy). Raises KeyError if absent."""
         return self.tensors[name]
 
+    def shape(self, name: str) -> tuple[int, ...]:
+        """The shape of tensor ``name``. Raises KeyError if absent."""
+        return tuple(self.tensors[name].shape)
+
 
 class ModelTensors(DictTensors):
     """Tensor source over a live model's state dict (views, no copies)."""
@@ -172,8 +179,46 @@ def base_prefix(names, layout: Layout) -> str:
     return found[0]
 
 
-def block_parts(source, prefix: str, block: Block) -> dict:
+def fold_norm(rows: torch.Tensor, d_in: int, gain: torch.Tensor, beta: torch.Tensor | None = None,
+              center: bool = False) -> torch.Tensor:
+    """Fold the gain (and bias) of the norm a projection reads into its rows, as TransformerLens's
+    ``fold_ln`` does: W (g * x_hat + beta) + c = (W diag g) x_hat + (W beta + c).
+
+    With ``center`` (LayerNorm, whose x_hat has zero mean over features) each folded row also
+    loses its mean, which leaves W x_hat unchanged. The function is the same; the rows are then
+    those of a model whose norm has gain 1 and bias 0, so moving scale between a gain and the
+    weights after it (a function-preserving reparametrization) no longer changes them.
+
+    Args:
+        rows: (n_units, d_in [+ 1]) float32 unit rows (``unit_rows``), bias last when present.
+        d_in: weight columns; gain: (d_in,) the norm's weight; beta: (d_in,) its bias or None.
+        center: subtract each folded row's mean (LayerNorm only; not RMSNorm).
+
+    Returns:
+        (n_units, d_in [+ 1]) float32: a bias column when the rows or the norm had one.
+
+    Raises:
+        ValueError: gain or beta not of length d_in.
+    """
+    if gain.shape != (d_in,) or (beta is not None and beta.shape != (d_in,)):
+        raise ValueError(f"norm of {tuple(gain.shape)} does not fit rows of {d_in} inputs: "
+                         f"accepted is the norm the projection reads")
+    w = rows[:, :d_in].double()
+    folded = w * gain.double()[None, :]
+    if center:
+        folded -= folded.mean(dim=1, keepdim=True)
+    bias = rows[:, d_in].double() if rows.shape[1] > d_in else None
+    if beta is not None:
+        bias = (0 if bias is None else bias) + w @ beta.double()
+    return (folded if bias is None else torch.cat([folded, bias[:, None]], dim=1)).float()
+
+
+def block_parts(source, prefix: str, block: Block, fold: bool = False) -> dict:
     """Rows of each part of ``block`` read from ``source`` (``names``/``__contains__``/``get``).
+
+    Args:
+        fold: fold the gain (and bias) of the norm each part reads into its rows (``fold_norm``;
+            only parts that ``block.norms`` maps).
 
     Returns:
         component -> (rows (n_units, dim) float32, heads, d_in), parts in order.
@@ -190,15 +235,23 @@ def block_parts(source, prefix: str, block: Block) -> dict:
             raise KeyError(f"tensor {name}.weight is missing")
         bias = source.get(f"{name}.bias") if f"{name}.bias" in source else None
         rows, d_in = unit_rows(source.get(f"{name}.weight"), bias, part.kind)
+        norm = block.norms.get(part.module) if fold else None
+        if norm is not None:
+            layer_norm = block.norm_kind == "layernorm"
+            beta = f"{prefix}{norm}.bias"
+            rows = fold_norm(rows, d_in, source.get(f"{prefix}{norm}.weight"),
+                             source.get(beta) if layer_norm and beta in source else None,
+                             center=layer_norm)
         if part.select is not None:
             rows = rows[part.select]
         comps[part.component] = (rows, part.heads, d_in)
     return comps
 
 
-def block_units(source, prefix: str, block: Block) -> list[UnitSet]:
-    """Every weight-basis unit set of one block (tensors read from ``source`` one at a time)."""
-    return layer_unit_sets(block.layer, block_parts(source, prefix, block), block.qk_heads)
+def block_units(source, prefix: str, block: Block, fold: bool = False) -> list[UnitSet]:
+    """Every weight-basis unit set of one block (tensors read from ``source`` one at a time);
+    ``fold``: norm gains folded into the rows (``block_parts``)."""
+    return layer_unit_sets(block.layer, block_parts(source, prefix, block, fold), block.qk_heads)
 
 
 def read_units(model: nn.Module) -> list[UnitSet]:

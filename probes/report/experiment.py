@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,35 +20,53 @@ import pandas as pd
 from probes.report import tables
 from probes.report.figures import baselines as baseline_figures
 from probes.report.figures import experiment as figures
-from probes.store import gather_runs, write_csv
+from probes.store import gather_runs, publish_reports, staging_dir, write_csv
 from tasks import TASKS
 
 
 def write_all(cfgs) -> None:
     """Main process: the experiment's CSVs, tables and figures, and a printed summary.
 
+    Everything is written into a staging folder first and published as one set
+    (``store.publish_reports``): a failure part-way leaves the previous report as it was, and no
+    file of an earlier, different grid stays beside the new ones.
+
     Args:
         cfgs: the experiment's RunConfigs (grid order); only finished runs are reported.
     """
     out_dir = cfgs[0].out_dir
-    frames = gather_runs(cfgs, out_dir)
-    task = TASKS[cfgs[0].task]
-    if getattr(task, "families", None):  # a baseline task (mlp, resnet): its own tables, figures
-        write_baselines(out_dir, frames)
-        return
+    stage = staging_dir(out_dir / "report")
+    try:
+        frames = gather_runs(cfgs, stage)
+        task = TASKS[cfgs[0].task]
+        if getattr(task, "families", None):  # a baseline task (mlp, resnet): its own tables
+            text = write_baselines(stage, frames)
+        else:
+            text = write_reasoning(stage, out_dir, frames, task)
+        publish_reports(stage, out_dir)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    written = sorted(p.name for p in out_dir.glob("*.csv"))
+    print(text)
+    print(f"reports written to {out_dir}/: {', '.join(written)}"
+          + (", figures/" if (out_dir / "figures").is_dir() else ""))
+
+
+def write_reasoning(stage: Path, out_dir: Path, frames: dict, task) -> str:
+    """A reasoning experiment's correlations.csv, phase_diagram.csv (when gamma and depth both
+    vary) and figures, written into ``stage`` (the run folders are read from ``out_dir``);
+    returns the summary text."""
     runs, metrics = frames["runs"], frames["metrics"]
     corr = tables.correlations(runs, metrics, task.ood_scores) if len(runs) else None
     if corr is not None:
-        write_csv(corr, out_dir / "correlations.csv")
+        write_csv(corr, stage / "correlations.csv")
         if runs["gamma"].nunique() > 1 and runs["n_layer"].nunique() > 1:
             table = tables.phase_table(runs, metrics,
                                        scores=("acc_test_id", *figures.phase_scores(task)))
-            write_csv(table, out_dir / "phase_diagram.csv")
-        figures.draw_all(out_dir, runs, metrics, frames["offsets"], corr, task)
-    print(summary(runs, corr, task))
-    written = sorted(p.name for p in out_dir.glob("*.csv"))
-    print(f"reports written to {out_dir}/: {', '.join(written)}"
-          + (", figures/" if (out_dir / "figures").is_dir() and corr is not None else ""))
+            write_csv(table, stage / "phase_diagram.csv")
+        figures.draw_all(stage, runs, metrics, frames["offsets"], corr, task, runs_dir=out_dir)
+    return summary(runs, corr, task)
 
 
 def summary(runs: pd.DataFrame, corr: pd.DataFrame | None, task) -> str:
@@ -70,14 +89,13 @@ def summary(runs: pd.DataFrame, corr: pd.DataFrame | None, task) -> str:
     return text
 
 
-def write_baselines(out_dir: Path, frames: dict) -> None:
-    """Main process, baseline experiment: correlations.csv (header only: no ood scores), the
-    baseline tables, their figures and a printed summary."""
+def write_baselines(out_dir: Path, frames: dict) -> str:
+    """Baseline experiment: correlations.csv (header only: no ood scores), the baseline tables
+    and their figures, written into ``out_dir``; returns the summary text."""
     runs, metrics = frames["runs"], frames["metrics"]
     write_csv(tables.correlations(runs, metrics, ()), out_dir / "correlations.csv")
     if runs.empty:
-        print(f"no finished run: reports written to {out_dir}/")
-        return
+        return "no finished run"
     final = tables.final_condensation(runs, metrics)
     write_csv(final, out_dir / "final_condensation.csv")
     slopes = None
@@ -88,10 +106,7 @@ def write_baselines(out_dir: Path, frames: dict) -> None:
     if len(found):
         write_csv(found, out_dir / "directions.csv")
     baseline_figures.draw_all(out_dir, runs, metrics, frames.get("neurons"), final, slopes)
-    print(baseline_summary(runs, final, slopes, found))
-    print(f"reports written to {out_dir}/ (runs.csv, metrics.csv, final_condensation.csv"
-          f"{', rd_slopes.csv' if slopes is not None else ''}"
-          f"{', directions.csv, neurons.csv' if len(found) else ''}, figures/)")
+    return baseline_summary(runs, final, slopes, found)
 
 
 def baseline_summary(runs: pd.DataFrame, final: pd.DataFrame, slopes: pd.DataFrame | None,

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
+from probes.config import load_yaml
 from probes.report.tables import final_values, select
 from probes.store import CONFIG, atomic_write_text, read_csv, run_folder
 
@@ -62,7 +62,7 @@ def load(dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
         settings = []
         for run_id in r["run_id"]:
             cfg_path = run_folder(d, run_id) / CONFIG
-            cfg = yaml.safe_load(cfg_path.read_text()) if cfg_path.is_file() else {}
+            cfg = load_yaml(cfg_path.read_text()) if cfg_path.is_file() else {}
             settings.append({k: cfg.get(k) for k in SETTING_KEYS if k not in r.columns})
         runs.append(pd.concat([r, pd.DataFrame(settings, index=r.index)], axis=1))
         metrics.append(read_csv(d / "metrics.csv"))

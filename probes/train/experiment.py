@@ -11,6 +11,7 @@ written.
 from __future__ import annotations
 
 import math
+import os
 import sys
 
 import torch
@@ -18,19 +19,22 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
-from probes.config import FIELDS, ConfigError, check_output_dir, expand, load_config, parse_overrides
+from probes.config import ConfigError, expand, load_config, parse_overrides
 from probes.report.experiment import write_all
 from probes.runtime import configure_threads
-from probes.store import finished, save_run
+from probes.store import OutputError, check_output_dir, finished, save_run
 from probes.train.loop import Run
+from probes.train.usage import key_help
 from tasks import make_task
 
 USAGE = """usage: accelerate launch probes/run.py [--config FILE] [--output_dir DIR] [--KEY VALUE ...]
        accelerate launch probes/run.py --checkpoint DIR [--checkpoint DIR ...] [--output_dir DIR]
          (probe checkpoints on disk; --checkpoint X --help lists its options)
 
+--config takes a YAML file or a preset's name (default, sweep_small, ...: configs/ in the package).
 Any config key can be overridden; a YAML list value (e.g. --gamma "[0.3, 1.0]") makes a grid.
-Keys: """ + ", ".join(FIELDS)
+Keys (type, default, meaning):
+"""
 
 
 def build_data(cfgs):
@@ -89,25 +93,32 @@ def train_all(cfgs, accelerator) -> None:
 def main(argv: list[str]) -> int:
     """Run the experiment of ``argv`` (see USAGE); returns the exit code (2 on bad input)."""
     if any(a in ("-h", "--help") for a in argv):
-        print(USAGE)
+        print(USAGE + key_help())
         return 0
     try:
         path, overrides = parse_overrides(argv)
-        cfgs = expand(load_config(path, overrides))
+        # precision: the config's key when given, else what accelerate launch was told
+        launcher = {"mixed_precision": os.environ.get("ACCELERATE_MIXED_PRECISION", "no")}
+        cfgs = expand(launcher | load_config(path, overrides))
+        if cfgs[0].mixed_precision == "fp16" and not torch.accelerator.is_available():
+            raise ConfigError("mixed_precision='fp16' needs a GPU (on CPU accelerate trains in float32 "
+                              "with no gradient scaling): accepted on CPU are 'no' and 'bf16'")
         check_output_dir(cfgs[0].out_dir)
-    except ConfigError as e:
+    except (ConfigError, OutputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     # With no accelerator, say so: processes started by torchrun (accelerate launch --multi_gpu)
     # then join one gloo group instead of each believing it is alone.
-    accelerator = Accelerator(cpu=not torch.accelerator.is_available())
+    accelerator = Accelerator(cpu=not torch.accelerator.is_available(),
+                              mixed_precision=cfgs[0].mixed_precision)
     threads = configure_threads(cfgs[0].num_threads, accelerator.num_processes)
     for cfg in {(c.warmup_steps, c.steps): c for c in cfgs}.values():
         if cfg.warmup_steps >= cfg.steps:
             accelerator.print(f"warning: warmup_steps={cfg.warmup_steps} >= steps={cfg.steps}: "
                               f"the learning rate never reaches lr={cfg.lr:g}")
     accelerator.print(f"{len(cfgs)} run(s) -> {cfgs[0].out_dir}/ on {accelerator.num_processes} "
-                      f"process(es), {threads} thread(s) each, device {accelerator.device}")
+                      f"process(es), {threads} thread(s) each, device {accelerator.device}, "
+                      f"mixed precision {accelerator.mixed_precision}")
     if not cfgs[0].report_only:
         train_all(cfgs, accelerator)
     if accelerator.is_main_process:

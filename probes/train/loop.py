@@ -12,13 +12,19 @@ Runs are the unit of parallelism: each accelerate process trains whole runs on i
 the model is never wrapped for data-parallel training (``accelerator.prepare`` would wrap it in
 DDP and make every process train the same run). The loop otherwise follows accelerate's examples:
 device placement, ``autocast``, ``backward`` and ``clip_grad_norm_`` all go through the
-``Accelerator``.
+``Accelerator``, and so does the optimizer (``prepare_optimizer``, which wraps it without touching
+the model): under fp16 the gradients are then unscaled before clipping and a step whose gradients
+overflowed is skipped (the scheduler then waits too). The scheduler is not prepared: a prepared
+scheduler steps once per process, while each process trains a different run. Each run starts from
+a fresh gradient scale, kept in its resumable state.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import time
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,9 +39,13 @@ from probes.config import RunConfig, effective_lr
 from probes.measure.family_units import NO_RD, all_units, neuron_features
 from probes.measure.metrics import Condensation, metric_rows, relative_distance
 from probes.measure.neurons import count_directions, loss_fell
-from probes.store import HEATMAP_UNITS, run_dir, runs_row
+from probes.store import HEATMAP_UNITS, run_dir, runs_row, write_train_log
 from probes.train.resume import load_state, save_state
 from tasks.objective import objective_for
+
+# fp16: the state each accelerator's GradScaler had before its first run (its initial scale), so
+# that every run starts from it rather than from the scale the previous run left
+SCALER_START: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -89,6 +99,7 @@ class Run:
         self.metrics, self.offsets, self.neurons, self.last_neurons = [], [], [], []
         self.initial_neurons: list[dict] = []  # the probe before the loss first falls
         self.heatmap = None
+        self.train_log: list[dict] = []  # store.TRAIN_LOG_COLUMNS every log_every steps
 
     def build(self):
         """The run's untrained model at its init rate, on the device; keeps its unit sets at
@@ -134,7 +145,9 @@ class Run:
 
     def train(self, progress=None) -> RunResult:
         """Train to ``cfg.steps`` (from the saved state when there is one), probing on the
-        log-spaced schedule; stops early when the loss is not finite (``diverged``).
+        log-spaced schedule; stops early when the loss is not finite (``diverged``). Every
+        ``log_every`` steps it logs loss, learning rate and gradient norm, and writes them to the
+        run folder's train_log.csv at each saved state and at the end.
 
         Args:
             progress: called as progress(loss or None, steps done since the last call).
@@ -157,6 +170,12 @@ class Run:
             self.metrics, self.offsets = saved["metrics"], saved["offsets"]
             self.neurons, self.last_neurons = saved.get("neurons", []), saved.get("last_neurons", [])
             self.initial_neurons = saved.get("initial_neurons", [])
+            self.train_log = saved.get("train_log", [])
+        # through accelerate: under fp16 it unscales before clipping and skips overflowed steps
+        optimizer = acc.prepare_optimizer(optimizer, device_placement=False)
+        if acc.scaler is not None:  # fp16: this run's own gradient scale, fresh or resumed
+            fresh = SCALER_START.setdefault(acc.scaler, acc.scaler.state_dict())
+            acc.scaler.load_state_dict((saved or {}).get("scaler") or fresh)
         if progress is not None:
             progress(None, done)
         diverged, step = False, done
@@ -166,17 +185,25 @@ class Run:
             batch = next(batches)
             with acc.autocast():
                 loss = self.objective.loss(model, batch)
+            log_now = cfg.log_every > 0 and step % cfg.log_every == 0
+            lr = scheduler.get_last_lr()[0]  # the rate this step uses
             if not torch.isfinite(loss):
                 diverged = True
+                self.train_log.append(dict(step=step, loss=loss.item(), lr=lr, grad_norm=None))
                 break
             acc.backward(loss)
-            if cfg.grad_clip > 0:
-                acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            norm = None
+            if cfg.grad_clip > 0 or log_now:  # max_norm inf: the norm measured, no gradient changed
+                norm = acc.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf)
             optimizer.step()
-            scheduler.step()
+            if not optimizer.step_was_skipped:  # fp16: no scheduler step for a skipped step
+                scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            value = loss.item() if progress is not None or log_now else None
+            if log_now:
+                self.train_log.append(dict(step=step, loss=value, lr=lr, grad_norm=norm.item()))
             if progress is not None:
-                progress(loss.item(), 1)
+                progress(value, 1)
             if step in schedule:
                 scores = self.probe(model, step)
                 model.train()
@@ -185,14 +212,18 @@ class Run:
                     "step": step, "scores": scores, "metrics": self.metrics,
                     "offsets": self.offsets, "neurons": self.neurons,
                     "last_neurons": self.last_neurons, "initial_neurons": self.initial_neurons,
-                    "wall_s": wall0 + time.perf_counter() - start})
+                    "train_log": self.train_log, "wall_s": wall0 + time.perf_counter() - start,
+                    **({"scaler": acc.scaler.state_dict()} if acc.scaler is not None else {})})
+                write_train_log(folder, self.train_log)
         names = ("train_loss", *self.objective.score_names)
         final = dict.fromkeys(names, float("nan")) if diverged else scores
         n_train = len(self.data["train"][self.objective.batch_columns[0]])
         fitted = (not diverged) and self.objective.fitted(final)
         row = runs_row(cfg, final, step=step, n_train=n_train, fitted=fitted, diverged=diverged,
                        wall_s=wall0 + time.perf_counter() - start,
-                       num_threads=torch.get_num_threads())
+                       num_threads=torch.get_num_threads(), device=acc.device.type)
+        write_train_log(folder, self.train_log)
+        acc.free_memory()  # forget this run's optimizer: the next run prepares its own
         model.eval()
         steps = {0}
         neurons = list(self.neurons)

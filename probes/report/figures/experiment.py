@@ -206,16 +206,17 @@ def phase_scores(task) -> tuple[str, ...]:
 
 
 def draw_all(out_dir: Path, runs: pd.DataFrame, metrics: pd.DataFrame, offsets: pd.DataFrame,
-             corr: pd.DataFrame, task) -> list[Path]:
+             corr: pd.DataFrame, task, runs_dir: Path | None = None) -> list[Path]:
     """Draw every figure of an experiment into ``out_dir/figures``; returns the paths written.
-    ``task`` (the task class or object) names the ood scores and labels the axes."""
+    ``task`` (the task class or object) names the ood scores and labels the axes; the runs' saved
+    heat maps are read from ``runs_dir`` (the experiment's output folder; default ``out_dir``)."""
     shown = phase_scores(task)
     fig_dir = Path(out_dir) / "figures"
     written = []
     if runs.empty:
         return written
     path = fig_dir / f"cosine_{COMPONENT.replace('.', '_')}_layer{LAYER}.png"
-    if cosine_heatmaps(runs, out_dir, path):
+    if cosine_heatmaps(runs, runs_dir or out_dir, path):
         written.append(path)
     if runs["gamma"].nunique() > 1 and runs["n_layer"].nunique() > 1:
         table = tables.phase_table(runs, metrics, scores=("acc_test_id", *shown))

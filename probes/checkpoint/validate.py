@@ -1,0 +1,148 @@
+"""Checks that run before any work: a checkpoint's config against its weights, its shard index
+against its shards, and the probe batch against the model. Shapes come from the safetensors
+headers (no tensor data is read); every problem is one ``CheckpointError`` line that names the
+value and what is accepted.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from probes.checkpoint.discover import SAFETENSORS_INDEX, CheckpointError
+from probes.measure.architectures import Layout
+from probes.measure.units import ModelTensors, base_prefix
+
+# the config keys that set the shapes a reader expects, named in the error when they disagree
+SHAPE_KEYS = ("num_hidden_layers", "n_layer", "hidden_size", "n_embd", "num_attention_heads",
+              "n_head", "num_key_value_heads", "intermediate_size", "n_inner", "head_dim")
+
+
+def _config_text(config) -> str:
+    keys = [k for k in SHAPE_KEYS if hasattr(config, k) and getattr(config, k) is not None]
+    return ", ".join(f"{k}={getattr(config, k)}" for k in keys)
+
+
+def check_index(folder: Path, source) -> None:
+    """A sharded checkpoint's index against its shards: every tensor the index names is in the
+    shard it names, and no ``*.safetensors`` file on disk is left out of the index.
+
+    Args:
+        folder: the checkpoint folder; source: its ``SafetensorsTensors``.
+
+    Raises:
+        CheckpointError: the first mismatch.
+    """
+    index = folder / SAFETENSORS_INDEX
+    if not index.is_file():
+        return
+    weight_map = json.loads(index.read_text())["weight_map"]
+    held = {shard: set(handle.keys()) for shard, handle in source.by_file.items()}
+    for name, shard in weight_map.items():
+        if name not in held.get(shard, ()):
+            raise CheckpointError(f"{index} names tensor {name!r} in shard {shard!r}, which does not "
+                                  f"hold it: accepted is an index that matches its shards")
+    named = set(weight_map.values())
+    stray = sorted(p.name for p in folder.glob("*.safetensors") if p.name not in named)
+    if stray:
+        raise CheckpointError(f"shard {stray[0]!r} in {str(folder)!r} is not named in {SAFETENSORS_INDEX}"
+                              f" (a stale index?): accepted is an index that names every shard")
+
+
+def _rows(shape: tuple[int, ...], kind: str) -> int:
+    """Output neurons of a stored weight: (d_out, d_in) linear, (d_in, d_out) GPT-2 Conv1D."""
+    return shape[1] if kind == "conv1d" else shape[0]
+
+
+def check_weights(folder: Path, config, layout: Layout, source, prefix: str, meta) -> None:
+    """The config against the weights, before any tensor is read: every tensor the reader needs
+    is there with the shape the config gives it (the model built from the config on the meta
+    device), the weights hold no layer beyond the config's, and every component's units split
+    evenly into its heads.
+
+    Args:
+        folder: the checkpoint (for messages); config: its transformers config; layout: the
+            reader; source: tensor source with ``names``, ``__contains__`` and ``shape``;
+            prefix: the key prefix of the layout's paths in ``source``; meta: the model built from
+            the config on the meta device.
+
+    Raises:
+        CheckpointError: naming the tensor, both shapes and the config's shape keys.
+    """
+    meta_names = ModelTensors(meta).names()
+    meta_prefix = base_prefix(meta_names, layout)
+    meta_shapes = {n: tuple(t.shape) for n, t in meta.state_dict().items()}
+    where = f"config.json of {str(folder)!r} ({_config_text(config)})"
+    for block in layout.blocks:
+        for part in block.parts:
+            name = f"{block.module(part)}.weight"
+            if prefix + name not in source:
+                if part.optional:
+                    continue
+                raise CheckpointError(f"{where} disagrees with its weights: they lack {prefix + name!r}"
+                                      f" that it implies: accepted is a config that matches the weights")
+            shape = source.shape(prefix + name)
+            expected = meta_shapes.get(meta_prefix + name)
+            if expected is not None and shape != expected:
+                raise CheckpointError(f"{where} disagrees with its weights: {prefix + name!r} is "
+                                      f"{list(shape)} in the weights and {list(expected)} by the config: "
+                                      f"accepted is a config that matches the weights")
+            n = _rows(shape, part.kind)
+            if part.select is not None:
+                n = len(range(n)[part.select]) if isinstance(part.select, slice) else len(part.select)
+            if part.heads >= 2 and n % part.heads:
+                raise CheckpointError(f"{where}: {n} units of {prefix + name!r} do not split into "
+                                      f"{part.heads} heads: accepted are head counts that divide them")
+    _check_extra_layers(where, layout, source, prefix)
+
+
+def _check_extra_layers(where: str, layout: Layout, source, prefix: str) -> None:
+    """Refuse weights with a block after the layout's last one (a config with too few layers)."""
+    last = layout.blocks[-1].path
+    m = re.match(r"^(.*?)(\d+)$", last)
+    if not m:
+        return
+    nxt = f"{prefix}{m.group(1)}{int(m.group(2)) + 1}."
+    extra = next((n for n in source.names() if n.startswith(nxt)), None)
+    if extra is not None:
+        raise CheckpointError(f"{where} has fewer layers than its weights ({extra!r} is beyond the "
+                              f"last layer it gives): accepted is a config that matches the weights")
+
+
+def check_batch(batch, config, run_id: str) -> list[str]:
+    """The probe batch against the model: token ids inside the vocabulary (else refused),
+    sequences no longer than the position table (else cut, with a note).
+
+    Args:
+        batch: a ``ProbeBatch``; its passes are edited in place when cut.
+        config: the model's config (``vocab_size``; ``max_position_embeddings`` or
+            ``n_positions`` when it has a position table).
+
+    Returns:
+        notes for the user (empty when nothing was cut).
+
+    Raises:
+        CheckpointError: a token id outside [0, vocab_size).
+    """
+    vocab = getattr(config, "vocab_size", None)
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    notes, cut = [], 0
+    for p in batch.passes:
+        ids = p.get("input_ids")
+        if ids is None:
+            continue
+        if isinstance(vocab, int) and ids.numel() and (int(ids.max()) >= vocab or int(ids.min()) < 0):
+            bad = int(ids.max()) if int(ids.max()) >= vocab else int(ids.min())
+            raise CheckpointError(f"probe input token id {bad} is outside the vocabulary of {run_id} "
+                                  f"(vocab_size={vocab}): accepted are ids in [0, {vocab}), e.g. "
+                                  f"text tokenized by the checkpoint's own tokenizer")
+        if isinstance(limit, int) and ids.ndim == 2 and ids.shape[1] > limit:
+            cut += 1
+            for key, value in list(p.items()):
+                if hasattr(value, "ndim") and value.ndim == 2 and value.shape[1] == ids.shape[1]:
+                    p[key] = value[:, :limit]
+    if cut:
+        notes.append(f"{run_id}: {cut} probe input(s) cut to {limit} tokens, the length of its "
+                     f"position table")
+    return notes

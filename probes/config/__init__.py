@@ -1,0 +1,40 @@
+"""Experiment configuration: one dataclass, read from YAML, overridden from the command line.
+
+Any key given a list (in the YAML file or as ``--key "[a, b]"``) expands into a grid: the runs are
+the product of all lists, in key order. ``thresholds`` is a list by nature and never expands.
+"""
+
+from probes.config.load import (
+    YamlLoader,
+    config_path,
+    expand,
+    load_config,
+    load_yaml,
+    parse_overrides,
+    preset_names,
+    validate,
+)
+from probes.config.run_config import (
+    DEFAULT_CONFIG,
+    EXPERIMENT_KEYS,
+    FIELDS,
+    HINTS,
+    LATER_KEYS,
+    LIST_KEYS,
+    LR_SCALINGS,
+    LR_SCHEDULES,
+    OPTIMIZERS,
+    PRECISIONS,
+    PRESETS,
+    SHARED_KEYS,
+    ConfigError,
+    RunConfig,
+    effective_lr,
+    resolved_yaml,
+)
+
+__all__ = ["DEFAULT_CONFIG", "EXPERIMENT_KEYS", "FIELDS", "HINTS", "LATER_KEYS", "LIST_KEYS",
+           "LR_SCALINGS", "LR_SCHEDULES", "OPTIMIZERS", "PRECISIONS", "PRESETS", "SHARED_KEYS",
+           "ConfigError", "RunConfig", "YamlLoader", "config_path", "effective_lr", "expand",
+           "load_config", "load_yaml", "parse_overrides", "preset_names", "resolved_yaml",
+           "validate"]

@@ -1,0 +1,176 @@
+"""RunConfig: every setting of one run, its identity (the run id) and the experiment-level keys."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from models.mlp import ntk_scale
+from tasks import TASKS
+
+# the presets (configs/*.yaml), shipped as package data: probes/presets is a link to configs/
+PRESETS = resources.files("probes") / "presets"
+DEFAULT_CONFIG = PRESETS / "default.yaml"
+
+
+class ConfigError(ValueError):
+    """Bad configuration: the message names the bad value and what is accepted."""
+
+
+@dataclass
+class RunConfig:
+    """Every setting of one run, and the experiment-level keys (marked in comments)."""
+
+    # experiment level (not part of a run's identity)
+    experiment: str = "default"  # the experiment's name: its output folder and runs.csv column
+    output_dir: str | None = None  # default: reports/<experiment>
+    overwrite: bool = False  # retrain runs whose results exist
+    num_threads: int | None = None  # torch threads per process; default: all cores / processes
+    save_checkpoint: bool = True  # save each run's trained model with save_pretrained
+    save_every: int = 500  # steps between resumable training states (0: none)
+    report_only: bool = False  # write the reports of the finished runs, train nothing
+    log_every: int = 10  # steps between rows of runs/<run_id>/train_log.csv (0: no log)
+    # task
+    task: str = "composite"  # the task (tasks.TASKS): composite, identity, sine, images, ...
+    seq_len: int = 9  # tokens per sequence
+    split_modulus: int = 7  # composite: key/position split modulus (7 = n - 2 as in the paper)
+    n_train: int = 20000  # training samples (a fixed set, trained for epochs)
+    n_test_id: int = 2000  # in-distribution test samples
+    n_ood: int = 2000  # out-of-distribution (held-out) samples
+    data_seed: int = 0  # seed of the task's data (the model's is seed)
+    fresh_samples: bool = False  # draw a new training batch every step instead of epochs
+    in_dim: int = 1  # regression tasks: input dimension (four_points: 1)
+    image_source: str = "digits"  # images task: digits | mnist5k | path to an .npz file
+    image_size: int = 32  # images task: side of the resized square images
+    test_fraction: float = 0.2  # images task: held-out share
+    key_low: int = 20  # keys and noise are drawn from [key_low, key_high]
+    key_high: int = 99  # upper end of the key range
+    # options of the other tasks (None: the task's own default); lists are strings like "34,43"
+    held_out: str | int | None = None  # composite_no_twist / multi_anchor: held-out anchor pairs
+    ood_key_position: int | None = None  # identity: the key position kept for ood
+    ood_hops: str | int | None = None  # chain_search: step sizes held out for ood
+    n_chains: int = 2  # chain_search
+    chain_len: int = 8  # chain_search
+    n_hop_anchors: int = 3  # chain_search
+    ood_scoring: str = "authors"  # composite, composite_no_twist, multi_anchor: authors | pooled
+    hops: int | None = None  # chain_search_authors: hops k from start to target (None: 2)
+    chain_nodes: int | None = None  # chain_search_authors: nodes of the chain (None: 7)
+    # model
+    model_family: str = "paper"  # paper | gpt2 | mlp | resnet
+    n_layer: int = 2  # transformer blocks
+    n_head: int = 1  # attention heads (must divide n_embd)
+    n_embd: int = 64  # model width d_model
+    d_ff: int | None = None  # MLP width (None: 3 n_embd for paper, 4 n_embd for gpt2)
+    vocab_size: int = 128  # token vocabulary size
+    dropout: float = 0.0  # dropout probability
+    width: int = 100  # mlp: hidden neurons m
+    activation: str = "relu"  # mlp: relu | tanh | sigmoid | softplus | xtanh
+    # initialization rate: std = d_in^-gamma; a part's own gamma overrides when set
+    gamma: float = 0.5  # init rate: every weight drawn with std = d_in^-gamma, in (0, 3]
+    gamma_embedding: float | None = None  # the embeddings' own init rate (None: gamma)
+    gamma_attention: float | None = None  # the attention's own init rate (None: gamma)
+    gamma_mlp: float | None = None  # the MLPs' own init rate (None: gamma)
+    gamma_head: float | None = None  # the output head's own init rate (None: gamma)
+    gamma_prime: float = 0.0  # mlp: std of a = m^-(gamma+gamma')/2, of (w, b) = m^-(gamma-gamma')/2
+    # optimization
+    optimizer: str = "adamw"  # adamw | adam | sgd (full-batch GD: sgd with batch_size >= n_train)
+    lr_schedule: str = "cosine"  # cosine | constant (both after warmup_steps of linear warm-up)
+    lr_scaling: str = "none"  # mlp: none | ntk (lr divided by max(1, the tangent kernel's scale))
+    steps: int = 2000  # optimizer steps
+    batch_size: int = 512  # samples per step
+    lr: float = 1e-3  # peak learning rate
+    weight_decay: float = 0.01  # weight decay (decoupled for adamw, L2 otherwise)
+    warmup_steps: int = 100  # steps of linear learning-rate warm-up
+    grad_clip: float = 1.0  # clip the gradient norm to this (0: no clipping)
+    mixed_precision: str = "no"  # no | fp16 | bf16; unset: accelerate launch --mixed_precision
+    seed: int = 0  # seed of the model's init and the batch order
+    # probes
+    n_probes: int = 12  # log-spaced probe steps, step 0 and the last included
+    n_eval: int = 2000  # training samples scored for acc_train and train_loss
+    # cosine thresholds tau of the group counts (a list by nature: never a grid)
+    thresholds: list[float] = field(default_factory=lambda: [0.7, 0.9, 0.95, 0.99])
+
+    @property
+    def part_gammas(self) -> dict[str, float | None]:
+        """Per-part init rates: embedding, attention, mlp, head -> gamma or None (use gamma)."""
+        return {p: getattr(self, f"gamma_{p}") for p in ("embedding", "attention", "mlp", "head")}
+
+    @property
+    def out_dir(self) -> Path:
+        """The experiment's output folder: output_dir, else reports/<experiment>."""
+        return Path(self.output_dir or Path("reports") / self.experiment)
+
+    def identity(self) -> dict:
+        """The settings that define the run (experiment-level keys left out; a key added after
+        the first release is left out at the value runs had before it existed, so older run ids
+        stay valid and a run computed otherwise never takes an older run's id)."""
+        d = dataclasses.asdict(self)
+        for key in EXPERIMENT_KEYS:
+            d.pop(key)
+        task_keys = {f.name for f in dataclasses.fields(TASKS[self.task])}
+        for key, before in LATER_KEYS.items():
+            if d[key] == before or (key in TASK_ONLY_KEYS and key not in task_keys):
+                d.pop(key)
+        return d
+
+    @property
+    def run_id(self) -> str:
+        """Stable, readable id: family, gamma, seed and a hash of every identity setting."""
+        digest = hashlib.sha1(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:8]
+        return f"{self.model_family}-g{self.gamma:g}-s{self.seed}-{digest}"
+
+    def task_options(self) -> dict:
+        """Options of the task generator: the config keys its dataclass has (data_seed -> seed)."""
+        names = {f.name for f in dataclasses.fields(TASKS[self.task])}
+        options = {k: v for k, v in dataclasses.asdict(self).items() if k in names and k != "seed"}
+        if "seed" in names:
+            options["seed"] = self.data_seed
+        return options
+
+
+EXPERIMENT_KEYS = ("experiment", "output_dir", "overwrite", "num_threads", "save_checkpoint",
+                   "save_every", "report_only", "log_every")
+FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+# keys added with the baselines: left out of a run's identity at their default value
+LATER_KEYS = {k: FIELDS[k].default for k in (
+    "in_dim", "image_source", "image_size", "test_fraction", "width", "activation", "gamma_prime",
+    "optimizer", "lr_schedule", "lr_scaling",
+    # keys added with issue 17 (the authors' chain search, the authors' ood scoring)
+    "ood_scoring", "hops", "chain_nodes",
+    # issue 13: a run in bf16 or fp16 is another run than the same run in float32
+    "mixed_precision")}
+# ood scoring before the authors' score existed was the pooled one: runs scored the authors' way
+# (the default now) get new ids, and older folders keep theirs with the scores they hold
+LATER_KEYS["ood_scoring"] = "pooled"
+# task options that only define runs of the tasks that have them
+TASK_ONLY_KEYS = ("ood_scoring", "hops", "chain_nodes")
+# one value for the whole experiment: one Accelerator per process
+SHARED_KEYS = (*EXPERIMENT_KEYS, "mixed_precision")
+PRECISIONS = ("no", "fp16", "bf16")
+OPTIMIZERS = ("adamw", "adam", "sgd")
+LR_SCHEDULES = ("cosine", "constant")
+LR_SCALINGS = ("none", "ntk")
+HINTS = typing.get_type_hints(RunConfig)
+LIST_KEYS = {"thresholds"}
+
+
+def resolved_yaml(cfg: RunConfig, extra: dict | None = None) -> str:
+    """The YAML text of a run's full resolved config (plus ``extra``, e.g. the init records)."""
+    data = dataclasses.asdict(cfg) | {"run_id": cfg.run_id} | (extra or {})
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def effective_lr(cfg: RunConfig) -> float:
+    """The learning rate the optimizer gets: ``cfg.lr``, divided by max(1, the tangent kernel's
+    scale m (beta1^2 + beta2^2) / 2) under ``lr_scaling: ntk`` (mlp; models.mlp.ntk_scale)."""
+    if cfg.lr_scaling == "ntk":
+        return cfg.lr / max(1.0, ntk_scale(cfg.width, cfg.gamma, cfg.gamma_prime))
+    return cfg.lr
+
