@@ -90,6 +90,11 @@ def offset_histogram(on_path: np.ndarray, walked: np.ndarray, is_node: np.ndarra
     return histogram(np.where(on_path, walked - hops, code))
 
 
+# the answers on a chain's ood split, in runs.csv order (both chain tasks score them alike)
+CHAIN_OOD_SCORES = ("ood_inferential", "ood_fewer_hops", "ood_more_hops", "ood_other_node",
+                    "ood_other")
+
+
 @dataclass
 class ChainSearchTask(ReasoningTask):
     """Generator of ``chain_search_hops``, the suite's chain-search variant with hop anchors (see
@@ -131,10 +136,8 @@ class ChainSearchTask(ReasoningTask):
     n_ood: int = 2000
     seed: int = 0
 
-    score_names = ("acc_train", "acc_test_id", "ood_inferential", "ood_fewer_hops",
-                   "ood_more_hops", "ood_other_node", "ood_other")
-    ood_scores = ("ood_inferential", "ood_fewer_hops", "ood_more_hops", "ood_other_node",
-                  "ood_other")
+    score_names = ("acc_train", "acc_test_id", *CHAIN_OOD_SCORES)
+    ood_scores = CHAIN_OOD_SCORES
     ood_label = "answers at held-out step sizes"
     offset_label = "hops walked - hops asked (-99: another node, -100: not a node)"
 

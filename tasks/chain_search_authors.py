@@ -43,7 +43,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tasks.chain_search import chain_outcomes, offset_histogram, walked_along
+from tasks.chain_search import CHAIN_OOD_SCORES, chain_outcomes, offset_histogram, walked_along
 from tasks.common import SPLITS, ReasoningTask, check_sizes
 
 STEP_MODULUS = 5
@@ -88,10 +88,8 @@ class ChainSearchAuthorsTask(ReasoningTask):
     n_ood: int = 2000
     seed: int = 0
 
-    score_names = ("acc_train", "acc_test_id", "ood_inferential", "ood_fewer_hops",
-                   "ood_more_hops", "ood_other_node", "ood_other")
-    ood_scores = ("ood_inferential", "ood_fewer_hops", "ood_more_hops", "ood_other_node",
-                  "ood_other")
+    score_names = ("acc_train", "acc_test_id", *CHAIN_OOD_SCORES)
+    ood_scores = CHAIN_OOD_SCORES
     ood_label = "answers on chains of unseen tokens (101..199)"
     offset_label = "hops walked - hops asked (-99: a node before the start, -100: not a node)"
 
