@@ -149,10 +149,12 @@ def test_names_and_config_keys():
         validate(RunConfig(task="chain_search_authors"))
     with pytest.raises(ConfigError, match="hops=9"):
         validate(RunConfig(task="chain_search_authors", hops=9, vocab_size=201))
-    # keys added with issue 17 stay out of a run's identity at their default: old run ids hold
+    # keys added with issue 17 stay out of a run's identity where they do not apply, and at the
+    # value runs had before them (ood_scoring: pooled): old run ids hold for what they computed
     for key in ("ood_scoring", "hops", "chain_nodes"):
-        assert key not in RunConfig().identity()
+        assert key not in RunConfig(ood_scoring="pooled").identity()
         assert key not in RunConfig(task="chain_search").identity()
+    assert RunConfig().identity()["ood_scoring"] == "authors"  # scored otherwise: another run
     assert "hops" in cfg.identity()
 
 
