@@ -94,6 +94,7 @@ class RunConfig:
     # probes
     n_probes: int = 12  # log-spaced probe steps, step 0 and the last included
     n_eval: int = 2000  # training samples scored for acc_train and train_loss
+    merge_probe: bool = False  # at the final probe, merge each layer's condensed groups and score it
     # cosine thresholds tau of the group counts (a list by nature: never a grid)
     thresholds: list[float] = field(default_factory=lambda: [0.7, 0.9, 0.95, 0.99])
 
@@ -145,7 +146,9 @@ LATER_KEYS = {k: FIELDS[k].default for k in (
     # keys added with issue 17 (the authors' chain search, the authors' ood scoring)
     "ood_scoring", "hops", "chain_nodes",
     # issue 13: a run in bf16 or fp16 is another run than the same run in float32
-    "mixed_precision")}
+    "mixed_precision",
+    # issue 16: the merge probe (more rows; a run with it is another run than one without)
+    "merge_probe")}
 # ood scoring before the authors' score existed was the pooled one: runs scored the authors' way
 # (the default now) get new ids, and older folders keep theirs with the scores they hold
 LATER_KEYS["ood_scoring"] = "pooled"

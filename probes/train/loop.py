@@ -40,6 +40,7 @@ from probes.measure.family_units import NO_RD, all_units, neuron_features
 from probes.measure.metrics import Condensation, metric_rows, relative_distance
 from probes.measure.neurons import count_directions, loss_fell
 from probes.store import HEATMAP_UNITS, run_dir, runs_row, write_train_log
+from probes.train.merge_probe import merge_rows
 from probes.train.resume import load_state, save_state
 from tasks.objective import objective_for
 
@@ -262,6 +263,10 @@ class Run:
                     basis=None, threshold=None)
         for metric, value in ev.scores.items():
             self.metrics.append(base | dict(metric=metric, value=value, n_units=ev.counts[metric]))
+        if cfg.merge_probe and step == cfg.steps:  # the condensed groups merged (final probe)
+            self.metrics += merge_rows(model, self.objective, self.eval_data,
+                                       self.accelerator.device, cfg.thresholds,
+                                       dict(run_id=run_id, step=step), ev.scores)
         n_ood = sum(ev.offsets.values())
         for offset, count in ev.offsets.items():
             self.offsets.append(dict(run_id=run_id, step=step, offset=offset, count=count,
