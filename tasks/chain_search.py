@@ -95,8 +95,39 @@ CHAIN_OOD_SCORES = ("ood_inferential", "ood_fewer_hops", "ood_more_hops", "ood_o
                     "ood_other")
 
 
+class ChainScoring:
+    """The ood scoring both chain tasks share: a subclass gives ``_walked(pred, batch)``, the
+    (hops walked, on the chain, in the input) of each prediction (``walked_along``)."""
+
+    score_names = ("acc_train", "acc_test_id", *CHAIN_OOD_SCORES)
+    ood_scores = CHAIN_OOD_SCORES
+
+    def ood_outcomes(self, pred: np.ndarray, batch: dict) -> dict[str, np.ndarray]:
+        """Which candidate each prediction is.
+
+        Args:
+            pred: (n,) int predictions; batch: numpy columns of the same samples.
+
+        Returns:
+            dict of (n,) bool arrays, disjoint and covering: inferential, fewer_hops, more_hops,
+            other_node, other (see the module docstring).
+        """
+        return chain_outcomes(*self._walked(pred, batch), batch["hops"])
+
+    def ood_offsets(self, pred: np.ndarray, ood: dict) -> dict[int, int]:
+        """Histogram of hops walked minus hops asked: offset -> count.
+
+        0 is the inferential answer, -k the start itself, +j j hops too far; a node behind the
+        start or on another chain counts as ``OTHER_NODE`` (-99), a token that is no node as
+        ``NOT_IN_INPUT`` (-100).
+        """
+        if len(pred) == 0:
+            return {}
+        return offset_histogram(*self._walked(pred, ood), ood["hops"])
+
+
 @dataclass
-class ChainSearchTask(ReasoningTask):
+class ChainSearchTask(ChainScoring, ReasoningTask):
     """Generator of ``chain_search_hops``, the suite's chain-search variant with hop anchors (see
     the module docstring; the authors' task is ``tasks.chain_search_authors``) as a DatasetDict.
 
@@ -136,8 +167,6 @@ class ChainSearchTask(ReasoningTask):
     n_ood: int = 2000
     seed: int = 0
 
-    score_names = ("acc_train", "acc_test_id", *CHAIN_OOD_SCORES)
-    ood_scores = CHAIN_OOD_SCORES
     ood_label = "answers at held-out step sizes"
     offset_label = "hops walked - hops asked (-99: another node, -100: not a node)"
 
@@ -266,29 +295,6 @@ class ChainSearchTask(ReasoningTask):
         """``walked_along`` on this task's columns (nodes: the edge tokens)."""
         return walked_along(pred, batch["chain"], batch["depth"],
                             batch["input_ids"][:, :2 * self.n_edges])
-
-    def ood_outcomes(self, pred: np.ndarray, batch: dict) -> dict[str, np.ndarray]:
-        """Which candidate each prediction is.
-
-        Args:
-            pred: (n,) int predictions; batch: numpy columns of the same samples.
-
-        Returns:
-            dict of (n,) bool arrays, disjoint and covering: inferential, fewer_hops, more_hops,
-            other_node, other (see the module docstring).
-        """
-        return chain_outcomes(*self._walked(pred, batch), batch["hops"])
-
-    def ood_offsets(self, pred: np.ndarray, ood: dict) -> dict[int, int]:
-        """Histogram of hops walked minus hops asked: offset -> count.
-
-        0 is the inferential answer, -k the start itself, +j j hops too far; a node behind the
-        start or on another chain counts as ``OTHER_NODE`` (-99), a token that is no node as
-        ``NOT_IN_INPUT`` (-100).
-        """
-        if len(pred) == 0:
-            return {}
-        return offset_histogram(*self._walked(pred, ood), ood["hops"])
 
 
 ChainSearchHopsTask = ChainSearchTask  # the variant's clear name

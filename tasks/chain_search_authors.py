@@ -43,7 +43,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tasks.chain_search import CHAIN_OOD_SCORES, chain_outcomes, offset_histogram, walked_along
+from tasks.chain_search import ChainScoring, walked_along
 from tasks.common import SPLITS, ReasoningTask, check_sizes
 
 STEP_MODULUS = 5
@@ -56,7 +56,7 @@ DEFAULT_CHAIN_NODES = 7  # the authors' seq_len 13 = 2 * 6 edges + 1 start
 
 
 @dataclass
-class ChainSearchAuthorsTask(ReasoningTask):
+class ChainSearchAuthorsTask(ChainScoring, ReasoningTask):
     """Generator of the authors' chain search (arXiv 2405.15302; see the module docstring) as a
     DatasetDict.
 
@@ -88,8 +88,6 @@ class ChainSearchAuthorsTask(ReasoningTask):
     n_ood: int = 2000
     seed: int = 0
 
-    score_names = ("acc_train", "acc_test_id", *CHAIN_OOD_SCORES)
-    ood_scores = CHAIN_OOD_SCORES
     ood_label = "answers on chains of unseen tokens (101..199)"
     offset_label = "hops walked - hops asked (-99: a node before the start, -100: not a node)"
 
@@ -187,23 +185,5 @@ class ChainSearchAuthorsTask(ReasoningTask):
 
     # --- scoring ----------------------------------------------------------------------------
     def _walked(self, pred: np.ndarray, batch: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``walked_along`` on this task's columns (nodes: the edge tokens)."""
         return walked_along(pred, batch["chain"], batch["depth"], batch["input_ids"][:, :-1])
-
-    def ood_outcomes(self, pred: np.ndarray, batch: dict) -> dict[str, np.ndarray]:
-        """Which candidate each prediction is.
-
-        Args:
-            pred: (n,) int predictions; batch: numpy columns of the same samples.
-
-        Returns:
-            dict of (n,) bool arrays, disjoint and covering: inferential, fewer_hops, more_hops,
-            other_node, other (see the module docstring).
-        """
-        return chain_outcomes(*self._walked(pred, batch), batch["hops"])
-
-    def ood_offsets(self, pred: np.ndarray, ood: dict) -> dict[int, int]:
-        """Histogram of hops walked minus hops asked: offset -> count (0 the target, -k the start,
-        -99 a node before the start, -100 a token that is no node of the input)."""
-        if len(pred) == 0:
-            return {}
-        return offset_histogram(*self._walked(pred, ood), ood["hops"])
