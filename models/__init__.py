@@ -23,7 +23,7 @@ FAMILIES = (*LM_FAMILIES, "mlp", "resnet")
 
 def build_model(
     family: str, *, vocab_size: int, n_positions: int, n_embd: int, n_layer: int, n_head: int,
-    d_ff: int | None = None, dropout: float = 0.0,
+    d_ff: int | None = None, dropout: float = 0.0, head_bias: bool = False,
 ) -> PreTrainedModel:
     """Build an untrained causal LM of ``family`` (output head untied from the embedding).
 
@@ -32,9 +32,12 @@ def build_model(
         vocab_size, n_positions, n_embd, n_layer, n_head: the usual sizes.
         d_ff: MLP width (default 3 * n_embd for paper, 4 * n_embd for gpt2).
         dropout: dropout probability on embeddings, attention and MLP outputs.
+        head_bias: paper only: a bias on the output head (PyTorch's default init, which the init
+            rate leaves as drawn).
 
     Raises:
-        ValueError: unknown family, non-positive sizes, or n_embd not divisible by n_head.
+        ValueError: unknown family, non-positive sizes, n_embd not divisible by n_head, or
+            head_bias for gpt2.
     """
     if family not in LM_FAMILIES:
         raise ValueError(f"model_family={family!r} is unknown: accepted are {list(LM_FAMILIES)} "
@@ -45,10 +48,13 @@ def build_model(
             raise ValueError(f"{name}={value} is invalid: accepted is an integer >= 1")
     if n_embd % n_head:
         raise ValueError(f"n_embd={n_embd} is not divisible by n_head={n_head}")
+    if head_bias and family != "paper":
+        raise ValueError(f"head_bias=True applies to model_family 'paper' only, not {family!r}")
     if family == "paper":
         config = PaperGPTConfig(
             vocab_size=vocab_size, n_positions=n_positions, n_embd=n_embd, n_layer=n_layer,
             n_head=n_head, d_head=n_embd // (2 * n_head) or 1, d_ff=d_ff, dropout=dropout,
+            head_bias=head_bias,
         )
         return PaperGPTForCausalLM(config)
     config = GPT2Config(
@@ -88,7 +94,7 @@ def build_for_run(cfg, task) -> tuple[PreTrainedModel, list[dict]]:
     else:
         model = build_model(family, vocab_size=cfg.vocab_size, n_positions=task.seq_len,
                             n_embd=cfg.n_embd, n_layer=cfg.n_layer, n_head=cfg.n_head,
-                            d_ff=cfg.d_ff, dropout=cfg.dropout)
+                            d_ff=cfg.d_ff, dropout=cfg.dropout, head_bias=cfg.head_bias)
     return model, apply_init_rate(model, cfg.gamma, cfg.part_gammas)
 
 

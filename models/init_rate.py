@@ -1,9 +1,11 @@
 """Initialization rate gamma: every weight matrix W with fan-in d_in is drawn from N(0, (d_in^-gamma)^2).
 
 Larger gamma means smaller initialization (arXiv 2405.05409; at d_in = 400, gamma 0.5 gives std
-0.05). Embeddings and the output head count n_embd as d_in. Biases start at 0 and normalization
-layers at weight 1, bias 0. This overrides whatever the model's own ``_init_weights`` did (GPT-2's
-1/sqrt(2 n_layer) rescaling of ``c_proj`` included).
+0.05). Embeddings and the output head count n_embd as d_in. Biases start at 0, except those of the
+modules a model names in its ``init_rate_keeps_bias`` attribute (the paper model's optional head
+bias: PyTorch's default draw, as the authors'), and normalization layers at weight 1, bias 0.
+This overrides whatever the model's own ``_init_weights`` did (GPT-2's 1/sqrt(2 n_layer)
+rescaling of ``c_proj`` included).
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ def apply_init_rate(
     if unknown:
         raise ValueError(f"unknown part(s) {sorted(unknown)} in part_gammas: accepted are {PARTS}")
     seen, records = set(), []
+    keep_bias = set(getattr(model, "init_rate_keeps_bias", ()))
     for name, module in model.named_modules():
         if isinstance(module, _NORMS):
             if getattr(module, "weight", None) is not None:
@@ -100,7 +103,7 @@ def apply_init_rate(
         g = gamma if g is None else check_gamma(g, f"gamma_{part}")
         std = float(d_in) ** -g
         module.weight.normal_(0.0, std, generator=generator)
-        if getattr(module, "bias", None) is not None:
+        if getattr(module, "bias", None) is not None and name not in keep_bias:
             module.bias.zero_()
         records.append({"name": name, "part": part, "d_in": d_in, "gamma": g, "std": std})
     return records

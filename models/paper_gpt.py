@@ -1,7 +1,8 @@
 """The GPT-like model of Zhang, Zhang, Xu et al. (NeurIPS 2024, arXiv 2405.05409).
 
 Post-LayerNorm blocks, learned positional embedding, causal attention with d_k = d_v = n_embd / 2
-per head (single head in the paper), ReLU MLP of width d_ff, and no biases in any projection.
+per head (single head in the paper), ReLU MLP of width d_ff, and no biases in any projection;
+optionally (``head_bias``) a bias on the output head, as in the authors' reference implementation.
 A ``PreTrainedModel`` registered with the ``Auto*`` classes, so ``save_pretrained`` and
 ``AutoModelForCausalLM.from_pretrained`` work once ``models`` is imported.
 """
@@ -34,6 +35,9 @@ class PaperGPTConfig(PretrainedConfig):
         d_ff: MLP width; default 3 * n_embd (the paper's 1200 at 400).
         dropout: dropout on attention output, MLP output and embeddings.
         layer_norm_eps: LayerNorm epsilon.
+        head_bias: give the output head a bias (vocab_size,), drawn by PyTorch's default
+            U(-1/sqrt(n_embd), 1/sqrt(n_embd)) and left so by the init rate, as in the authors'
+            reference implementation (understanding_dl, book_jupyter_composition_task).
     """
 
     model_type = "condensation_paper_gpt"
@@ -49,6 +53,7 @@ class PaperGPTConfig(PretrainedConfig):
         d_ff: int | None = None,
         dropout: float = 0.0,
         layer_norm_eps: float = 1e-5,
+        head_bias: bool = False,
         **kwargs,
     ):
         self.vocab_size = vocab_size
@@ -60,6 +65,7 @@ class PaperGPTConfig(PretrainedConfig):
         self.d_ff = d_ff if d_ff is not None else 3 * n_embd
         self.dropout = dropout
         self.layer_norm_eps = layer_norm_eps
+        self.head_bias = head_bias
         kwargs.setdefault("tie_word_embeddings", False)
         super().__init__(**kwargs)
 
@@ -131,11 +137,14 @@ class PaperGPTForCausalLM(PreTrainedModel, GenerationMixin):
         self.wpe = nn.Embedding(config.n_positions, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
         self.h = nn.ModuleList(PaperBlock(config) for _ in range(config.n_layer))
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=config.head_bias)
+        # models.init_rate.apply_init_rate leaves these biases as PyTorch drew them
+        self.init_rate_keeps_bias = ("lm_head",) if config.head_bias else ()
         self.post_init()
 
     def _init_weights(self, module):
         # Placeholder init; experiments re-initialize with models.init_rate.apply_init_rate.
+        # Linear biases (only the optional head bias) keep PyTorch's default draw.
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, std=0.02)
         elif isinstance(module, nn.LayerNorm):

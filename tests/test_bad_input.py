@@ -106,6 +106,8 @@ CASES = [
     ("dropout 1.5", "run", None, ["--dropout", "1.5"], "dropout=1.5"),
     ("threshold 1.5", "run", None, ["--thresholds", "[0.9, 1.5]"], "thresholds"),
     ("zero steps", "run", None, ["--steps", "0"], "steps=0"),
+    ("negative seed", "run", None, ["--seed", "-1"], "seed=-1"),
+    ("negative data_seed", "run", None, ["--data_seed", "-3"], "data_seed=-3"),
     ("stray argument", "run", None, ["foo"], "unexpected argument 'foo'"),
     ("empty grid", "run", None, ["--gamma", "[]"], "empty grid"),
     ("output_dir is a file", "run", "out_file", [], "is a file"),

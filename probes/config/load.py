@@ -215,6 +215,21 @@ def validate(cfg: RunConfig) -> None:
     for key in ("weight_decay", "grad_clip", "warmup_steps", "save_every"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"{key}={getattr(cfg, key)} is invalid: accepted is a number >= 0")
+    for key in ("seed", "data_seed"):  # numpy and accelerate take seeds in [0, 2^32)
+        if not 0 <= getattr(cfg, key) < 2**32:
+            raise ConfigError(f"{key}={getattr(cfg, key)} is invalid: accepted is an integer in "
+                              f"[0, 2^32)")
+    if not 0 <= cfg.lr_warmup_start <= 1:
+        raise ConfigError(f"lr_warmup_start={cfg.lr_warmup_start} is invalid: accepted is a number "
+                          f"in [0, 1] (the warm-up's start as a fraction of lr)")
+    if not 0 <= cfg.lr_min < cfg.lr:
+        raise ConfigError(f"lr_min={cfg.lr_min} is invalid: accepted is a number in [0, lr={cfg.lr})")
+    if cfg.lr_min and cfg.lr_schedule != "cosine":
+        raise ConfigError(f"lr_min={cfg.lr_min} applies to lr_schedule 'cosine' only: accepted for "
+                          f"{cfg.lr_schedule!r} is 0")
+    if cfg.head_bias and cfg.model_family != "paper":
+        raise ConfigError(f"head_bias=true applies to model_family 'paper' only: accepted for "
+                          f"{cfg.model_family!r} is false")
     if not 0 <= cfg.dropout < 1:
         raise ConfigError(f"dropout={cfg.dropout} is invalid: accepted is a number in [0, 1)")
     if cfg.num_threads is not None and cfg.num_threads < 1:

@@ -70,6 +70,7 @@ class RunConfig:
     d_ff: int | None = None  # MLP width (None: 3 n_embd for paper, 4 n_embd for gpt2)
     vocab_size: int = 128  # token vocabulary size
     dropout: float = 0.0  # dropout probability
+    head_bias: bool = False  # paper: a bias on the output head (PyTorch's default init, kept)
     width: int = 100  # mlp: hidden neurons m
     activation: str = "relu"  # mlp: relu | tanh | sigmoid | softplus | xtanh
     # initialization rate: std = d_in^-gamma; a part's own gamma overrides when set
@@ -88,6 +89,8 @@ class RunConfig:
     lr: float = 1e-3  # peak learning rate
     weight_decay: float = 0.01  # weight decay (decoupled for adamw, L2 otherwise)
     warmup_steps: int = 100  # steps of linear learning-rate warm-up
+    lr_warmup_start: float = 0.0  # warm-up starts at this fraction of lr, in [0, 1] (authors: 0.05)
+    lr_min: float = 0.0  # cosine: the floor the learning rate decays to, in [0, lr) (authors: 1e-5)
     grad_clip: float = 1.0  # clip the gradient norm to this (0: no clipping)
     mixed_precision: str = "no"  # no | fp16 | bf16; unset: accelerate launch --mixed_precision
     seed: int = 0  # seed of the model's init and the batch order
@@ -148,7 +151,9 @@ LATER_KEYS = {k: FIELDS[k].default for k in (
     # issue 13: a run in bf16 or fp16 is another run than the same run in float32
     "mixed_precision",
     # issue 16: the merge probe (more rows; a run with it is another run than one without)
-    "merge_probe")}
+    "merge_probe",
+    # issue 15: the authors' schedule (warm-up start, cosine floor) and the paper family's head bias
+    "lr_warmup_start", "lr_min", "head_bias")}
 # ood scoring before the authors' score existed was the pooled one: runs scored the authors' way
 # (the default now) get new ids, and older folders keep theirs with the scores they hold
 LATER_KEYS["ood_scoring"] = "pooled"

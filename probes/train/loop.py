@@ -21,6 +21,7 @@ a fresh gradient scale, kept in its resumable state.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import time
@@ -32,7 +33,6 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
-from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
 from models import build_for_run
 from probes.config import RunConfig, effective_lr
@@ -82,11 +82,37 @@ def make_optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:
     return kinds[cfg.optimizer](params, lr=effective_lr(cfg), weight_decay=cfg.weight_decay)
 
 
-def make_scheduler(cfg: RunConfig, optimizer):
-    """Linear warm-up over ``warmup_steps``, then cosine decay to 0 at ``steps`` or constant."""
+def lr_factor(step: int, cfg: RunConfig) -> float:
+    """The learning rate at scheduler step ``step`` (0-based: optimizer step ``step`` + 1 uses it)
+    as a fraction of the peak ``lr``. With W = warmup_steps, S = steps, s0 = lr_warmup_start and
+    m = lr_min / lr:
+
+        step < W:  s0 + (1 - s0) * step / W                        (linear warm-up from s0 lr)
+        else:      cosine:   max(0, m + (1 - m) * (1 + cos(pi * p)) / 2),  p = (step - W) / (S - W)
+                   constant: 1
+
+    (max(1, .) guards W = 0 and S = W). At s0 = m = 0 this is, float for float, transformers'
+    ``get_cosine_schedule_with_warmup`` / ``get_constant_schedule_with_warmup``; the authors'
+    reference run (GradualWarmupScheduler x20 over 10 epochs, then CosineAnnealingLR to eta_min
+    over 200 epochs) is s0 = 0.05, lr_min = 1e-5 at lr 2e-4, W = 3,700, S = 77,700.
+    """
+    w = cfg.warmup_steps
+    if step < w:
+        return cfg.lr_warmup_start + (1.0 - cfg.lr_warmup_start) * (float(step) / float(max(1, w)))
     if cfg.lr_schedule == "constant":
-        return get_constant_schedule_with_warmup(optimizer, cfg.warmup_steps)
-    return get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.steps)
+        return 1.0
+    progress = float(step - w) / float(max(1, cfg.steps - w))
+    floor = cfg.lr_min / cfg.lr
+    factor = 0.5 * (1.0 + math.cos(math.pi * progress))
+    return max(0.0, factor * (1 - floor) + floor)
+
+
+def make_scheduler(cfg: RunConfig, optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warmup_steps`` from ``lr_warmup_start`` of the peak, then cosine
+    decay to ``lr_min`` at ``steps`` (``lr_schedule: cosine``) or constant (see ``lr_factor``).
+    The factor multiplies the optimizer's learning rate (``effective_lr``), so under
+    ``lr_scaling: ntk`` the floor is scaled with the peak."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(lr_factor, cfg=cfg))
 
 
 class Run:
