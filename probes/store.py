@@ -185,8 +185,9 @@ def save_run(result) -> dict:
             model, init_records).
 
     All or nothing: the folder is written whole into a staging folder beside it, then put in
-    place of the old one (files the training process wrote there, such as its log, are carried
-    over; the resumable state is dropped). ``run.json`` marks it finished.
+    place of the old one: the training log the training process wrote there is carried over, the
+    resumable state and any file of an earlier run of the same id are dropped. ``run.json`` marks
+    it finished.
     """
     cfg, folder = result.cfg, run_dir(result.cfg)
     stage = staging_dir(folder)
@@ -206,10 +207,8 @@ def save_run(result) -> dict:
         if result.heatmap is not None:
             save_heatmap(stage / HEATMAP, result.heatmap)
         atomic_write_text(stage / RUN_JSON, json.dumps(row, indent=1, default=float))
-        if folder.is_dir():
-            for p in folder.iterdir():
-                if not (stage / p.name).exists() and p.name not in (STATE, f".{STATE}.old"):
-                    os.replace(p, stage / p.name)
+        if (folder / TRAIN_LOG).is_file():  # written by the training process while it ran
+            os.replace(folder / TRAIN_LOG, stage / TRAIN_LOG)
         replace_folder(stage, folder)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
