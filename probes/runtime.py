@@ -47,3 +47,15 @@ def hub_progress_bars_off():
     finally:
         if was_on:
             hf_logging.enable_progress_bar()
+
+
+def bf16_native() -> bool:
+    """Whether this CPU multiplies bf16 natively (oneDNN's check: AVX512-BF16 or AMX).
+
+    Without it, PyTorch emulates bf16 matmuls on the CPU at about 1% of float32's rate (measured
+    on an AVX2 EPYC: 0.8 against 69 GFLOP/s), so bf16 autocast there is far slower, not faster.
+    """
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN: no native path either
+        return False

@@ -206,3 +206,27 @@ def test_progress_bars_switched_off_only_inside():
         pass
     assert not hf_logging.is_progress_bar_enabled()
     hf_logging.enable_progress_bar()
+
+
+def test_last_position_only_trains_the_same_run_to_float_rounding(tmp_path):
+    # issue 14: the fast path computes the last block and the head at the last position only;
+    # the independent computation is the same run with the full forward
+    scores = []
+    for last_only in (False, True):
+        cfg, task, data = tiny_run(output_dir=str(tmp_path / str(last_only)), steps=10,
+                                   last_position_only=last_only)
+        scores.append(Run(cfg, task, data, Accelerator(cpu=True)).train().row)
+    for key in ("train_loss", "acc_train", "acc_test_id"):
+        assert scores[1][key] == pytest.approx(scores[0][key], rel=1e-4, abs=1e-4), key
+    a, b = RunConfig(), RunConfig(last_position_only=True)
+    assert "last_position_only" not in a.identity() and a.run_id != b.run_id
+
+
+def test_last_position_only_refused_for_models_without_positions(tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["--config", str(ROOT / "configs" / "mlp_initial.yaml"), "--output_dir", str(out),
+            "--last_position_only", "true"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "last_position_only=true" in err[0] and "'mlp'" in err[0]
+    assert not out.exists()

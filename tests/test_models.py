@@ -117,3 +117,35 @@ def test_init_std_examples_from_paper():
     # SCIENCE.md: at d_in = 400, gamma 0.1 -> 0.55, 0.5 -> 0.05, 0.8 -> 0.0083
     for gamma, std in ((0.1, 0.55), (0.5, 0.05), (0.8, 0.0083)):
         assert math.isclose(400**-gamma, std, rel_tol=0.01)
+
+
+@pytest.mark.parametrize("family", ["paper", "gpt2"])
+@pytest.mark.parametrize("n_layer", [1, 3])
+def test_last_position_only_gives_the_full_forwards_last_logits(family, n_layer):
+    # the independent computation: the full forward, every position, then its last row
+    torch.manual_seed(0)
+    model = build_model(family, **SIZES | dict(n_layer=n_layer, n_positions=9)).eval()
+    apply_init_rate(model, 0.5)
+    x = torch.randint(0, SIZES["vocab_size"], (32, 9))
+    with torch.no_grad():
+        full = model(input_ids=x).logits[:, -1]
+        last = model(input_ids=x, logits_to_keep=1).logits
+    assert last.shape == (32, 1, SIZES["vocab_size"])
+    torch.testing.assert_close(last[:, 0], full, rtol=1e-5, atol=1e-5)
+
+
+def test_last_position_only_gradients_match_and_bad_values_refused():
+    torch.manual_seed(0)
+    model = build_model("paper", **SIZES | dict(n_positions=9))
+    apply_init_rate(model, 0.5)
+    x, y = torch.randint(0, SIZES["vocab_size"], (16, 9)), torch.randint(0, SIZES["vocab_size"], (16,))
+    grads = []
+    for keep in (0, 1):
+        model.zero_grad()
+        nn.functional.cross_entropy(model(input_ids=x, logits_to_keep=keep).logits[:, -1], y).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="logits_to_keep=2"):
+        model(input_ids=x, logits_to_keep=2)
+    with pytest.raises(ValueError, match="logits_to_keep=1"):
+        model(input_ids=x, labels=x, logits_to_keep=1)

@@ -227,6 +227,9 @@ def validate(cfg: RunConfig) -> None:
     if cfg.lr_min and cfg.lr_schedule != "cosine":
         raise ConfigError(f"lr_min={cfg.lr_min} applies to lr_schedule 'cosine' only: accepted for "
                           f"{cfg.lr_schedule!r} is 0")
+    if cfg.last_position_only and cfg.model_family not in ("paper", "gpt2"):
+        raise ConfigError(f"last_position_only=true applies to model_family 'paper' or 'gpt2' "
+                          f"only, not {cfg.model_family!r}")
     if cfg.head_bias and cfg.model_family != "paper":
         raise ConfigError(f"head_bias=true applies to model_family 'paper' only: accepted for "
                           f"{cfg.model_family!r} is false")

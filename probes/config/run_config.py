@@ -93,6 +93,7 @@ class RunConfig:
     lr_min: float = 0.0  # cosine: the floor the learning rate decays to, in [0, lr) (authors: 1e-5)
     grad_clip: float = 1.0  # clip the gradient norm to this (0: no clipping)
     mixed_precision: str = "no"  # no | fp16 | bf16; unset: accelerate launch --mixed_precision
+    last_position_only: bool = False  # paper/gpt2: loss and answers from the last position only
     seed: int = 0  # seed of the model's init and the batch order
     # probes
     n_probes: int = 12  # log-spaced probe steps, step 0 and the last included
@@ -153,7 +154,9 @@ LATER_KEYS = {k: FIELDS[k].default for k in (
     # issue 16: the merge probe (more rows; a run with it is another run than one without)
     "merge_probe",
     # issue 15: the authors' schedule (warm-up start, cosine floor) and the paper family's head bias
-    "lr_warmup_start", "lr_min", "head_bias")}
+    "lr_warmup_start", "lr_min", "head_bias",
+    # issue 14: the last block and the head at the last position only (equal to float rounding)
+    "last_position_only")}
 # ood scoring before the authors' score existed was the pooled one: runs scored the authors' way
 # (the default now) get new ids, and older folders keep theirs with the scores they hold
 LATER_KEYS["ood_scoring"] = "pooled"

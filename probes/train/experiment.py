@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from probes.config import ConfigError, expand, load_config, parse_overrides
 from probes.report.experiment import write_all
-from probes.runtime import configure_threads
+from probes.runtime import bf16_native, configure_threads
 from probes.store import OutputError, check_output_dir, finished, save_run
 from probes.train.loop import Run
 from probes.train.usage import key_help
@@ -112,6 +112,9 @@ def main(argv: list[str]) -> int:
     accelerator = Accelerator(cpu=not torch.accelerator.is_available(),
                               mixed_precision=cfgs[0].mixed_precision)
     threads = configure_threads(cfgs[0].num_threads, accelerator.num_processes)
+    if accelerator.mixed_precision == "bf16" and accelerator.device.type == "cpu" and not bf16_native():
+        accelerator.print("warning: this CPU has no native bf16 matmul (no AVX512-BF16 or AMX): "
+                          "bf16 autocast runs far slower than float32 here (~1% of its rate)")
     for cfg in {(c.warmup_steps, c.steps): c for c in cfgs}.values():
         if cfg.warmup_steps >= cfg.steps:
             accelerator.print(f"warning: warmup_steps={cfg.warmup_steps} >= steps={cfg.steps}: "

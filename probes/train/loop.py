@@ -120,7 +120,7 @@ class Run:
 
     def __init__(self, cfg: RunConfig, task, data: dict, accelerator: Accelerator):
         self.cfg, self.task, self.data, self.accelerator = cfg, task, data, accelerator
-        self.objective = objective_for(task)
+        self.objective = objective_for(task, cfg.last_position_only)
         self.eval_data = {s: {k: v[: cfg.n_eval] if s == "train" else v for k, v in data[s].items()}
                           for s in data}
         self.metrics, self.offsets, self.neurons, self.last_neurons = [], [], [], []
