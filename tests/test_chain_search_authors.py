@@ -172,4 +172,4 @@ def test_authors_presets(preset, task, n_runs):
         assert built.held_pairs == [(3, 4), (4, 3)] and built.ood_pairs == [(4, 3)]
         assert built.ood_scoring == "authors"
     else:
-        assert (built.k, built.seq_len) == (2, 13)
+        assert (built.k, built.seq_len) == (1, 13) and runs[0].gamma == 1.0
