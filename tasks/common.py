@@ -10,9 +10,12 @@ out-of-distribution split) and the class attributes ``score_names`` and ``ood_sc
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from datasets import Dataset, DatasetDict
+
+if TYPE_CHECKING:  # imported where used: datasets takes a second to import
+    from datasets import Dataset, DatasetDict
 
 SPLITS = ("train", "test_id", "ood")
 # key rule of each split: train keys, test keys, or every key (the ood split)
@@ -34,6 +37,8 @@ def histogram(values: np.ndarray) -> dict[int, int]:
 
 def to_dataset(columns: dict) -> Dataset:
     """Numpy columns (equal first dimension) as a ``datasets.Dataset`` in numpy format."""
+    from datasets import Dataset
+
     return Dataset.from_dict(columns).with_format("numpy")
 
 
@@ -174,6 +179,8 @@ class ReasoningTask:
     def build(self) -> DatasetDict:
         """Generate the splits train, test_id, ood (in that order, from one generator seeded with
         ``seed``): deterministic in ``seed``."""
+        from datasets import DatasetDict
+
         rng = np.random.default_rng(self.seed)
         return DatasetDict({s: to_dataset(self.sample(rng, getattr(self, f"n_{s}"), s))
                             for s in SPLITS})

@@ -23,9 +23,12 @@ in the rest of the family (tasks.common.KeySplit).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from datasets import Dataset, DatasetDict
+
+if TYPE_CHECKING:  # imported where used: datasets takes a second to import
+    from datasets import Dataset, DatasetDict
 
 from tasks.common import KeySplit, anchor_sequences
 
@@ -130,6 +133,8 @@ class CompositeTask:
     # --- generation -------------------------------------------------------------------------
     def build(self) -> DatasetDict:
         """Generate the three splits (train, test_id, ood); deterministic in ``seed``."""
+        from datasets import DatasetDict
+
         rng = np.random.default_rng(self.seed)
         seen = np.array(self.seen_pairs)
         held = np.array([HELD_OUT_PAIR])
@@ -191,6 +196,8 @@ class CompositeTask:
 
     @staticmethod
     def _dataset(columns: dict) -> Dataset:
+        from datasets import Dataset
+
         return Dataset.from_dict(columns).with_format("numpy")
 
     # --- scoring ----------------------------------------------------------------------------

@@ -24,11 +24,14 @@ when rel_err_train <= 0.01.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from datasets import Dataset, DatasetDict
+
+if TYPE_CHECKING:  # imported where used: datasets takes a second to import
+    from datasets import DatasetDict
 
 from tasks.objective import Evaluation
 
@@ -61,6 +64,8 @@ class RegressionTask:
 
     @staticmethod
     def _splits(x_train, x_test, target) -> DatasetDict:
+        from datasets import Dataset, DatasetDict
+
         def columns(x):
             x = np.asarray(x, dtype=np.float64)
             return {"inputs": x.astype(np.float32), "target": target(x).astype(np.float32)}

@@ -25,11 +25,14 @@ import gzip
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from datasets import Dataset, DatasetDict
+
+if TYPE_CHECKING:  # imported where used: datasets takes a second to import
+    from datasets import DatasetDict
 
 from tasks.objective import Evaluation
 
@@ -165,6 +168,7 @@ class ImageTask:
 
     def build(self) -> DatasetDict:
         """Load, split (stratified), resize and standardize; deterministic in ``seed``."""
+        from datasets import Dataset, DatasetDict
         from sklearn.model_selection import train_test_split
 
         images, labels = load_images(self.image_source)

@@ -36,6 +36,10 @@ def test_fold_norm_matches_the_layer_it_replaces():
     assert rms.shape == (n, d) and torch.allclose(rms, w * g, atol=1e-6)
     with pytest.raises(ValueError, match="does not fit"):
         fold_norm(w, d, torch.ones(d + 1))
+    # the RMSNorm fold multiplies in float32: bit for bit the float64 product rounded to float32
+    for gain in (g, g.bfloat16()):
+        exact = torch.cat([(w.double() * gain.double()).float(), c[:, None]], dim=1)
+        assert torch.equal(fold_norm(rows, d, gain), exact)
 
 
 def probe(folder, out, *args):

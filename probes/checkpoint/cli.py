@@ -46,7 +46,7 @@ from probes.store import (
 DEFAULT_OUTPUT = "reports/checkpoints"
 OPTIONS = ("--checkpoint", "--output_dir", "--probe_inputs", "--probe_samples", "--allow_pickle",
            "--trust_remote_code", "--thresholds", "--heatmap_layers", "--heatmap_component",
-           "--num_threads", "--fold_norms", "--activation_point")
+           "--num_threads", "--fold_norms", "--activation_point", "--merge_probe")
 USAGE = """usage: accelerate launch probes/run.py --checkpoint DIR [--checkpoint DIR2 ...] [options]
 
   --checkpoint PATH        a save_pretrained folder, a folder of checkpoint-N / step_N folders
@@ -63,6 +63,9 @@ USAGE = """usage: accelerate launch probes/run.py --checkpoint DIR [--checkpoint
                            into its rows, as TransformerLens's fold_ln (default true)
   --activation_point P     activation basis: pre (projection outputs, default) or post (MLP
                            neurons after their nonlinearity); dead units are counted either way
+  --merge_probe BOOL       with --probe_inputs (text or token task) and a causal LM: merge each
+                           condensed group into one unit, per layer and all at once, at each
+                           threshold, and report the next-token loss (default false)
   --heatmap_component C    component drawn (default attn.q, else the first component)
   --num_threads N          threads (default: all cores / processes)"""
 
@@ -104,10 +107,17 @@ def parse_args(argv: list[str]) -> Options:
     p.add_argument("--num_threads")
     p.add_argument("--fold_norms", default="true")
     p.add_argument("--activation_point", default="pre")
+    p.add_argument("--merge_probe", default="false")
     a = p.parse_args(argv)
     fold = load_yaml(a.fold_norms) if a.fold_norms.strip() else None
     if not isinstance(fold, bool):
         raise CheckpointError(f"--fold_norms {a.fold_norms!r} is invalid: accepted are true and false")
+    merge = load_yaml(a.merge_probe) if a.merge_probe.strip() else None
+    if not isinstance(merge, bool):
+        raise CheckpointError(f"--merge_probe {a.merge_probe!r} is invalid: accepted are true and false")
+    if merge and not a.probe_inputs:
+        raise CheckpointError("--merge_probe true needs --probe_inputs: accepted are a text file of "
+                              "lines or a token task, whose next-token loss the merges are scored by")
     if a.activation_point not in ACTIVATION_POINTS:
         raise CheckpointError(f"--activation_point {a.activation_point!r} is invalid: accepted are "
                               f"{', '.join(ACTIVATION_POINTS)}")
@@ -123,7 +133,7 @@ def parse_args(argv: list[str]) -> Options:
     layers = _number_list(a.heatmap_layers, "--heatmap_layers", int) if a.heatmap_layers else None
     return Options(a.checkpoint, Path(a.output_dir), a.probe_inputs, positive["probe_samples"],
                    a.allow_pickle, a.trust_remote_code, thresholds, layers, a.heatmap_component,
-                   positive["num_threads"], fold, a.activation_point)
+                   positive["num_threads"], fold, a.activation_point, merge_probe=merge)
 
 
 def main(argv: list[str]) -> int:

@@ -31,6 +31,7 @@ from probes.checkpoint.discover import (
     unique_run_ids,
 )
 from probes.checkpoint.gguf import load_gguf
+from probes.checkpoint.merge import check_merge, merge_rows
 from probes.checkpoint.validate import check_batch, check_index, check_weights
 from probes.measure.architectures import Layout, UnsupportedModel, discover_layout, layout_for
 from probes.measure.metrics import Condensation, metric_rows
@@ -54,6 +55,7 @@ class Options:
     num_threads: int | None
     fold_norms: bool = True
     activation_point: str = "pre"
+    merge_probe: bool = False  # merge rows (probes.checkpoint.merge); needs probe_inputs
 
     @property
     def heatmap_threshold(self) -> float:
@@ -153,6 +155,8 @@ def plan_all(opts: Options) -> tuple[list[Plan], list[str]]:
     if opts.probe_inputs:
         for plan in plans:
             notes += check_inputs(plan, opts)
+            if opts.merge_probe:
+                check_merge(plan, opts.trust_remote_code)
     return plans, list(dict.fromkeys(notes))
 
 
@@ -201,11 +205,12 @@ class Fitter:
         torch.set_num_threads(self.torch_threads)
         self.limits.restore_original_limits()
 
-    def submit(self, units: torch.Tensor, dead: torch.Tensor | None = None):
+    def submit(self, units: torch.Tensor, dead: torch.Tensor | None = None, order: bool = True):
         """Fit ``units`` (n_units, dim) float32 CPU in the pool (``dead``: (n_units,) bool units
-        to leave out, or None); returns the Future of the fit."""
+        to leave out, or None; ``order``: keep the dendrogram order for a heat map); returns the
+        Future of the fit."""
         dead = None if dead is None else dead.numpy()
-        return self.pool.submit(Condensation(self.thresholds).fit, units.numpy(), dead)
+        return self.pool.submit(Condensation(self.thresholds, order=order).fit, units.numpy(), dead)
 
 
 @dataclass
@@ -235,6 +240,10 @@ class Prober:
         self.measure("weight", (self.weight_sets(b) for b in plan.layout.blocks))
         if self.opts.probe_inputs:
             self.measure("activation", self.activation_sets())
+        if self.opts.merge_probe:  # last: it folds the model's norm gains
+            self.metrics += merge_rows(self.load_model(), plan.batch, self.opts.thresholds,
+                                       dict(run_id=plan.ckpt.run_id, step=plan.ckpt.step),
+                                       self.device, self.opts.fold_norms, self.fitter.torch_threads)
         plan.source = plan.model = plan.batch = None  # free memory before the next checkpoint
         row = dict(run_id=plan.ckpt.run_id, step=plan.ckpt.step, checkpoint=str(plan.ckpt.path),
                    format=plan.fmt, model_type=plan.config.model_type,
@@ -260,11 +269,16 @@ class Prober:
         """Fit every unit set of every layer; at most two layers are in flight at once."""
         pending = deque()
         for sets in layers:
-            pending.append((sets, [self.fitter.submit(u.units, u.dead) for u in sets]))
+            pending.append((sets, [self.fitter.submit(u.units, u.dead, self.drawn(u)) for u in sets]))
             if len(pending) > 1:
                 self.collect(basis, *pending.popleft())
         while pending:
             self.collect(basis, *pending.popleft())
+
+    def drawn(self, u) -> bool:
+        """Whether unit set ``u`` (a UnitSet) is drawn as a heat map (its fit keeps the order)."""
+        return (self.plan.draw and u.layer in self.plan.draw_layers and u.head is None
+                and u.component == self.plan.component)
 
     def collect(self, basis: str, sets, futures) -> None:
         """The metrics rows (and heat-map panels) of one layer's fitted unit sets."""
@@ -280,8 +294,7 @@ class Prober:
             base = dict(run_id=ckpt.run_id, step=ckpt.step, layer=u.layer, component=u.component,
                         head=u.head, basis=basis)
             self.metrics += metric_rows(fit, base)
-            if (self.plan.draw and u.layer in self.plan.draw_layers and u.head is None
-                    and u.component == self.plan.component and fit.n_units_ > 1):
+            if self.drawn(u) and fit.n_units_ > 1:
                 cosine, stride = fit.ordered_cosine()
                 self.maps.append(dict(basis=basis, layer=u.layer, cosine=cosine, stride=stride,
                                       n_units=fit.n_units_, threshold=self.threshold,

@@ -6,7 +6,8 @@ split into groups of one input direction computes what a narrower network (one n
 computes; the condensation papers (Xu, Zhang, Zhou, arXiv 2504.09484; Zhang et al., NeurIPS 2024,
 arXiv 2405.05409 for the rows of W_Q) find such groups. Merging the groups that
 ``metrics.Condensation`` finds at a threshold tau and measuring the merged network checks that
-the groups are functionally one unit.
+the groups are functionally one unit. The sites (which layers, as views into the parameters) are
+``probes.measure.merge_sites``.
 
 The merges (v_k: neuron k's input row with its bias appended, as the units of ``units.py``;
 x~ = (x, 1); groups from complete linkage on cosine cut at tau, as ``Condensation``):
@@ -18,13 +19,33 @@ x~ = (x, 1); groups from complete linkage on cosine cut at tau, as ``Condensatio
 - Other activations (GELU, tanh, SiLU, sigmoid, softplus): the group's mean row and the summed
   output columns, sigma(mean_k v_k . x~) sum_k a_k: exact only when the rows are equal (not just
   parallel), otherwise approximate, measured.
+- Gated MLPs (Llama family: out = sum_k a_k silu(g_k . x) (h_k . x), gate row g_k, up row h_k):
+  a group is a set of neurons whose gate rows AND up rows are each in one group at tau (the
+  intersection of the two partitions). Its merged neuron has gate row mean_k g_k, up row
+  u = sum_k h_k / |sum_k h_k| and output column sum_k (h_k . u) a_k: EXACT when the gate rows are
+  equal and the up rows parallel (the up projection is linear, so only the gate needs equality);
+  otherwise approximate, measured. A neuron whose gate or up row is ~0 is zeroed (exact when
+  exactly 0: silu(0) = 0).
 - Attention query rows: a head's scores are sum_r (q_r . x~_i)(k_r . x~_j) (q_r, k_r: rows of W_Q,
   W_K with their biases). Query rows q_r = c_r u of one group merge EXACTLY into one query row u
   and one key row sum_r c_r k_r; the head's d_k falls to its number of groups. Groups never cross
   heads (each head has its own softmax). The scale 1 / sqrt(d_head) stays, since rows are zeroed,
-  not removed. This holds with learned (added) positions, as in GPT-2 and the paper's model; with
-  RoPE the rotation applied to row pair (2i, 2i + 1) differs per pair, so q_r . R x differs per
-  row and parallel rows no longer share one scalar: there it would not be exact (no reader here).
+  not removed. This holds with learned (added) positions, as in GPT-2 and the paper's model.
+- Grouped-query attention (n_kv_head < n_head): a key row serves the G = n_head / n_kv_head query
+  heads that read its key head, so merging it for one query head changes it for the others. A
+  group is therefore a set of rows r that fall in one group in EVERY query head of the key head
+  (intersection of the G partitions); with u_h the group's mean direction in head h and
+  C[h, r] = q^h_r . u_h, the best rank-1 C ~ s a b^T gives query rows s a_h u_h and one shared
+  key row sum_r b_r k_r. EXACT when each head's rows are parallel and C has rank 1 (the heads'
+  coefficient vectors are proportional; always true for G = 1, where this is the merge above);
+  otherwise measured. A row is zeroed only when its query row is ~0 in all G heads.
+- RoPE (Llama family): the rows (i, i + d_head / 2) of q and k are rotated together by the angle
+  theta_i (n - m) of the query-key distance, a different frequency theta_i per pair. The score is
+  sum_i (Q_i x_m)^T R(theta_i (n - m)) (K_i x_n) over 2-row blocks, so a row merge that moves key
+  row k_r into the slot of another row (another pair, another frequency) is NOT exact, and no
+  pair-level merge is either: within a pair the rotation mixes both rows, and no two pairs of a
+  head share a frequency. Merges there are approximate (near-exact only for low-frequency pairs
+  at short distances, where R ~ I); they are done as above and measured.
 - The merged model is a copy of the model with the same architecture: each group's first member
   (the one of largest norm) holds the merged unit and the other members are zeroed (input row,
   bias and output column; query and key rows). Units of norm below ``zero_tol`` times the layer's
@@ -37,265 +58,204 @@ x~ = (x, 1); groups from complete linkage on cosine cut at tau, as ``Condensatio
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from probes.measure.architectures import UnsupportedModel
-from probes.measure.metrics import Condensation
+from probes.measure.merge_rows import (
+    augmented,
+    group_labels,
+    group_labels_at,
+    merge_gated,
+    merge_neurons,
+    merge_query_rows,
+    merge_query_rows_shared,
+)
+from probes.measure.merge_sites import (
+    AttnSite,
+    GatedMlpSite,
+    MlpSite,
+    Site,
+    fold_norm_gains,
+    merge_sites,
+)
+
+__all__ = ["UnsupportedModel", "AttnSite", "GatedMlpSite", "MlpSite", "Site", "merge_sites",
+           "fold_norm_gains", "group_labels", "group_labels_at", "merge_neurons", "merge_gated",
+           "merge_query_rows", "merge_query_rows_shared", "site_labels", "merge_site",
+           "merged_in_place", "merge_model", "Merged"]
 
 HOMOGENEOUS = ("relu",)  # degree-1 positively homogeneous: the neuron merge is exact
-MERGE_COMPONENTS = ("mlp.in", "attn.q")  # what ``merge_model`` merges: MLP neurons, query rows
+MERGE_COMPONENTS = ("mlp.in", "mlp.gate_up", "attn.q")  # what ``merge_model`` merges
 
 
-@dataclass
-class MlpSite:
-    """One MLP layer of a model, as views into its parameters in (d_out, d_in) orientation:
-    ``w_in`` (m, d), ``b_in`` (m,) or None, ``w_out`` (out, m); ``activation`` by name."""
-
-    layer: int
-    w_in: torch.Tensor
-    b_in: torch.Tensor | None
-    w_out: torch.Tensor
-    activation: str
-    component: str = "mlp.in"
-
-
-@dataclass
-class AttnSite:
-    """One attention layer: query and key rows (views, (n_head * d_head, d)), their biases (or
-    None) and the number of heads (rows split into consecutive chunks of d_head)."""
-
-    layer: int
-    q_w: torch.Tensor
-    q_b: torch.Tensor | None
-    k_w: torch.Tensor
-    k_b: torch.Tensor | None
-    n_head: int
-    component: str = "attn.q"
+def _combine(labels: list[np.ndarray], zero_when_any: bool) -> np.ndarray:
+    """One partition from several of the same units: units share a group iff they share one in
+    every partition. A unit labelled 0 in any (``zero_when_any``) or in all partitions gets 0; one
+    labelled 0 in only some of them is a singleton."""
+    stack = np.stack(labels, axis=1)
+    zero = (stack == 0).any(1) if zero_when_any else (stack == 0).all(1)
+    out, ids = np.zeros(len(stack), dtype=np.int64), {}
+    for i, row in enumerate(map(tuple, stack)):
+        if not zero[i]:
+            out[i] = ids.setdefault(row if 0 not in row else ("single", i), len(ids) + 1)
+    return out
 
 
-def merge_sites(model) -> list[MlpSite | AttnSite]:
-    """The layers ``merge_model`` can merge, in layer order (attention before MLP per layer).
+def _heads(site: AttnSite, j: int) -> tuple[range, slice]:
+    """The query heads that read key head j, and key head j's rows."""
+    n_rows = site.q_w.shape[0] // site.n_head
+    per_kv = site.n_head // site.n_kv_head
+    return range(j * per_kv, (j + 1) * per_kv), slice(j * n_rows, (j + 1) * n_rows)
+
+
+def site_labels(site: Site, thresholds, zero_tol: float = 1e-8) -> dict:
+    """The groups that ``merge_site`` merges, at every threshold (one ``Condensation`` fit per
+    unit set): computing them once lets a caller merge one site at several thresholds.
 
     Args:
-        model: a live model of type ``condensation_mlp`` (the two-layer net: one MLP site, layer
-            0), ``condensation_paper_gpt`` (the paper's model) or ``gpt2`` (Conv1D weights are
-            read transposed; c_attn split into q | k | v).
+        site: from ``merge_sites``; thresholds: cosine thresholds tau in (0, 1).
+        zero_tol: units with norm < zero_tol * the set's median norm are zeroed (label 0).
 
     Returns:
-        sites whose tensors are views of the model's parameters (editing them edits the model).
+        {tau: labels}: for an MLP site (m,) int64 (gated: gate and up groups intersected, 0 where
+        either row is ~0); for attention a list over key heads of (d_head,) int64 (the groups of
+        the query heads that read that key head, intersected; 0 where all are ~0).
 
     Raises:
-        UnsupportedModel (a ValueError): any other model type (e.g. RoPE models, see the module
-            docstring; ResNet).
+        ValueError: a tau outside (0, 1); weights with NaN or inf.
     """
-    c = getattr(model, "config", None)
-    kind = getattr(c, "model_type", None)
-    if kind == "condensation_mlp":
-        return [MlpSite(0, model.hidden.weight.data, model.hidden.bias.data,
-                        model.output.weight.data, c.activation)]
-    sites: list[MlpSite | AttnSite] = []
-    if kind == "condensation_paper_gpt":
-        for i, b in enumerate(model.h):
-            a = b.attn
-            sites += [AttnSite(i, a.q_proj.weight.data, None, a.k_proj.weight.data, None, c.n_head),
-                      MlpSite(i, b.mlp.fc_in.weight.data, None, b.mlp.fc_out.weight.data, "relu")]
-        return sites
-    if kind == "gpt2":
-        e = c.n_embd
-        for i, b in enumerate(model.transformer.h):
-            w, bias = b.attn.c_attn.weight.data, b.attn.c_attn.bias.data  # (e, 3e), (3e,)
-            sites += [AttnSite(i, w[:, :e].T, bias[:e], w[:, e:2 * e].T, bias[e:2 * e], c.n_head),
-                      MlpSite(i, b.mlp.c_fc.weight.data.T, b.mlp.c_fc.bias.data,
-                              b.mlp.c_proj.weight.data.T, c.activation_function)]
-        return sites
-    raise UnsupportedModel(f"model_type={kind!r} has no merge: accepted are condensation_mlp, "
-                           f"condensation_paper_gpt and gpt2")
+    taus = [float(t) for t in thresholds]
+    if isinstance(site, MlpSite):
+        return group_labels_at(augmented(site.w_in, site.b_in), taus, zero_tol)
+    if isinstance(site, GatedMlpSite):
+        gate = group_labels_at(augmented(site.gate, None), taus, zero_tol)
+        up = group_labels_at(augmented(site.up, None), taus, zero_tol)
+        return {t: _combine([gate[t], up[t]], zero_when_any=True) for t in taus}
+    d_head = site.q_w.shape[0] // site.n_head
+    out = {t: [] for t in taus}
+    for j in range(site.n_kv_head):
+        per_head = []
+        for h in _heads(site, j)[0]:
+            rows = slice(h * d_head, (h + 1) * d_head)
+            qb = None if site.q_b is None else site.q_b[rows]
+            per_head.append(group_labels_at(augmented(site.q_w[rows], qb), taus, zero_tol))
+        for t in taus:
+            out[t].append(_combine([p[t] for p in per_head], zero_when_any=False))
+    return out
 
 
-def group_labels(units, tau: float, zero_tol: float = 1e-8) -> np.ndarray:
-    """Condensed groups of every unit at threshold ``tau``, as ``Condensation`` finds them.
+@torch.no_grad()
+def merge_site(site: Site, tau: float, labels=None, zero_tol: float = 1e-8) -> dict:
+    """Merge one site in place (its tensors are views of a model's parameters); exactness as in
+    the module docstring (MLP: ``merge_neurons`` / ``merge_gated``; attention:
+    ``merge_query_rows`` per head, ``merge_query_rows_shared`` per key head under GQA).
 
     Args:
-        units: (n, dim) array-like, one unit per row (input weights, bias appended).
-        tau: cosine threshold in (0, 1): every pair inside a group has cosine >= tau.
-        zero_tol: units with norm < zero_tol * median norm are left out (label 0).
+        site: from ``merge_sites``; tau: cosine threshold in (0, 1).
+        labels: the site's labels at tau (``site_labels(site, [tau])[tau]``), or None to compute.
+        zero_tol: as ``site_labels``.
 
     Returns:
-        (n,) int64 labels: 0 for a left-out unit, group ids from 1 otherwise.
+        {"layer", "component", "n_units", "merged_width"}: neurons for an MLP; for attention the
+        query rows before and left over all query heads (the sum of the heads' d_k).
 
     Raises:
-        ValueError: tau outside (0, 1), or units not a finite 2-D array (``Condensation``).
+        ValueError: tau outside (0, 1), or labels of the wrong shape.
     """
-    u = np.asarray(units, dtype=np.float64)
-    if u.ndim != 2:
-        raise ValueError(f"units must be 2-D (n_units, dim), got shape {u.shape}")
-    norms = np.linalg.norm(u, axis=1)
-    keep = (norms > 0) & (norms >= zero_tol * np.median(norms)) if len(u) else norms > 0
-    labels = np.zeros(len(u), dtype=np.int64)
-    fit = Condensation((tau,), zero_tol=0.0).fit(u[keep])
-    labels[keep] = fit.labels_[float(tau)]
-    return labels
-
-
-def _augmented(w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-    w = w.detach().double().cpu()
-    return w if b is None else torch.cat([w, b.detach().double().cpu()[:, None]], dim=1)
-
-
-def _groups(labels: np.ndarray, norms: torch.Tensor):
-    """(representative, members) per group of >= 1 unit; representative = largest norm."""
-    for g in np.unique(labels[labels > 0]):
-        idx = torch.as_tensor(np.flatnonzero(labels == g))
-        yield int(idx[torch.argmax(norms[idx])]), idx
-
-
-def merge_neurons(w_in: torch.Tensor, b_in: torch.Tensor | None, w_out: torch.Tensor,
-                  labels, homogeneous: bool) -> tuple[torch.Tensor, torch.Tensor | None,
-                                                      torch.Tensor, np.ndarray]:
-    """Merge an MLP layer's neurons group by group (module docstring: the neuron merges).
-
-    Args:
-        w_in: (m, d) input rows; b_in: (m,) biases or None; w_out: (out, m) output columns.
-        labels: (m,) ints from ``group_labels``: 0 = zeroed, equal ids >= 1 = one group.
-        homogeneous: True for a degree-1 homogeneous activation (ReLU): merged input row u (unit
-            norm) and output column sum_k c_k a_k, exact for parallel rows; False: mean row and
-            summed output columns (approximate).
-
-    Returns:
-        (w_in, b_in, w_out) merged, same shapes and dtypes as given (computed in float64), and
-        the kept neurons' indices (sorted); singletons are returned unchanged.
-
-    Raises:
-        ValueError: shapes that do not fit (w_out columns, b_in or labels not of length m).
-    """
-    m = w_in.shape[0]
-    labels = np.asarray(labels)
-    if w_out.shape[1] != m or labels.shape != (m,) or (b_in is not None and b_in.shape != (m,)):
-        raise ValueError(f"shapes do not fit: w_in {tuple(w_in.shape)}, w_out "
-                         f"{tuple(w_out.shape)}, labels {labels.shape}, b_in "
-                         f"{None if b_in is None else tuple(b_in.shape)}")
-    v, a = _augmented(w_in, b_in), w_out.detach().double().cpu()
-    new_v, new_a = torch.zeros_like(v), torch.zeros_like(a)
-    kept = []
-    for r, idx in _groups(labels, v.norm(dim=1)):
-        kept.append(r)
-        if len(idx) == 1:
-            new_v[r], new_a[:, r] = v[r], a[:, r]
-        elif homogeneous:
-            s = v[idx].sum(0)
-            u = s / s.norm()  # the norm-weighted mean direction
-            new_v[r], new_a[:, r] = u, a[:, idx] @ (v[idx] @ u)  # c_k = v_k . u
+    labels = site_labels(site, [tau], zero_tol)[float(tau)] if labels is None else labels
+    if isinstance(site, MlpSite):
+        w_in, b_in, w_out, kept = merge_neurons(site.w_in, site.b_in, site.w_out, labels,
+                                                site.activation in HOMOGENEOUS)
+        for view, new in ((site.w_in, w_in), (site.w_out, w_out), (site.b_in, b_in)):
+            if view is not None:
+                view.copy_(new)
+        return dict(layer=site.layer, component=site.component, n_units=len(labels),
+                    merged_width=len(kept))
+    if isinstance(site, GatedMlpSite):
+        *new, kept = merge_gated(site.gate, site.up, site.w_out, labels)
+        for view, value in zip(site.tensors(), new):
+            view.copy_(value)
+        return dict(layer=site.layer, component=site.component, n_units=len(labels),
+                    merged_width=len(kept))
+    n_rows, left = site.q_w.shape[0], 0
+    d_head = n_rows // site.n_head
+    for j in range(site.n_kv_head):
+        heads, krows = _heads(site, j)
+        qrows = slice(heads[0] * d_head, (heads[-1] + 1) * d_head)
+        qb = None if site.q_b is None else site.q_b[qrows].view(len(heads), d_head)
+        kb = None if site.k_b is None else site.k_b[krows]
+        q_w = site.q_w[qrows].reshape(len(heads), d_head, -1)
+        if len(heads) == 1:
+            nq, nqb, nk, nkb, kept = merge_query_rows(q_w[0], None if qb is None else qb[0],
+                                                      site.k_w[krows], kb, labels[j])
+            nq, nqb = nq[None], None if nqb is None else nqb[None]
         else:
-            new_v[r], new_a[:, r] = v[idx].mean(0), a[:, idx].sum(1)
-    d = w_in.shape[1]
-    out_b = None if b_in is None else new_v[:, d].to(b_in)
-    return new_v[:, :d].to(w_in), out_b, new_a.to(w_out), np.sort(np.asarray(kept, dtype=np.int64))
+            nq, nqb, nk, nkb, kept = merge_query_rows_shared(q_w, qb, site.k_w[krows], kb,
+                                                             labels[j])
+        site.q_w[qrows] = nq.reshape(-1, nq.shape[-1])
+        site.k_w[krows] = nk
+        if site.q_b is not None:
+            site.q_b[qrows] = nqb.reshape(-1)
+        if site.k_b is not None:
+            site.k_b[krows] = nkb
+        left += len(heads) * len(kept)
+    return dict(layer=site.layer, component=site.component, n_units=n_rows, merged_width=left)
 
 
-def merge_query_rows(q_w: torch.Tensor, q_b: torch.Tensor | None, k_w: torch.Tensor,
-                     k_b: torch.Tensor | None, labels) -> tuple[torch.Tensor, torch.Tensor | None,
-                                                               torch.Tensor, torch.Tensor | None,
-                                                               np.ndarray]:
-    """Merge one head's query rows with their key rows (module docstring: exact for parallel rows
-    with learned positions, not with RoPE).
+@contextmanager
+def merged_in_place(sites: list[Site], tau: float, labels: list[dict] | None = None,
+                    zero_tol: float = 1e-8):
+    """Merge ``sites`` in place for the ``with`` block, then restore them bit for bit (their
+    tensors are saved first: memory of the merged sites' weights).
 
     Args:
-        q_w, k_w: (d_head, d) query and key rows of one head; q_b, k_b: (d_head,) or None.
-        labels: (d_head,) ints from ``group_labels`` on the query rows (bias appended).
+        sites: from ``merge_sites`` of the live model; tau: cosine threshold in (0, 1).
+        labels: per site, its ``site_labels`` dict (holding tau), or None to compute them.
 
-    Returns:
-        (q_w, q_b, k_w, k_b) merged, same shapes and dtypes (computed in float64): group
-        representative r gets query row u = sum q / |sum q| and key row sum_r (q_r . u) k_r, the
-        other members zero; and the kept rows' indices (sorted).
+    Yields:
+        the ``merge_site`` widths, one dict per site.
 
     Raises:
-        ValueError: query and key rows (or labels, biases) of different lengths.
+        ValueError: tau outside (0, 1); KeyError: labels without tau.
     """
-    n = q_w.shape[0]
-    labels = np.asarray(labels)
-    if k_w.shape[0] != n or labels.shape != (n,) or any(
-            b is not None and b.shape != (n,) for b in (q_b, k_b)):
-        raise ValueError(f"shapes do not fit: q {tuple(q_w.shape)}, k {tuple(k_w.shape)}, "
-                         f"labels {labels.shape}")
-    q, k = _augmented(q_w, q_b), _augmented(k_w, k_b)
-    new_q, new_k = torch.zeros_like(q), torch.zeros_like(k)
-    kept = []
-    for r, idx in _groups(labels, q.norm(dim=1)):
-        kept.append(r)
-        if len(idx) == 1:
-            new_q[r], new_k[r] = q[r], k[r]
-            continue
-        s = q[idx].sum(0)
-        u = s / s.norm()
-        new_q[r], new_k[r] = u, (q[idx] @ u) @ k[idx]
-    d = q_w.shape[1]
-    qb = None if q_b is None else new_q[:, d].to(q_b)
-    kb = None if k_b is None else new_k[:, d].to(k_b)
-    return (new_q[:, :d].to(q_w), qb, new_k[:, :d].to(k_w), kb,
-            np.sort(np.asarray(kept, dtype=np.int64)))
+    saved = [[t.clone() for t in s.tensors()] for s in sites]
+    try:
+        yield [merge_site(s, tau, None if labels is None else labels[i][float(tau)], zero_tol)
+               for i, s in enumerate(sites)]
+    finally:
+        with torch.no_grad():
+            for s, values in zip(sites, saved):
+                for view, value in zip(s.tensors(), values):
+                    view.copy_(value)
 
 
 @dataclass
 class Merged:
     """A merged copy of a model and its widths: ``widths`` has one dict per merged layer with
-    layer, component (``mlp.in`` | ``attn.q``), n_units (before) and merged_width (units left;
-    for attention the query rows left over all heads, i.e. the sum of the heads' d_k)."""
+    layer, component (``mlp.in`` | ``mlp.gate_up`` | ``attn.q``), n_units (before) and
+    merged_width (units left; for attention the query rows left over all heads, i.e. the sum of
+    the heads' d_k)."""
 
     model: torch.nn.Module
     widths: list[dict]
 
 
-@torch.no_grad()
-def merge_site(site: MlpSite | AttnSite, tau: float, zero_tol: float = 1e-8) -> dict:
-    """Merge one site in place (its tensors are views of a model's parameters).
-
-    Returns:
-        {"layer", "component", "n_units", "merged_width"}.
-
-    Raises:
-        ValueError: tau outside (0, 1).
-    """
-    if isinstance(site, MlpSite):
-        labels = group_labels(_augmented(site.w_in, site.b_in), tau, zero_tol)
-        w_in, b_in, w_out, kept = merge_neurons(site.w_in, site.b_in, site.w_out, labels,
-                                                site.activation in HOMOGENEOUS)
-        site.w_in.copy_(w_in)
-        site.w_out.copy_(w_out)
-        if site.b_in is not None:
-            site.b_in.copy_(b_in)
-        return dict(layer=site.layer, component=site.component, n_units=len(labels),
-                    merged_width=len(kept))
-    n_rows, left = site.q_w.shape[0], 0
-    d_head = n_rows // site.n_head
-    for h in range(site.n_head):
-        rows = slice(h * d_head, (h + 1) * d_head)
-        qb = None if site.q_b is None else site.q_b[rows]
-        kb = None if site.k_b is None else site.k_b[rows]
-        labels = group_labels(_augmented(site.q_w[rows], qb), tau, zero_tol)
-        q_w, q_b, k_w, k_b, kept = merge_query_rows(site.q_w[rows], qb, site.k_w[rows], kb, labels)
-        site.q_w[rows] = q_w
-        site.k_w[rows] = k_w
-        if qb is not None:
-            qb.copy_(q_b)
-        if kb is not None:
-            kb.copy_(k_b)
-        left += len(kept)
-    return dict(layer=site.layer, component=site.component, n_units=n_rows, merged_width=left)
-
-
 def merge_model(model, tau: float, only: tuple[int, str] | None = None,
-                zero_tol: float = 1e-8) -> Merged:
+                zero_tol: float = 1e-8, fold: bool = False) -> Merged:
     """A copy of ``model`` with the condensed groups of its layers merged at threshold ``tau``.
 
     Args:
         model: a model ``merge_sites`` reads (left unchanged; the copy is on the same device).
         tau: cosine threshold in (0, 1) of the groups.
-        only: (layer, component) to merge one site (component ``mlp.in`` or ``attn.q``);
+        only: (layer, component) to merge one site (component in ``MERGE_COMPONENTS``);
             None merges every site at once.
         zero_tol: units with norm < zero_tol * the layer's median norm are zeroed.
+        fold: fold the norm gains into the rows first (``fold_norm_gains``), so that groups are
+            those of the folded rows.
 
     Returns:
         ``Merged`` (the copy, and the widths of the merged sites).
@@ -305,10 +265,12 @@ def merge_model(model, tau: float, only: tuple[int, str] | None = None,
         ``only`` names no site of the model.
     """
     merged = copy.deepcopy(model)
+    if fold:
+        fold_norm_gains(merged)
     sites = merge_sites(merged)
     if only is not None:
         sites = [s for s in sites if (s.layer, s.component) == tuple(only)]
         if not sites:
             raise ValueError(f"only={only!r} names no merge site: accepted are (layer, component) "
                              f"with component in {MERGE_COMPONENTS}")
-    return Merged(merged, [merge_site(s, tau, zero_tol) for s in sites])
+    return Merged(merged, [merge_site(s, tau, zero_tol=zero_tol) for s in sites])

@@ -14,7 +14,10 @@ Units whose norm is below ``zero_tol`` times the median norm are dropped and cou
 from __future__ import annotations
 
 import numpy as np
-from scipy.cluster.hierarchy import fcluster, leaves_list, linkage
+import torch
+from scipy.cluster.hierarchy import leaves_list, linkage
+
+from probes.measure import pairs
 
 THRESHOLDS = (0.7, 0.9, 0.95, 0.99)
 
@@ -27,15 +30,19 @@ class Condensation:
         antipodal: compare |cosine| instead of cosine, so that v and -v fall in one group (for
             odd activations such as tanh, whose neurons condense on a line).
         zero_tol: units with norm < zero_tol * median norm are dropped before comparing.
+        order: also build the whole dendrogram (``order_``) and keep the unit rows for
+            ``cosine_`` and ``ordered_cosine`` (heat maps): n (n - 1) / 2 float64 more memory and
+            one full linkage. Without it ``order_`` and ``cosine_`` are None.
 
     Attributes after ``fit(units)``:
         n_units_ (kept units), n_dropped_ (units left out: zero norm, or dead), n_dead_ (dead
-        units, None when no mask was given), cosine_ (n, n) float64 (float32
-        from ``large_n`` units on),
-        mean_abs_cos_ (mean |C_ij| over i != j), labels_ {tau: (n,) int group ids from 1},
-        n_groups_ {tau: int}, group_ratio_ {tau: n_groups / n_units},
+        units, None when no mask was given),
+        mean_abs_cos_ (mean |C_ij| over i != j), labels_ {tau: (n,) int group ids from 1,
+        numbered in order of each group's first unit}, n_groups_ {tau: int},
+        group_ratio_ {tau: n_groups / n_units},
         largest_group_share_ {tau: size of the largest group / n_units},
         order_ (n,) unit order that puts groups next to each other (dendrogram leaves),
+        cosine_ (n, n) cosine matrix, computed when read (float64; float32 for large sets),
         stable_rank_, effective_rank_ (of the kept units matrix).
         With no kept unit every value is NaN; with one, mean_abs_cos_ is NaN and it is one group.
 
@@ -43,41 +50,53 @@ class Condensation:
         ValueError: thresholds outside (0, 1), or ``units`` not a finite 2-D array.
     """
 
-    # Cosines are computed in float64 in blocks of ``block_rows`` rows against the units after
-    # them (the upper triangle: half the products of a full matrix), straight into the condensed
-    # distances that the linkage needs, so no n x n float64 temporary is built beside the kept
-    # cosine_. From ``large_n`` units on, cosine_ (kept for heat maps only) is float32, and the
-    # only float64 n x n data are the condensed distances and the linkage's copy of them.
-    large_n = 8192
+    # Cosines are computed once per pair in blocks of ``block_rows`` rows against the rows after
+    # them (probes.measure.pairs.scan). From ``float32_work`` multiply-adds (n^2 dim) on, the
+    # GEMM is float32 and the pairs near the loosest cut are recomputed in float64, so groups
+    # equal the float64 path's and mean_abs_cos_ is within ~1e-7 of it; below, all is float64.
+    # Groups come from the pairs within the loosest cut alone (probes.measure.pairs.groups); no
+    # n x n matrix is built unless ``order`` asks for the dendrogram.
+    float32_work = 2**31
     block_rows = 256
-    # Singular values come from the eigenvalues of the smaller Gram matrix (a fraction of an
-    # SVD's time) when every eigenvalue is either >= gram_rcond times the largest (relative
-    # error < ~1e-9 on s) or at rounding level (s = 0); otherwise from an SVD. Stable and
-    # effective ranks agree with the SVD's to ~1e-12.
-    gram_rcond = 1e-8
+    # Singular values come from the eigenvalues of the smaller Gram matrix (float64, a fraction
+    # of an SVD's time); eigenvalues at rounding level count as exact zeros. When the rounding of
+    # the others could move the effective rank by more than ``rank_tol`` (relative; a first-order
+    # bound, see _singular_values), an SVD decides.
+    rank_tol = 1e-8
+    gram_rows = 2048
 
-    def __init__(self, thresholds=THRESHOLDS, antipodal: bool = False, zero_tol: float = 1e-8):
+    def __init__(self, thresholds=THRESHOLDS, antipodal: bool = False, zero_tol: float = 1e-8,
+                 order: bool = True):
         self.thresholds = tuple(float(t) for t in thresholds)
         bad = [t for t in self.thresholds if not 0 < t < 1]
         if bad:
             raise ValueError(f"thresholds {bad} are invalid: accepted are numbers in (0, 1)")
         self.antipodal = antipodal
         self.zero_tol = zero_tol
+        self.order = order
 
     def fit(self, units, dead=None) -> Condensation:
-        """Measure ``units``: array-like (n_units, dim), one unit per row (any float dtype).
+        """Measure ``units``: array-like (n_units, dim), one unit per row (float32 and float64
+        are used as given, other types as float64).
 
         Args:
             dead: optional (n_units,) bool mask of dead units (a constant output after the
                 nonlinearity on every probe input): left out of every metric, counted in
                 ``n_dead_`` and in ``n_dropped_``, reported as the ``n_dead`` metric.
+
+        Raises:
+            ValueError: ``units`` not 2-D or not finite; ``dead`` of another length.
         """
-        u = np.asarray(units, dtype=np.float64)
+        u = np.asarray(units)
+        if u.dtype not in (np.float32, np.float64):
+            u = u.astype(np.float64)
         if u.ndim != 2:
             raise ValueError(f"units must be 2-D (n_units, dim), got shape {u.shape}")
         if not np.isfinite(u).all():
             raise ValueError("units contain NaN or inf")
-        norms = np.linalg.norm(u, axis=1)
+        norms = np.concatenate([np.linalg.norm(np.asarray(u[r:r + self.gram_rows], np.float64),
+                                               axis=1) for r in range(0, len(u), self.gram_rows)]
+                               or [np.zeros(0)])
         keep = norms >= self.zero_tol * np.median(norms) if len(norms) else norms > 0
         keep &= norms > 0
         self.n_dead_ = None
@@ -91,18 +110,27 @@ class Condensation:
             u, norms = u[keep], norms[keep]
         self.n_units_, self.n_dropped_ = int(len(u)), int((~keep).sum())
         n = self.n_units_
+        self._unit = None
         if n == 0:
             return self._empty()
-        unit = u / norms[:, None]
         if n > 1:
-            self.cosine_, dist, self.mean_abs_cos_ = self._distances(unit)
-            z = linkage(dist, method="complete")
-            del dist
-            self.order_ = leaves_list(z)
-            self.labels_ = {t: fcluster(z, t=1.0 - t, criterion="distance") for t in self.thresholds}
+            exact = n * n * u.shape[1] < self.float32_work
+            cuts = {t: 1.0 - t for t in self.thresholds}
+            found = pairs.scan(u, norms, max(cuts.values()), self.antipodal, exact,
+                               want_dist=self.order, block_rows=self.block_rows)
+            self.mean_abs_cos_ = 2.0 * found.abs_sum / (n * (n - 1))
+            labels = pairs.groups(n, found.i, found.j, found.d, cuts.values())
+            self.labels_ = {t: labels[c] for t, c in cuts.items()}
+            self.order_ = None
+            if self.order:
+                self.order_ = leaves_list(linkage(found.dist, method="complete"))
+                self._unit = pairs.unit_rows(u, norms, slice(None),
+                                             np.float64 if exact else np.float32)
+            del found
         else:
-            self.cosine_, self.mean_abs_cos_ = np.ones((1, 1)), np.nan
+            self.mean_abs_cos_ = np.nan
             self.order_ = np.zeros(1, dtype=int)
+            self._unit = np.ones((1, 1))
             self.labels_ = {t: np.ones(1, dtype=int) for t in self.thresholds}
         self.n_groups_ = {t: int(lab.max()) for t, lab in self.labels_.items()}
         self.group_ratio_ = {t: g / n for t, g in self.n_groups_.items()}
@@ -115,59 +143,57 @@ class Condensation:
         self.effective_rank_ = float(np.exp(-(p * np.log(p)).sum()))
         return self
 
-    def _distances(self, unit: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-        """Cosine matrix, condensed linkage distances and mean |cos| of unit-norm rows.
+    @property
+    def cosine_(self) -> np.ndarray | None:
+        """(n, n) cosines (diagonal 1, symmetric, in [-1, 1]) from the kept unit rows; None when
+        fitted with ``order=False``."""
+        if self._unit is None:
+            return None
+        return _cosines(self._unit)
 
-        Args:
-            unit: (n, dim) float64 unit-norm rows, n >= 2.
-
-        Returns:
-            (cosine (n, n), symmetric, diagonal 1, clipped to [-1, 1]: float64, float32 from
-            ``large_n`` units; distances (n (n - 1) / 2,) float64: 1 - cosine (1 - |cosine| if
-            antipodal) clipped to [0, 2], condensed upper triangle in scipy's order;
-            mean |cos| over i != j).
-        """
-        n = len(unit)
-        cos = np.empty((n, n), dtype=np.float64 if n < self.large_n else np.float32)
-        dist = np.empty(n * (n - 1) // 2)
-        abs_sum, start = 0.0, 0
-        for i0 in range(0, n, self.block_rows):
-            block = np.clip(unit[i0:i0 + self.block_rows] @ unit[i0:].T, -1.0, 1.0)  # j >= i0
-            b = len(block)
-            rows = np.arange(b)
-            block[rows, rows] = 1.0
-            cos[i0:i0 + b, i0:] = block
-            cos[i0 + b:, i0:i0 + b] = block[:, b:].T
-            diag = cos[i0:i0 + b, i0:i0 + b]
-            lower = np.tril_indices(b, -1)
-            diag[lower] = diag.T[lower]  # exactly symmetric: mirror the upper half
-            abs_sum += float(np.abs(block[:, b:]).sum() + np.triu(np.abs(block[:, :b]), 1).sum())
-            if self.antipodal:
-                np.abs(block, out=block)
-            np.clip(np.subtract(1.0, block, out=block), 0.0, 2.0, out=block)
-            for r in rows:  # row i of the condensed form holds the pairs (i, j > i)
-                dist[start:start + n - i0 - r - 1] = block[r, r + 1:]
-                start += n - i0 - r - 1
-        return cos, dist, 2.0 * abs_sum / (n * (n - 1))
+    def _gram(self, u: np.ndarray) -> np.ndarray:
+        """The smaller float64 Gram matrix of ``u`` (n, dim): u^T u (dim, dim) when n >= dim,
+        else u u^T (n, n); summed over blocks so that no float64 copy of ``u`` is made."""
+        n, dim = u.shape
+        step = self.gram_rows
+        if n >= dim:
+            gram = np.zeros((dim, dim))
+            for r in range(0, n, step):
+                b = np.asarray(u[r:r + step], dtype=np.float64)
+                gram += b.T @ b
+            return gram
+        gram = np.zeros((n, n))
+        for c in range(0, dim, step * 4):
+            b = np.ascontiguousarray(u[:, c:c + step * 4], dtype=np.float64)
+            gram += b @ b.T
+        return gram
 
     def _singular_values(self, u: np.ndarray) -> np.ndarray:
-        """Singular values of ``u`` (n, dim), descending (see ``gram_rcond``).
+        """Singular values of ``u`` (n, dim), descending, float64 (see ``rank_tol``).
 
-        Eigenvalues of the Gram matrix at rounding level (a zero bias column, duplicated units)
-        are exact zeros; any eigenvalue between that level and ``gram_rcond`` times the largest
-        would come out inexact, so then the SVD decides.
+        Eigenvalues lam of the Gram matrix are taken to carry an absolute error up to
+        ``noise`` = 10 N eps lam_max (N its size); those below it are exact zeros (a zero bias
+        column, duplicated units). The first-order change of log(effective rank) that errors of
+        that size in the others could cause is bounded; over ``rank_tol``, the SVD decides.
         """
-        gram = u.T @ u if len(u) >= u.shape[1] else u @ u.T
-        lam = np.linalg.eigvalsh(gram)[::-1]
+        gram = self._gram(u)
+        lam = torch.linalg.eigvalsh(torch.from_numpy(gram)).numpy()[::-1]
         noise = 10 * len(gram) * np.finfo(np.float64).eps * lam[0]
-        inexact = (lam < self.gram_rcond * lam[0]) & (lam > noise)
-        if lam[0] > 0 and not inexact.any():
-            return np.sqrt(np.where(lam > noise, lam, 0.0))
-        return np.linalg.svd(u, compute_uv=False)
+        if lam[0] > 0:
+            s = np.sqrt(np.where(lam > noise, lam, 0.0))
+            big = lam > noise
+            ds = np.sqrt(lam[big] + noise) - np.sqrt(np.maximum(lam[big] - noise, 0.0))
+            total = s.sum()
+            p = s[big] / total
+            entropy = -(p * np.log(p)).sum()
+            bound = (ds / total * (np.abs(np.log(np.maximum(p, ds / total))) + 1 + entropy)).sum()
+            if bound <= self.rank_tol:
+                return s
+        return np.linalg.svd(np.asarray(u, dtype=np.float64), compute_uv=False)
 
     def _empty(self) -> Condensation:
         nan = float("nan")
-        self.cosine_ = np.zeros((0, 0))
+        self._unit = np.zeros((0, 0))
         self.order_ = np.zeros(0, dtype=int)
         self.mean_abs_cos_ = self.stable_rank_ = self.effective_rank_ = nan
         self.labels_ = {t: np.zeros(0, dtype=int) for t in self.thresholds}
@@ -185,11 +211,16 @@ class Condensation:
 
         Returns:
             ((m, m) float32 cosines, m <= max_units; the stride k).
+
+        Raises:
+            ValueError: fitted with ``order=False`` (no dendrogram order kept).
         """
+        if self._unit is None:
+            raise ValueError("ordered_cosine needs a fit with order=True")
         n = len(self.order_)
         k = max(1, -(-n // max_units))
         order = self.order_[::k]
-        return np.asarray(self.cosine_[np.ix_(order, order)], dtype=np.float32), k
+        return _cosines(self._unit[order]).astype(np.float32), k
 
     def results(self) -> list[tuple[str, float | None, float]]:
         """The fitted values as (metric, threshold or None, value) triples for the report."""
@@ -204,6 +235,15 @@ class Condensation:
                     ("group_ratio", t, self.group_ratio_[t]),
                     ("largest_group_share", t, self.largest_group_share_[t])]
         return out
+
+
+def _cosines(unit: np.ndarray) -> np.ndarray:
+    """(m, m) cosines of unit-norm rows (m, dim): clipped to [-1, 1], diagonal 1, symmetric."""
+    cos = np.clip(unit @ unit.T, -1.0, 1.0)
+    upper = np.triu_indices(len(cos), 1)
+    cos.T[upper] = cos[upper]
+    np.fill_diagonal(cos, 1.0)
+    return cos
 
 
 def metric_rows(fit: Condensation, base: dict) -> list[dict]:

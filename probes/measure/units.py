@@ -203,6 +203,13 @@ def fold_norm(rows: torch.Tensor, d_in: int, gain: torch.Tensor, beta: torch.Ten
     if gain.shape != (d_in,) or (beta is not None and beta.shape != (d_in,)):
         raise ValueError(f"norm of {tuple(gain.shape)} does not fit rows of {d_in} inputs: "
                          f"accepted is the norm the projection reads")
+    if (beta is None and not center and rows.dtype == torch.float32
+            and gain.dtype in (torch.float32, torch.bfloat16, torch.float16)):
+        # RMSNorm: one float32 product is correctly rounded, so it equals the float64 product
+        # rounded to float32 (the general path below) bit for bit, without float64 copies
+        out = rows.clone()
+        out[:, :d_in] *= gain.float()[None, :]
+        return out
     w = rows[:, :d_in].double()
     folded = w * gain.double()[None, :]
     if center:

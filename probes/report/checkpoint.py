@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 
 from probes.report.figures.checkpoint import cosine_heatmaps, groups_over_training, heatmap_name
+from probes.report.figures.merge import FIGURE as MERGE_FIGURE
+from probes.report.figures.merge import merge_loss_vs_width
 from probes.store import CHECKPOINT_RUNS_COLUMNS, METRICS_COLUMNS, frame, write_csv
 
 
@@ -35,6 +37,7 @@ def write_outputs(out: Path, results: list, plans: list, opts) -> None:
     if series:
         groups_over_training(metrics, out / "figures" / "groups_over_training.png",
                              series[-1].component, series[-1].draw_layers, opts.heatmap_threshold)
+    merge_loss_vs_width(metrics, out / "figures" / MERGE_FIGURE)  # with --merge_probe only
 
 
 def summary(metrics, threshold: float) -> str:

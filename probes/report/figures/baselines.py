@@ -22,6 +22,8 @@ import pandas as pd
 
 from probes.report import tables
 from probes.report.figures.common import gamma_colors, lines_over_training, new_figure, save_figure
+from probes.report.figures.merge import FIGURE as MERGE_FIGURE
+from probes.report.figures.merge import merge_loss_vs_width
 
 
 def _label(run: pd.Series, with_task: bool = False) -> str:
@@ -181,4 +183,7 @@ def draw_all(out_dir: Path, runs: pd.DataFrame, metrics: pd.DataFrame,
     if family == "resnet" and len(final):
         groups_by_stage(final, fig_dir / "groups_by_stage.png")
         written.append(fig_dir / "groups_by_stage.png")
+    titles = {r["run_id"]: _label(r) for _, r in runs.iterrows()}
+    if merge_loss_vs_width(metrics, fig_dir / MERGE_FIGURE, titles):
+        written.append(fig_dir / MERGE_FIGURE)
     return written

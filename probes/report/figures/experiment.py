@@ -30,6 +30,8 @@ from probes.report.figures.common import (
     new_figure,
     save_figure,
 )
+from probes.report.figures.merge import FIGURE as MERGE_FIGURE
+from probes.report.figures.merge import merge_loss_vs_width
 from probes.store import HEATMAP_UNITS, load_heatmap, run_folder
 
 LAYER, COMPONENT, _ = HEATMAP_UNITS
@@ -233,4 +235,11 @@ def draw_all(out_dir: Path, runs: pd.DataFrame, metrics: pd.DataFrame, offsets: 
     ):
         draw(fig_dir / name)
         written.append(fig_dir / name)
+    if merge_loss_vs_width(metrics, fig_dir / MERGE_FIGURE, run_titles(runs)):
+        written.append(fig_dir / MERGE_FIGURE)
     return written
+
+
+def run_titles(runs: pd.DataFrame) -> dict:
+    """run_id -> "run_id, gamma g" (panel titles)."""
+    return {r["run_id"]: f"{r['run_id']}, gamma {r['gamma']:g}" for _, r in runs.iterrows()}
