@@ -19,6 +19,8 @@ from probes.config.load import validate
 from probes.run import main
 from probes.train.loop import make_scheduler
 
+ROOT = Path(__file__).resolve().parent.parent
+
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 AUTHORS = CONFIGS / "authors_reference.yaml"
 

@@ -227,6 +227,10 @@ def validate(cfg: RunConfig) -> None:
     if cfg.lr_min and cfg.lr_schedule != "cosine":
         raise ConfigError(f"lr_min={cfg.lr_min} applies to lr_schedule 'cosine' only: accepted for "
                           f"{cfg.lr_schedule!r} is 0")
+    if cfg.reference_trajectories and not Path(cfg.reference_trajectories).is_file():
+        raise ConfigError(f"reference_trajectories={cfg.reference_trajectories!r} is not a file: "
+                          "accepted is a CSV with columns gamma, step and score columns "
+                          "(e.g. reports/reproduction/authors_trajectories.csv)")
     if cfg.last_position_only and cfg.model_family not in ("paper", "gpt2"):
         raise ConfigError(f"last_position_only=true applies to model_family 'paper' or 'gpt2' "
                           f"only, not {cfg.model_family!r}")

@@ -37,6 +37,7 @@ class RunConfig:
     save_every: int = 500  # steps between resumable training states (0: none)
     report_only: bool = False  # write the reports of the finished runs, train nothing
     log_every: int = 10  # steps between rows of runs/<run_id>/train_log.csv (0: no log)
+    reference_trajectories: str | None = None  # CSV (gamma, step, scores) drawn beside the runs
     # task
     task: str = "composite"  # the task (tasks.TASKS): composite, identity, sine, images, ...
     seq_len: int = 9  # tokens per sequence
@@ -141,7 +142,7 @@ class RunConfig:
 
 
 EXPERIMENT_KEYS = ("experiment", "output_dir", "overwrite", "num_threads", "save_checkpoint",
-                   "save_every", "report_only", "log_every")
+                   "save_every", "report_only", "log_every", "reference_trajectories")
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 # keys added with the baselines: left out of a run's identity at their default value
 LATER_KEYS = {k: FIELDS[k].default for k in (

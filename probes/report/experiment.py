@@ -42,7 +42,9 @@ def write_all(cfgs) -> None:
         if getattr(task, "families", None):  # a baseline task (mlp, resnet): its own tables
             text = write_baselines(stage, frames)
         else:
-            text = write_reasoning(stage, out_dir, frames, task)
+            reference = cfgs[0].reference_trajectories
+            text = write_reasoning(stage, out_dir, frames, task,
+                                   pd.read_csv(reference) if reference else None)
         publish_reports(stage, out_dir)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
@@ -53,10 +55,11 @@ def write_all(cfgs) -> None:
           + (", figures/" if (out_dir / "figures").is_dir() else ""))
 
 
-def write_reasoning(stage: Path, out_dir: Path, frames: dict, task) -> str:
+def write_reasoning(stage: Path, out_dir: Path, frames: dict, task,
+                    reference: pd.DataFrame | None = None) -> str:
     """A reasoning experiment's correlations.csv, phase_diagram.csv (when gamma and depth both
-    vary) and figures, written into ``stage`` (the run folders are read from ``out_dir``);
-    returns the summary text."""
+    vary) and figures, written into ``stage`` (the run folders are read from ``out_dir``;
+    ``reference``: trajectories for ood_over_training); returns the summary text."""
     runs, metrics = frames["runs"], frames["metrics"]
     corr = tables.correlations(runs, metrics, task.ood_scores) if len(runs) else None
     if corr is not None:
@@ -65,7 +68,8 @@ def write_reasoning(stage: Path, out_dir: Path, frames: dict, task) -> str:
             table = tables.phase_table(runs, metrics,
                                        scores=("acc_test_id", *figures.phase_scores(task)))
             write_csv(table, stage / "phase_diagram.csv")
-        figures.draw_all(stage, runs, metrics, frames["offsets"], corr, task, runs_dir=out_dir)
+        figures.draw_all(stage, runs, metrics, frames["offsets"], corr, task, runs_dir=out_dir,
+                         reference=reference)
     return summary(runs, corr, task)
 
 

@@ -7,7 +7,8 @@
 - ``groups_over_training.png``: condensed groups (at 0.9) of layer-0 W_Q against step, per run;
 - ``ood_over_training.png``: the first two ood shares and id accuracy against step, one panel per
   gamma and a line per seed: answers on the held-out pair drift after id accuracy plateaus, so a
-  final share alone can hide a passing state;
+  final share alone can hide a passing state; with ``reference_trajectories`` (e.g. the authors'
+  logged runs) those are drawn beside the runs of the same gamma;
 - ``ood_vs_gamma.png``: ood shares (inferential, symmetric, other) and id accuracy against gamma;
 - ``ood_offsets.png``: the held-out pair's answer offsets (answer - key) against gamma;
 - ``condensation_vs_ood.png``: final layer-0 W_Q mean |cos| against ood_inferential, one point
@@ -72,8 +73,14 @@ def groups_over_training(runs: pd.DataFrame, metrics: pd.DataFrame, path: Path,
 
 
 def ood_over_training(runs: pd.DataFrame, metrics: pd.DataFrame, path: Path,
-                      scores: tuple[str, ...]) -> None:
-    """``scores`` and acc_test_id against step, one panel per gamma and a line style per seed."""
+                      scores: tuple[str, ...], reference: pd.DataFrame | None = None) -> None:
+    """``scores`` and acc_test_id against step, one panel per gamma and a line style per seed.
+
+    Args:
+        reference: optional trajectories of another source (columns gamma, step and any of the
+            scores; e.g. the authors' logged runs, reports/reproduction/authors_trajectories.csv),
+            drawn as wide pale lines with crosses in the panel of the same gamma.
+    """
     gammas = sorted(runs["gamma"].unique())
     ncols = min(4, len(gammas))
     nrows = -(-len(gammas) // ncols)
@@ -81,21 +88,33 @@ def ood_over_training(runs: pd.DataFrame, metrics: pd.DataFrame, path: Path,
     for ax in axes.flat[len(gammas):]:
         ax.set_visible(False)
     styles = ("-", "--", ":")
+    shown = (*scores, "acc_test_id")
     for ax, gamma in zip(axes.flat, gammas):
         for j, (_, run) in enumerate(runs[runs["gamma"] == gamma].sort_values("seed").iterrows()):
             m = metrics[(metrics["run_id"] == run["run_id"]) & metrics["layer"].isna()]
-            for i, score in enumerate((*scores, "acc_test_id")):
+            for i, score in enumerate(shown):
                 r = m[m["metric"] == score].sort_values("step")
                 ax.plot(r["step"].astype(float).clip(lower=0.5), r["value"], color=f"C{i}",
                         ls=styles[j % 3], lw=1.2, label=f"{score}" if j == 0 else None)
+        if reference is not None:
+            ref = reference[np.isclose(reference["gamma"], gamma)].sort_values("step")
+            for i, score in enumerate(shown):
+                if len(ref) and score in ref:
+                    ax.plot(ref["step"].astype(float).clip(lower=0.5), ref[score], color=f"C{i}",
+                            lw=4, alpha=0.3, marker="x", ms=4, label=f"{score} (reference)")
         ax.set_xscale("log")
         ax.set_title(f"gamma {gamma:g} (line style: seed)", fontsize=9)
         ax.set_xlabel("step")
         ax.set_ylim(-0.03, 1.03)
+        if reference is not None and np.isclose(reference["gamma"], gamma).any():
+            ax.legend(fontsize=6)
     for row in axes:
         row[0].set_ylabel("share / accuracy")
-    axes[0][0].legend(fontsize=7)
-    fig.suptitle("Answers on the held-out data over training", fontsize=10)
+    if reference is None or not np.isclose(reference["gamma"], gammas[0]).any():
+        axes[0][0].legend(fontsize=7)
+    fig.suptitle("Answers on the held-out data over training"
+                 + ("" if reference is None else " (wide pale lines: reference trajectories)"),
+                 fontsize=10)
     fig.tight_layout()
     save_figure(fig, path)
 
@@ -208,10 +227,12 @@ def phase_scores(task) -> tuple[str, ...]:
 
 
 def draw_all(out_dir: Path, runs: pd.DataFrame, metrics: pd.DataFrame, offsets: pd.DataFrame,
-             corr: pd.DataFrame, task, runs_dir: Path | None = None) -> list[Path]:
+             corr: pd.DataFrame, task, runs_dir: Path | None = None,
+             reference: pd.DataFrame | None = None) -> list[Path]:
     """Draw every figure of an experiment into ``out_dir/figures``; returns the paths written.
     ``task`` (the task class or object) names the ood scores and labels the axes; the runs' saved
-    heat maps are read from ``runs_dir`` (the experiment's output folder; default ``out_dir``)."""
+    heat maps are read from ``runs_dir`` (the experiment's output folder; default ``out_dir``);
+    ``reference``: trajectories drawn in ood_over_training (see there)."""
     shown = phase_scores(task)
     fig_dir = Path(out_dir) / "figures"
     written = []
@@ -226,7 +247,7 @@ def draw_all(out_dir: Path, runs: pd.DataFrame, metrics: pd.DataFrame, offsets: 
         written.append(fig_dir / "phase_diagram.png")
     for name, draw in (
         ("groups_over_training.png", lambda p: groups_over_training(runs, metrics, p)),
-        ("ood_over_training.png", lambda p: ood_over_training(runs, metrics, p, shown)),
+        ("ood_over_training.png", lambda p: ood_over_training(runs, metrics, p, shown, reference)),
         ("ood_vs_gamma.png", lambda p: ood_vs_gamma(runs, p, (*task.ood_scores, "acc_test_id"),
                                                     getattr(task, "ood_label", "ood answers"))),
         ("ood_offsets.png", lambda p: ood_offsets(runs, offsets, p,
