@@ -100,7 +100,7 @@ def scan(u: np.ndarray, norms: np.ndarray, cut: float, antipodal: bool = False,
         block_rows: rows per block (memory: block_rows x n cosines at a time).
 
     Returns:
-        ``Scan``; with ``exact`` its values are those of the dense float64 path, else |cos| and
+        ``Scan`` (pairs as int32; n < 2^31); with ``exact`` its values are those of the dense float64 path, else |cos| and
         ``dist`` carry float32 rounding (< ``float32_margin(dim)``) and ``i``, ``j``, ``d`` are exact.
     """
     n, dim = u.shape
@@ -136,12 +136,12 @@ def scan(u: np.ndarray, norms: np.ndarray, cut: float, antipodal: bool = False,
         i, j = i0 + r, i0 + c
         if want_dist:
             dist[n * i - i * (i + 1) // 2 + j - i - 1] = d
-        keep = d <= cut
-        found.append((i[keep], j[keep], d[keep]))
+        keep = d <= cut  # int32 pairs: a third less memory when a large set is all close pairs
+        found.append((i[keep].astype(np.int32), j[keep].astype(np.int32), d[keep]))
     if found:
         i, j, d = (np.concatenate(x) for x in zip(*found))
     else:
-        i, j, d = np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.intp), np.zeros(0)
+        i, j, d = np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.int32), np.zeros(0)
     return Scan(abs_sum, i, j, d, dist)
 
 
