@@ -101,7 +101,8 @@ def scan(u: np.ndarray, norms: np.ndarray, cut: float, antipodal: bool = False,
 
     Returns:
         ``Scan`` (pairs as int32; n < 2^31); with ``exact`` its values are those of the dense
-        float64 path, else |cos| and ``dist`` carry float32 rounding (< ``float32_margin(dim)``) and ``i``, ``j``, ``d`` are exact.
+        float64 path, else |cos| and ``dist`` carry float32 rounding (< ``float32_margin(dim)``)
+        and ``i``, ``j``, ``d`` are exact.
     """
     n, dim = u.shape
     dtype = np.float64 if exact else np.float32
