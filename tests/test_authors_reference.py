@@ -144,7 +144,7 @@ def test_authors_reference_runs_a_few_steps(tmp_path):
 
 
 def test_authors_trajectories_csv():
-    csv = Path(__file__).resolve().parent.parent / "reports/reproduction/authors_trajectories.csv"
+    csv = Path(__file__).resolve().parent.parent / "configs/authors_trajectories.csv"
     t = pd.read_csv(csv)
     assert list(t.columns[:8]) == ["gamma", "epoch", "step", "acc_train", "acc_test_id",
                                    "acc_pair34", "acc_pair34_train", "ood_inferential"]
@@ -152,3 +152,9 @@ def test_authors_trajectories_csv():
     last = t[t["gamma"] == 0.8].iloc[-1]
     assert (last["epoch"], last["ood_inferential"], last["ood_symmetric"]) == (209, 0.968474, 0.0)
     assert (t[(t["gamma"] == 0.5) & (t["epoch"] >= 6)]["ood_symmetric"] == 1.0).all()
+
+
+def test_preset_finds_its_trajectories_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (cfg, *_) = expand(load_config("authors_reference"))
+    assert Path(cfg.reference_trajectories).samefile(ROOT / "configs" / "authors_trajectories.csv")

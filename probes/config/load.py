@@ -142,6 +142,10 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {str(path)!r} does not hold a mapping: accepted is a YAML "
                           f"mapping of config keys to values")
+    # a file named in a config file is found beside it (presets ship their data with them)
+    ref = raw.get("reference_trajectories")
+    if isinstance(ref, str) and not Path(ref).is_absolute() and (path.parent / ref).is_file():
+        raw["reference_trajectories"] = str(path.parent / ref)
     raw.update(overrides or {})
     if raw.get("mixed_precision") is False:  # YAML 1.1 reads a bare `no` as false
         raw["mixed_precision"] = "no"
@@ -230,7 +234,7 @@ def validate(cfg: RunConfig) -> None:
     if cfg.reference_trajectories and not Path(cfg.reference_trajectories).is_file():
         raise ConfigError(f"reference_trajectories={cfg.reference_trajectories!r} is not a file: "
                           "accepted is a CSV with columns gamma, step and score columns "
-                          "(e.g. reports/reproduction/authors_trajectories.csv)")
+                          "(e.g. configs/authors_trajectories.csv)")
     if cfg.last_position_only and cfg.model_family not in ("paper", "gpt2"):
         raise ConfigError(f"last_position_only=true applies to model_family 'paper' or 'gpt2' "
                           f"only, not {cfg.model_family!r}")

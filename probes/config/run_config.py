@@ -37,7 +37,8 @@ class RunConfig:
     save_every: int = 500  # steps between resumable training states (0: none)
     report_only: bool = False  # write the reports of the finished runs, train nothing
     log_every: int = 10  # steps between rows of runs/<run_id>/train_log.csv (0: no log)
-    reference_trajectories: str | None = None  # CSV (gamma, step, scores) drawn beside the runs
+    reference_trajectories: str | None = None  # CSV (gamma, step, scores) drawn beside the runs;
+    # in a config file, a relative path is found beside the file first
     # task
     task: str = "composite"  # the task (tasks.TASKS): composite, identity, sine, images, ...
     seq_len: int = 9  # tokens per sequence

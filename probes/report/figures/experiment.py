@@ -78,7 +78,7 @@ def ood_over_training(runs: pd.DataFrame, metrics: pd.DataFrame, path: Path,
 
     Args:
         reference: optional trajectories of another source (columns gamma, step and any of the
-            scores; e.g. the authors' logged runs, reports/reproduction/authors_trajectories.csv),
+            scores; e.g. the authors' logged runs, configs/authors_trajectories.csv),
             drawn as wide pale lines with crosses in the panel of the same gamma.
     """
     gammas = sorted(runs["gamma"].unique())
