@@ -230,3 +230,19 @@ def test_last_position_only_refused_for_models_without_positions(tmp_path, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "last_position_only=true" in err[0] and "'mlp'" in err[0]
     assert not out.exists()
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_without_native_units_warns_once(tmp_path, fresh_accelerate_state, capsys, monkeypatch,
+                                              native):
+    # issue 14: emulated bf16 on an AVX2 CPU runs at ~1% of float32's rate; say so, train anyway
+    from probes.train import experiment
+
+    monkeypatch.setattr(experiment, "bf16_native", lambda: native)
+    out = tmp_path / "out"
+    args = ["--config", TINY, "--output_dir", str(out), "--steps", "2", "--num_threads", "1",
+            "--gamma", "0.5", "--mixed_precision", "bf16", "--save_checkpoint", "false"]
+    assert main(args) == 0
+    warnings = [line for line in capsys.readouterr().out.splitlines() if "native bf16" in line]
+    assert len(warnings) == (0 if native else 1)
+    assert native or warnings[0].startswith("warning: this CPU has no native bf16 matmul")
