@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,23 +35,14 @@ from threadpoolctl import threadpool_limits
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from probe_smollm2 import run as fresh_process  # noqa: E402  (same child, its peak RSS)
+
 from probes.checkpoint.discover import open_weights  # noqa: E402
 from probes.measure.architectures import layout_for  # noqa: E402
 from probes.measure.metrics import THRESHOLDS, Condensation  # noqa: E402
 from probes.measure.units import base_prefix, block_units  # noqa: E402
 
 GB = 1024**3
-CHILD = """
-import resource, runpy, sys
-sys.argv = ["probes/run.py", *sys.argv[1:]]
-code = 0
-try:
-    runpy.run_path("probes/run.py", run_name="__main__")
-except SystemExit as e:
-    code = e.code
-print(f"BENCH maxrss_kb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}", file=sys.stderr)
-sys.exit(code)
-"""
 
 
 def build(folder: Path, n_layers: int, dtype: torch.dtype, vocab: int) -> int:
@@ -167,17 +157,9 @@ def components(folder: Path, baseline: bool) -> None:
 
 def probe(folder: Path, threads: int) -> tuple[float, float]:
     """(wall seconds, peak RSS bytes) of ``probes/run.py --checkpoint folder`` in a fresh process."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONPATH=str(ROOT))
     with tempfile.TemporaryDirectory() as out:
-        start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-c", CHILD, "--checkpoint", str(folder),
-                               "--output_dir", out, "--num_threads", str(threads)],
-                              cwd=ROOT, env=env, capture_output=True, text=True)
-        wall = time.perf_counter() - start
-    if proc.returncode:
-        raise SystemExit(f"probe failed:\n{proc.stderr[-3000:]}")
-    kb = next(int(x.split("=")[1]) for x in proc.stderr.split() if x.startswith("maxrss_kb="))
-    return wall, kb * 1024
+        return fresh_process(["--checkpoint", str(folder), "--output_dir", out,
+                              "--num_threads", str(threads)])
 
 
 def main() -> None:
