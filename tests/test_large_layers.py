@@ -153,7 +153,9 @@ def test_memory_below_one_float64_square():
     assert peak_bytes(lambda: reference(u.astype(np.float64), (0.9,))) > 2.5 * square  # scale
 
 
-def test_gram_singular_values_match_svd_and_fall_back():
+@pytest.mark.parametrize("torch_eig_from", [0, 10**9], ids=["torch_eigvalsh", "scipy_evr"])
+def test_gram_singular_values_match_svd_and_fall_back(monkeypatch, torch_eig_from):
+    monkeypatch.setattr(Condensation, "torch_eig_from", torch_eig_from)  # each eigenvalue backend
     rng = np.random.default_rng(3)
     for u in (rng.normal(size=(300, 40)), rng.normal(size=(40, 300)),
               np.c_[rng.normal(size=(200, 30)), np.zeros((200, 1))],  # zero bias column

@@ -215,23 +215,28 @@ def weight_files(folder: Path, allow_pickle: bool = False) -> tuple[str, list[Pa
 class SafetensorsTensors:
     """Tensor source over safetensors files: ``get`` reads one tensor (memory-mapped) at a time.
 
+    Only the headers are kept (``by_file``: shard name -> its tensor names; shapes). Each ``get``
+    maps the file anew and returns a tensor that holds the mapping until it is freed: a handle kept
+    open would keep every page ever read resident, so that memory would grow with each layer of a
+    sharded checkpoint instead of staying flat.
+
     Raises:
         CheckpointError: a file that is not a complete safetensors file (checked on opening: the
             header must parse and cover the whole file).
     """
 
     def __init__(self, files: list[Path]):
-        self.handles, self.where, self.by_file = [], {}, {}
+        self.where, self.by_file, self.shapes = {}, {}, {}
         for f in files:
             try:
-                handle = safe_open(str(f), framework="pt", device="cpu")
+                with safe_open(str(f), framework="pt", device="cpu") as handle:
+                    names = list(handle.keys())
+                    self.shapes.update((n, tuple(handle.get_slice(n).get_shape())) for n in names)
             except (SafetensorError, OSError) as e:
                 raise CheckpointError(f"{f} is not a valid safetensors file ({_one_line(e)}): "
                                       f"accepted is a complete file as safetensors saves it") from e
-            self.handles.append(handle)
-            self.by_file[f.name] = handle
-            for name in handle.keys():
-                self.where[name] = handle
+            self.by_file[f.name] = set(names)
+            self.where.update((n, f) for n in names)
 
     def names(self) -> list[str]:
         """Every tensor name of the files (from their headers: no tensor data is read)."""
@@ -241,12 +246,14 @@ class SafetensorsTensors:
         return name in self.where
 
     def get(self, name: str) -> torch.Tensor:
-        """Tensor ``name`` in its stored shape and dtype, on CPU. Raises KeyError if absent."""
-        return self.where[name].get_tensor(name)
+        """Tensor ``name`` in its stored shape and dtype, on CPU, backed by the file's pages until
+        it is freed. Raises KeyError if absent."""
+        with safe_open(str(self.where[name]), framework="pt", device="cpu") as handle:
+            return handle.get_tensor(name)
 
     def shape(self, name: str) -> tuple[int, ...]:
         """The stored shape of tensor ``name``, from the header alone. Raises KeyError if absent."""
-        return tuple(self.where[name].get_slice(name).get_shape())
+        return self.shapes[name]
 
 
 class PickleTensors(DictTensors):

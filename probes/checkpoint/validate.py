@@ -38,7 +38,7 @@ def check_index(folder: Path, source) -> None:
     if not index.is_file():
         return
     weight_map = json.loads(index.read_text())["weight_map"]
-    held = {shard: set(handle.keys()) for shard, handle in source.by_file.items()}
+    held = source.by_file
     for name, shard in weight_map.items():
         if name not in held.get(shard, ()):
             raise CheckpointError(f"{index} names tensor {name!r} in shard {shard!r}, which does not "

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from scipy.cluster.hierarchy import leaves_list, linkage
+from scipy.linalg import eigh
 
 from probes.measure import pairs
 
@@ -64,6 +65,10 @@ class Condensation:
     # bound, see _singular_values), an SVD decides.
     rank_tol = 1e-8
     gram_rows = 2048
+    # Eigenvalues of Gram matrices from this size on come from torch (MKL's syevd), below it from
+    # scipy (OpenBLAS's syevr, in place): each is the faster on one thread there, by up to 2x
+    # (measured on an AVX2 EPYC: 769: 0.04 s against 0.09 s; 4096: 6 s against 9 s).
+    torch_eig_from = 1800
 
     def __init__(self, thresholds=THRESHOLDS, antipodal: bool = False, zero_tol: float = 1e-8,
                  order: bool = True):
@@ -177,7 +182,11 @@ class Condensation:
         that size in the others could cause is bounded; over ``rank_tol``, the SVD decides.
         """
         gram = self._gram(u)
-        lam = torch.linalg.eigvalsh(torch.from_numpy(gram)).numpy()[::-1]
+        if len(gram) >= self.torch_eig_from:
+            lam = torch.linalg.eigvalsh(torch.from_numpy(gram)).numpy()[::-1]
+        else:
+            lam = eigh(gram, eigvals_only=True, overwrite_a=True, check_finite=False,
+                       driver="evr")[::-1]
         noise = 10 * len(gram) * np.finfo(np.float64).eps * lam[0]
         if lam[0] > 0:
             s = np.sqrt(np.where(lam > noise, lam, 0.0))

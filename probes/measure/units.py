@@ -211,13 +211,16 @@ def fold_norm(rows: torch.Tensor, d_in: int, gain: torch.Tensor, beta: torch.Ten
         out[:, :d_in] *= gain.float()[None, :]
         return out
     w = rows[:, :d_in].double()
-    folded = w * gain.double()[None, :]
+    has_bias = rows.shape[1] > d_in or beta is not None
+    out = torch.empty(len(rows), d_in + has_bias, dtype=torch.float64)  # no concatenated copy
+    folded = torch.mul(w, gain.double()[None, :], out=out[:, :d_in])
     if center:
         folded -= folded.mean(dim=1, keepdim=True)
-    bias = rows[:, d_in].double() if rows.shape[1] > d_in else None
-    if beta is not None:
-        bias = (0 if bias is None else bias) + w @ beta.double()
-    return (folded if bias is None else torch.cat([folded, bias[:, None]], dim=1)).float()
+    if has_bias:
+        out[:, d_in] = rows[:, d_in].double() if rows.shape[1] > d_in else 0.0
+        if beta is not None:
+            out[:, d_in] += w @ beta.double()
+    return out.float()
 
 
 def block_parts(source, prefix: str, block: Block, fold: bool = False) -> dict:
