@@ -51,7 +51,8 @@ FAMILY_KEYS = {"mlp": ("width", "activation", "gamma_prime", "in_dim", "optimize
 # what a --checkpoint probe writes into its output folder (replaced whole on the next probe)
 CHECKPOINT_OUTPUTS = {"metrics.csv", "runs.csv", "figures"}
 CHECKPOINT_RUNS_COLUMNS = ["run_id", "step", "checkpoint", "format", "model_type", "architecture",
-                           "n_params", "n_layers", "unit_reader", "fold_norms", "activation_point",
+                           "n_params", "n_layers", "unit_reader", "fold_norms", "spectral_metrics",
+                           "activation_point",
                            "probe_inputs", "n_samples",
                            "wall_s", "package_version"]
 _INT_COLUMNS = ("step", "layer", "head", "n_units", "offset", "count", "unit")

@@ -71,3 +71,38 @@ def test_small_layers_prefetch_one_large_layers_one_at_a_time():
     assert small == [("read", 0), ("read", 1), ("fit", 0), ("read", 2), ("fit", 1), ("fit", 2)]
     large = run_layers(n_floats=256, budget=1024)  # 1024 bytes a layer: never two in memory
     assert large == [("read", 0), ("fit", 0), ("read", 1), ("fit", 1), ("read", 2), ("fit", 2)]
+
+
+def test_spectral_metrics_off_leaves_out_the_ranks_only(tmp_path):
+    """``--spectral_metrics false`` (the fast path for large layers) drops stable_rank and
+    effective_rank and changes no other value; with it on they equal the SVD's of the rows."""
+    import numpy as np
+    import pandas as pd
+    import transformers as T
+
+    from probes.run import main
+
+    torch.manual_seed(0)
+    model = T.LlamaForCausalLM(T.LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=96,
+                                             num_hidden_layers=2, num_attention_heads=4,
+                                             num_key_value_heads=2))
+    model.save_pretrained(tmp_path / "ckpt")
+    out = {}
+    for flag in ("true", "false"):
+        assert main(["--checkpoint", str(tmp_path / "ckpt"), "--output_dir", str(tmp_path / flag),
+                     "--num_threads", "1", "--spectral_metrics", flag]) == 0
+        out[flag] = pd.read_csv(tmp_path / flag / "metrics.csv")
+        runs = pd.read_csv(tmp_path / flag / "runs.csv")
+        assert runs["spectral_metrics"].tolist() == [flag == "true"]
+    full, fast = out["true"], out["false"]
+    spectral = full["metric"].isin(["stable_rank", "effective_rank"])
+    assert spectral.sum() > 0 and not fast["metric"].isin(["stable_rank", "effective_rank"]).any()
+    pd.testing.assert_frame_equal(full[~spectral].reset_index(drop=True), fast)
+    # norm gains are 1 at initialization, so mlp.gate's rows are gate_proj's weight
+    s = np.linalg.svd(model.model.layers[1].mlp.gate_proj.weight.detach().double().numpy(),
+                      compute_uv=False)
+    p = s / s.sum()
+    got = full[(full["layer"] == 1) & (full["component"] == "mlp.gate") & full["head"].isna()]
+    got = got.set_index("metric")["value"]
+    assert got["stable_rank"] == pytest.approx((s**2).sum() / s[0] ** 2, rel=1e-9)
+    assert got["effective_rank"] == pytest.approx(np.exp(-(p * np.log(p)).sum()), rel=1e-9)

@@ -46,7 +46,8 @@ from probes.store import (
 DEFAULT_OUTPUT = "reports/checkpoints"
 OPTIONS = ("--checkpoint", "--output_dir", "--probe_inputs", "--probe_samples", "--allow_pickle",
            "--trust_remote_code", "--thresholds", "--heatmap_layers", "--heatmap_component",
-           "--num_threads", "--fold_norms", "--activation_point", "--merge_probe")
+           "--num_threads", "--fold_norms", "--spectral_metrics", "--activation_point",
+           "--merge_probe")
 USAGE = """usage: accelerate launch probes/run.py --checkpoint DIR [--checkpoint DIR2 ...] [options]
 
   --checkpoint PATH        a save_pretrained folder, a folder of checkpoint-N / step_N folders
@@ -61,6 +62,9 @@ USAGE = """usage: accelerate launch probes/run.py --checkpoint DIR [--checkpoint
   --heatmap_layers LIST    layers drawn as heat maps (default: first, middle and last)
   --fold_norms BOOL        weight basis: fold the gain (and bias) of the norm a projection reads
                            into its rows, as TransformerLens's fold_ln (default true)
+  --spectral_metrics BOOL  stable_rank and effective_rank (default true); false leaves them out
+                           of metrics.csv and saves most of the time on large layers (their
+                           float64 singular values), the group metrics unchanged
   --activation_point P     activation basis: pre (projection outputs, default) or post (MLP
                            neurons after their nonlinearity); dead units are counted either way
   --merge_probe BOOL       with --probe_inputs (text or token task) and a causal LM: merge each
@@ -88,6 +92,15 @@ def _number_list(text: str, name: str, kind) -> list:
     return items
 
 
+def _bool(args, key: str) -> bool:
+    """The value of flag ``--key`` read as a YAML bool. Raises CheckpointError otherwise."""
+    text = getattr(args, key)
+    value = load_yaml(text) if text.strip() else None
+    if not isinstance(value, bool):
+        raise CheckpointError(f"--{key} {text!r} is invalid: accepted are true and false")
+    return value
+
+
 def parse_args(argv: list[str]) -> Options:
     """Parse the command line.
 
@@ -106,15 +119,12 @@ def parse_args(argv: list[str]) -> Options:
     p.add_argument("--heatmap_component")
     p.add_argument("--num_threads")
     p.add_argument("--fold_norms", default="true")
+    p.add_argument("--spectral_metrics", default="true")
     p.add_argument("--activation_point", default="pre")
     p.add_argument("--merge_probe", default="false")
     a = p.parse_args(argv)
-    fold = load_yaml(a.fold_norms) if a.fold_norms.strip() else None
-    if not isinstance(fold, bool):
-        raise CheckpointError(f"--fold_norms {a.fold_norms!r} is invalid: accepted are true and false")
-    merge = load_yaml(a.merge_probe) if a.merge_probe.strip() else None
-    if not isinstance(merge, bool):
-        raise CheckpointError(f"--merge_probe {a.merge_probe!r} is invalid: accepted are true and false")
+    fold, spectral, merge = (_bool(a, key) for key in ("fold_norms", "spectral_metrics",
+                                                       "merge_probe"))
     if merge and not a.probe_inputs:
         raise CheckpointError("--merge_probe true needs --probe_inputs: accepted are a text file of "
                               "lines or a token task, whose next-token loss the merges are scored by")
@@ -133,7 +143,8 @@ def parse_args(argv: list[str]) -> Options:
     layers = _number_list(a.heatmap_layers, "--heatmap_layers", int) if a.heatmap_layers else None
     return Options(a.checkpoint, Path(a.output_dir), a.probe_inputs, positive["probe_samples"],
                    a.allow_pickle, a.trust_remote_code, thresholds, layers, a.heatmap_component,
-                   positive["num_threads"], fold, a.activation_point, merge_probe=merge)
+                   positive["num_threads"], fold, a.activation_point, merge_probe=merge,
+                   spectral_metrics=spectral)
 
 
 def main(argv: list[str]) -> int:
@@ -168,7 +179,7 @@ def main(argv: list[str]) -> int:
 
     results, error = [], None
     try:
-        with Fitter(opts.thresholds, threads) as fitter:
+        with Fitter(opts.thresholds, threads, opts.spectral_metrics) as fitter:
             for i in mine:
                 bar.set_description(plans[i].ckpt.run_id)
                 results.append(Prober(plans[i], opts, fitter, bar.update, accelerator.device,

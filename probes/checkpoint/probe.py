@@ -56,6 +56,7 @@ class Options:
     fold_norms: bool = True
     activation_point: str = "pre"
     merge_probe: bool = False  # merge rows (probes.checkpoint.merge); needs probe_inputs
+    spectral_metrics: bool = True  # stable_rank and effective_rank (Condensation's spectral)
 
     @property
     def heatmap_threshold(self) -> float:
@@ -201,8 +202,8 @@ class Fitter:
     (OpenBLAS, OpenMP) cost much when another process takes a core. ``torch_threads`` is the
     caller's torch thread count, for the forward passes of the activation basis."""
 
-    def __init__(self, thresholds, workers: int):
-        self.thresholds, self.workers = thresholds, max(1, workers)
+    def __init__(self, thresholds, workers: int, spectral: bool = True):
+        self.thresholds, self.workers, self.spectral = thresholds, max(1, workers), spectral
 
     def __enter__(self) -> Fitter:
         self.limits = threadpool_limits(1, user_api="blas")
@@ -221,7 +222,8 @@ class Fitter:
         to leave out, or None; ``order``: keep the dendrogram order for a heat map); returns the
         Future of the fit."""
         dead = None if dead is None else dead.numpy()
-        return self.pool.submit(Condensation(self.thresholds, order=order).fit, units.numpy(), dead)
+        fit = Condensation(self.thresholds, order=order, spectral=self.spectral).fit
+        return self.pool.submit(fit, units.numpy(), dead)
 
 
 @dataclass
@@ -261,6 +263,7 @@ class Prober:
                    architecture=(getattr(plan.config, "architectures", None) or [""])[0],
                    n_params=plan.n_params, n_layers=len({b.layer for b in plan.layout.blocks}),
                    unit_reader=plan.layout.reader, fold_norms=self.opts.fold_norms,
+                   spectral_metrics=self.opts.spectral_metrics,
                    activation_point=self.opts.activation_point if self.opts.probe_inputs else "",
                    probe_inputs=self.opts.probe_inputs or "",
                    n_samples=self.n_samples, wall_s=round(time.perf_counter() - start, 2),

@@ -34,6 +34,9 @@ class Condensation:
         order: also build the whole dendrogram (``order_``) and keep the unit rows for
             ``cosine_`` and ``ordered_cosine`` (heat maps): n (n - 1) / 2 float64 more memory and
             one full linkage. Without it ``order_`` and ``cosine_`` are None.
+        spectral: also compute ``stable_rank_`` and ``effective_rank_`` (the singular values: a
+            float64 Gram matrix and its eigenvalues, most of the time on large layers). Without
+            it both are None and ``results`` leaves them out.
 
     Attributes after ``fit(units)``:
         n_units_ (kept units), n_dropped_ (units left out: zero norm, or dead), n_dead_ (dead
@@ -44,7 +47,7 @@ class Condensation:
         largest_group_share_ {tau: size of the largest group / n_units},
         order_ (n,) unit order that puts groups next to each other (dendrogram leaves),
         cosine_ (n, n) cosine matrix, computed when read (float64; float32 for large sets),
-        stable_rank_, effective_rank_ (of the kept units matrix).
+        stable_rank_, effective_rank_ (of the kept units matrix; None without ``spectral``).
         With no kept unit every value is NaN; with one, mean_abs_cos_ is NaN and it is one group.
 
     Raises:
@@ -71,7 +74,7 @@ class Condensation:
     torch_eig_from = 1800
 
     def __init__(self, thresholds=THRESHOLDS, antipodal: bool = False, zero_tol: float = 1e-8,
-                 order: bool = True):
+                 order: bool = True, spectral: bool = True):
         self.thresholds = tuple(float(t) for t in thresholds)
         bad = [t for t in self.thresholds if not 0 < t < 1]
         if bad:
@@ -79,6 +82,7 @@ class Condensation:
         self.antipodal = antipodal
         self.zero_tol = zero_tol
         self.order = order
+        self.spectral = spectral
 
     def fit(self, units, dead=None) -> Condensation:
         """Measure ``units``: array-like (n_units, dim), one unit per row (float32 and float64
@@ -142,10 +146,12 @@ class Condensation:
         self.largest_group_share_ = {
             t: float(np.bincount(lab).max()) / n for t, lab in self.labels_.items()
         }
-        s = self._singular_values(u)
-        self.stable_rank_ = float((s**2).sum() / s[0] ** 2)
-        p = s[s > 0] / s.sum()
-        self.effective_rank_ = float(np.exp(-(p * np.log(p)).sum()))
+        self.stable_rank_ = self.effective_rank_ = None
+        if self.spectral:
+            s = self._singular_values(u)
+            self.stable_rank_ = float((s**2).sum() / s[0] ** 2)
+            p = s[s > 0] / s.sum()
+            self.effective_rank_ = float(np.exp(-(p * np.log(p)).sum()))
         return self
 
     @property
@@ -233,10 +239,11 @@ class Condensation:
 
     def results(self) -> list[tuple[str, float | None, float]]:
         """The fitted values as (metric, threshold or None, value) triples for the report."""
-        out = [("mean_abs_cos", None, self.mean_abs_cos_),
-               ("stable_rank", None, self.stable_rank_),
-               ("effective_rank", None, self.effective_rank_),
-               ("n_dropped", None, float(self.n_dropped_))]
+        out = [("mean_abs_cos", None, self.mean_abs_cos_)]
+        if self.spectral:
+            out += [("stable_rank", None, self.stable_rank_),
+                    ("effective_rank", None, self.effective_rank_)]
+        out.append(("n_dropped", None, float(self.n_dropped_)))
         if self.n_dead_ is not None:
             out.append(("n_dead", None, float(self.n_dead_)))
         for t in self.thresholds:
