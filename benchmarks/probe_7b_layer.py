@@ -12,7 +12,10 @@ download), written as safetensors with one shard per layer, then:
    metric difference;
 2. ``probes/run.py --checkpoint`` in a fresh process on a 1-layer and an N-layer checkpoint: wall
    time and peak RSS (goal: one layer <= 20 s on 2 cores, peak <= the layer's weights + 1.5 GB;
-   peak flat in the number of layers), and the 32-layer time extrapolated from the two.
+   peak flat in the number of layers), and the 32-layer time extrapolated from the two;
+3. the 1-layer probe again with ``--spectral_metrics false`` (no stable_rank / effective_rank:
+   their float64 Gram matrices and eigenvalues are most of the time), and per component the
+   share of the time they take.
 """
 
 from __future__ import annotations
@@ -128,16 +131,21 @@ def components(folder: Path, baseline: bool) -> None:
     by_comp = defaultdict(list)
     for u in sets:
         by_comp[u.component].append(u.units.numpy())
-    totals = [0.0, 0.0]
+    totals = [0.0, 0.0, 0.0]  # new path, float64 path, new path without the ranks
     print(f"{'component':14s} {'sets':>4s} {'new s':>7s} {'f64 s':>7s} {'ratio':>6s}  same groups,"
-          " max |metric diff| (relative)")
+          " max |metric diff| (relative); without the ranks")
     for comp, units in by_comp.items():
         with threadpool_limits(1, user_api="blas"):
             start = time.perf_counter()
             fits = [Condensation(THRESHOLDS, order=False).fit(u) for u in units]
             new = time.perf_counter() - start
+            start = time.perf_counter()
+            for u in units:
+                Condensation(THRESHOLDS, order=False, spectral=False).fit(u)
+            fast = time.perf_counter() - start
             line = f"{comp:14s} {len(units):4d} {new:7.1f}"
             totals[0] += new
+            totals[2] += fast
             if baseline:
                 start = time.perf_counter()
                 refs = [float64_fit(u) for u in units]
@@ -148,18 +156,18 @@ def components(folder: Path, baseline: bool) -> None:
                            for f, r in zip(fits, refs)
                            for m in ("mean_abs_cos", "stable_rank", "effective_rank"))
                 line += f" {old:7.1f} {old / new:5.1f}x  {same}, {diff:.1e}"
-        print(line)
+        print(f"{line}; {fast:.1f} s ({1 - fast / new:.0%} of the time is the ranks)")
     line = f"{'all (1 thread)':14s} {len(sets):4d} {totals[0]:7.1f}"
     if baseline:
         line += f" {totals[1]:7.1f} {totals[1] / totals[0]:5.1f}x"
-    print(line)
+    print(f"{line}; {totals[2]:.1f} s without the ranks")
 
 
-def probe(folder: Path, threads: int) -> tuple[float, float]:
+def probe(folder: Path, threads: int, *flags: str) -> tuple[float, float]:
     """(wall seconds, peak RSS bytes) of ``probes/run.py --checkpoint folder`` in a fresh process."""
     with tempfile.TemporaryDirectory() as out:
         return fresh_process(["--checkpoint", str(folder), "--output_dir", out,
-                              "--num_threads", str(threads)])
+                              "--num_threads", str(threads), *flags])
 
 
 def main() -> None:
@@ -189,6 +197,9 @@ def main() -> None:
         goal = (layer_bytes + 1.5 * GB) / GB
         print(f"probe, 1 layer, {args.threads} threads, fresh process: {w1:.1f} s wall (goal <= 20 s), "
               f"peak RSS {rss1 / GB:.2f} GB (goal <= {goal:.2f} GB: weights + 1.5 GB)")
+        wf, rssf = probe(one, args.threads, "--spectral_metrics", "false")
+        print(f"the same with --spectral_metrics false (no stable_rank / effective_rank): "
+              f"{wf:.1f} s wall ({w1 / wf:.1f}x faster), peak RSS {rssf / GB:.2f} GB")
         if args.layers > 1:
             many.mkdir()
             build(many, args.layers, dtype, args.vocab)
