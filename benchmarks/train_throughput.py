@@ -58,7 +58,7 @@ def config(width: int, precision: str, steps: int, out: str, last_only: bool = F
     authors = dict(n_embd=400, vocab_size=201, batch_size=2048, lr=2e-4) if width == 400 else {}
     sizes = {} if width in (64, 400) else dict(n_embd=width)
     return RunConfig(experiment="throughput", output_dir=out, gamma=0.5, steps=steps, n_probes=2,
-                     save_every=0, save_checkpoint=False, overwrite=True, log_every=0,
+                     save_every=0, save_checkpoints="none", overwrite=True, log_every=0,
                      mixed_precision="no" if precision == "fp32" else precision,
                      last_position_only=last_only, **authors, **sizes)
 

@@ -1,7 +1,8 @@
 """Entry point: ``accelerate launch probes/run.py [--config FILE] [--KEY VALUE ...]``.
 
 Dispatches, and nothing else: with ``--checkpoint DIR`` it probes models on disk
-(``probes.checkpoint.cli``), otherwise it runs an experiment from a config
+(``probes.checkpoint.cli``), with ``measure DIR`` it measures a finished experiment again from
+its saved checkpoints (``probes.train.remeasure``), otherwise it runs an experiment from a config
 (``probes.train.experiment``, default ``configs/default.yaml``). Both write their reports under
 ``reports/`` (or ``--output_dir``); bad input prints one ``error:`` line and exits with code 2.
 """
@@ -15,12 +16,14 @@ if __package__ in (None, ""):  # run as a script: import the project, not probes
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from probes.checkpoint import cli  # noqa: E402
-from probes.train import experiment  # noqa: E402
+from probes.train import experiment, remeasure  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "measure":
+        return remeasure.main(argv[1:])
     if any(a == "--checkpoint" or a.startswith("--checkpoint=") for a in argv):
         return cli.main(argv)
     return experiment.main(argv)

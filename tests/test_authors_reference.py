@@ -78,12 +78,14 @@ def test_authors_schedule_against_hand_formula():
     assert cfg.lr * lr_at(77700) == pytest.approx(1e-5)
 
 
-def test_new_keys_keep_old_run_ids():
+def test_the_authors_keys_enter_the_run_id_where_training_reads_them():
     cfg = RunConfig()
-    for key in ("lr_warmup_start", "lr_min", "head_bias"):
-        assert key not in cfg.identity()
     changed = RunConfig(lr_min=1e-5)
     assert changed.run_id != cfg.run_id and changed.identity()["lr_min"] == 1e-5
+    assert RunConfig(head_bias=True).run_id != cfg.run_id
+    # the constant schedule never reads the cosine floor; gpt2 has no head_bias key
+    assert "lr_min" not in RunConfig(lr_schedule="constant").identity()
+    assert "head_bias" not in RunConfig(model_family="gpt2").identity()
 
 
 @pytest.mark.parametrize("kw, names", [
@@ -158,3 +160,25 @@ def test_preset_finds_its_trajectories_from_any_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (cfg, *_) = expand(load_config("authors_reference"))
     assert Path(cfg.reference_trajectories).samefile(ROOT / "configs" / "authors_trajectories.csv")
+
+
+def test_ood_over_training_against_samples_seen(tmp_path, monkeypatch):
+    from probes.report.figures import experiment as figures
+
+    runs = pd.DataFrame([dict(run_id="a", gamma=0.8, seed=1, batch_size=256)])
+    metrics = pd.DataFrame([dict(run_id="a", step=s, layer=None, metric=m, value=0.5)
+                            for s in (0, 10, 100) for m in ("ood_inferential", "ood_symmetric",
+                                                            "acc_test_id")])
+    reference = pd.read_csv(ROOT / "configs" / "authors_trajectories.csv")
+    drawn = {}
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path: drawn.setdefault("fig", fig))
+    figures.ood_over_training(runs, metrics, tmp_path / "x.png", ("ood_inferential",
+                                                                  "ood_symmetric"),
+                              reference, axis="samples")
+    lines = drawn["fig"].axes[0].lines
+    assert list(lines[0].get_xdata()) == [0.5, 2560.0, 25600.0]  # step 0 drawn at 0.5
+    ref = reference[reference["gamma"] == 0.8].sort_values("step")
+    assert list(lines[3].get_xdata()) == list((ref["step"] * 2048.0).clip(lower=0.5))
+    with pytest.raises(ValueError, match="batch_size"):
+        figures.ood_over_training(runs.drop(columns="batch_size"), metrics, tmp_path / "y.png",
+                                  ("ood_inferential",), None, axis="samples")

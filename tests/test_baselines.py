@@ -265,7 +265,7 @@ def _early_run(task: str, activation: str, gamma: float, seed: int = 0):
     """
     (cfg,) = expand(load_config(ROOT / "configs" / "mlp_initial.yaml", {
         "task": task, "activation": activation, "gamma": gamma, "seed": seed,
-        "save_checkpoint": False}))
+        "save_checkpoints": "none"}))
     t = make_task(cfg.task, **cfg.task_options())
     data = {k: v[:] for k, v in t.build().items()}
     threads = torch.get_num_threads()

@@ -149,13 +149,13 @@ def test_names_and_config_keys():
         validate(RunConfig(task="chain_search_authors"))
     with pytest.raises(ConfigError, match="hops=9"):
         validate(RunConfig(task="chain_search_authors", hops=9, vocab_size=201))
-    # keys added with issue 17 stay out of a run's identity where they do not apply, and at the
-    # value runs had before them (ood_scoring: pooled): old run ids hold for what they computed
+    # a task's own options enter a run's identity only for the tasks that read them
     for key in ("ood_scoring", "hops", "chain_nodes"):
-        assert key not in RunConfig(ood_scoring="pooled").identity()
         assert key not in RunConfig(task="chain_search").identity()
-    assert RunConfig().identity()["ood_scoring"] == "authors"  # scored otherwise: another run
-    assert "hops" in cfg.identity()
+    assert RunConfig().identity()["ood_scoring"] == "authors"
+    assert "hops" in cfg.identity() and "seq_len" not in cfg.identity()
+    assert RunConfig(task="chain_search_authors", seq_len=20).run_id == \
+        RunConfig(task="chain_search_authors").run_id
 
 
 @pytest.mark.parametrize("preset, task, n_runs", [("chain_search_authors", "chain_search_authors", 1),

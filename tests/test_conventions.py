@@ -26,7 +26,7 @@ from probes.config import (
 )
 from probes.run import main
 from probes.runtime import hub_progress_bars_off
-from probes.store import TRAIN_LOG_COLUMNS
+from probes.store import TRAIN_LOG_COLUMNS, work_dir
 from probes.train.loop import Run
 from tasks import make_task
 
@@ -37,7 +37,7 @@ TINY = str(Path(__file__).with_name("tiny.yaml"))
 def tiny_run(**changes) -> tuple[RunConfig, object, dict]:
     """The first run of tests/tiny.yaml with ``changes``, its task and its data."""
     cfg = dataclasses.replace(expand(load_config(TINY))[0], n_probes=2, save_every=0,
-                              save_checkpoint=False, **changes)
+                              save_checkpoints="none", **changes)
     task = make_task(cfg.task, **cfg.task_options())
     splits = task.build()
     return cfg, task, {s: splits[s][:] for s in splits}
@@ -64,14 +64,14 @@ def fp16_with_cpu_scaler(init_scale: float) -> Accelerator:
 def test_fp16_unscales_before_clipping_and_skips_overflowed_steps(tmp_path, fresh_accelerate_state):
     cfg, task, data = tiny_run(steps=8, log_every=1, grad_clip=1.0, output_dir=str(tmp_path / "a"))
     Run(cfg, task, data, Accelerator(cpu=True)).train()
-    ref_log = pd.read_csv(tmp_path / "a" / "runs" / cfg.run_id / "train_log.csv")
+    ref_log = pd.read_csv(work_dir(cfg) / "train_log.csv")
     AcceleratorState._reset_state(True)
 
     # a moderate scale: no overflow; the logged norm is the unscaled one, ~ the float32 run's
     acc = fp16_with_cpu_scaler(2.0 ** 8)
     cfg16 = dataclasses.replace(cfg, mixed_precision="fp16", output_dir=str(tmp_path / "b"))
     Run(cfg16, task, data, acc).train()
-    log = pd.read_csv(tmp_path / "b" / "runs" / cfg16.run_id / "train_log.csv")
+    log = pd.read_csv(work_dir(cfg16) / "train_log.csv")
     assert acc.scaler.get_scale() == 2.0 ** 8  # no step skipped (growth only after 2000 steps)
     assert log["grad_norm"][0] == pytest.approx(ref_log["grad_norm"][0], rel=0.05)
     assert (log["lr"].diff().dropna() != 0).all()  # the scheduler stepped every step
@@ -82,7 +82,7 @@ def test_fp16_unscales_before_clipping_and_skips_overflowed_steps(tmp_path, fres
     acc = fp16_with_cpu_scaler(2.0 ** 22)
     cfg16 = dataclasses.replace(cfg16, output_dir=str(tmp_path / "c"))
     Run(cfg16, task, data, acc).train()
-    log = pd.read_csv(tmp_path / "c" / "runs" / cfg16.run_id / "train_log.csv")
+    log = pd.read_csv(work_dir(cfg16) / "train_log.csv")
     skipped = ~log["grad_norm"].map(math.isfinite)
     halvings = round(math.log2(2.0 ** 22 / acc.scaler.get_scale()))
     assert 0 < skipped.sum() == halvings < len(log)
@@ -106,14 +106,12 @@ def test_fp16_on_cpu_is_refused_with_one_line(tmp_path, capsys):
     assert not out.exists()
 
 
-def test_precision_in_run_id_keeps_float32_ids():
-    # pinned from the commit before the keys existed: a float32 run scored the earlier (pooled)
-    # way keeps its id; the authors' ood score (the default since) is another run
-    old = {"ood_scoring": "pooled"}
-    assert RunConfig(**old).run_id == "paper-g0.5-s0-262e88f4"
-    assert [c.run_id for c in expand(load_config(TINY, old))] == ["paper-g0.5-s0-3533fd1d",
-                                                                 "paper-g1-s0-33454572"]
-    assert RunConfig().run_id == "paper-g0.5-s0-533304da" != RunConfig(**old).run_id
+def test_precision_in_run_id_and_ids_pinned():
+    # pinned when the id came to hash the training keys only: a change that moves them must say
+    # what happens to finished runs (README, "Train once, measure many times")
+    assert RunConfig().run_id == "paper-g0.5-s0-010a6678"
+    assert [c.run_id for c in expand(load_config(TINY))] == ["paper-g0.5-s0-65aac4af",
+                                                             "paper-g1-s0-a6220600"]
     assert RunConfig(mixed_precision="no").run_id == RunConfig().run_id
     ids = {RunConfig(mixed_precision=p).run_id for p in ("no", "fp16", "bf16")}
     assert len(ids) == 3
@@ -121,8 +119,8 @@ def test_precision_in_run_id_keeps_float32_ids():
     # ood_scoring is no part of the runs of tasks without it
     assert RunConfig(task="identity").run_id == RunConfig(task="identity", ood_scoring="pooled").run_id
     # YAML reads a bare `no` as false: it means "no" all the same
-    assert expand(load_config(TINY, old | {"mixed_precision": False}))[0].run_id == \
-        "paper-g0.5-s0-3533fd1d"
+    assert expand(load_config(TINY, {"mixed_precision": False}))[0].run_id == \
+        "paper-g0.5-s0-65aac4af"
 
 
 def test_bf16_run_records_device_and_precision_and_logs(tmp_path, fresh_accelerate_state):
@@ -164,8 +162,9 @@ def test_logging_leaves_training_unchanged(tmp_path):
         weights.append({k: v.clone() for k, v in model.state_dict().items()})
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
-    assert not (tmp_path / "0" / "runs" / cfg.run_id / "train_log.csv").exists()
-    assert len(pd.read_csv(tmp_path / "1" / "runs" / cfg.run_id / "train_log.csv")) == 6
+    logs = [work_dir(dataclasses.replace(cfg, output_dir=str(tmp_path / d))) / "train_log.csv"
+            for d in ("0", "1")]
+    assert not logs[0].exists() and len(pd.read_csv(logs[1])) == 6
 
 
 def test_help_lists_every_key_with_type_default_and_meaning(capsys):
@@ -219,7 +218,7 @@ def test_last_position_only_trains_the_same_run_to_float_rounding(tmp_path):
     for key in ("train_loss", "acc_train", "acc_test_id"):
         assert scores[1][key] == pytest.approx(scores[0][key], rel=1e-4, abs=1e-4), key
     a, b = RunConfig(), RunConfig(last_position_only=True)
-    assert "last_position_only" not in a.identity() and a.run_id != b.run_id
+    assert a.run_id != b.run_id
 
 
 def test_last_position_only_refused_for_models_without_positions(tmp_path, capsys):
@@ -241,7 +240,7 @@ def test_bf16_without_native_units_warns_once(tmp_path, fresh_accelerate_state, 
     monkeypatch.setattr(experiment, "bf16_native", lambda: native)
     out = tmp_path / "out"
     args = ["--config", TINY, "--output_dir", str(out), "--steps", "2", "--num_threads", "1",
-            "--gamma", "0.5", "--mixed_precision", "bf16", "--save_checkpoint", "false"]
+            "--gamma", "0.5", "--mixed_precision", "bf16", "--save_checkpoints", "none"]
     assert main(args) == 0
     warnings = [line for line in capsys.readouterr().out.splitlines() if "native bf16" in line]
     assert len(warnings) == (0 if native else 1)

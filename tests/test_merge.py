@@ -217,7 +217,7 @@ def test_zero_units_are_dropped_from_the_width():
 # --- the merge probe of a training run ------------------------------------------------------
 
 def _train(config: Path, overrides: dict, tmp_path):
-    (cfg,) = expand(load_config(config, {"save_every": 0, "save_checkpoint": False,
+    (cfg,) = expand(load_config(config, {"save_every": 0, "save_checkpoints": "none",
                                          "output_dir": str(tmp_path), **overrides}))
     t = make_task(cfg.task, **cfg.task_options())
     threads = torch.get_num_threads()
@@ -234,7 +234,7 @@ def test_merge_probe_rows_of_a_paper_run(tmp_path):
                  "thresholds": [0.5, 0.99]}
     cfg, m, model = _train(TINY, overrides, tmp_path)
     off_cfg, off, _ = _train(TINY, overrides | {"merge_probe": False, "steps": 2}, tmp_path / "off")
-    assert "merge_probe" not in off_cfg.identity() and cfg.identity()["merge_probe"] is True
+    assert "merge_probe" not in off_cfg.identity() and "merge_probe" not in cfg.identity()
     merge = m[m["metric"].isin(MERGE_METRICS) | m["metric"].str.endswith("_merged")]
     assert set(merge["step"]) == {20}  # the final probe only
     sites = [(None if np.isnan(layer) else int(layer), comp) for layer, comp in

@@ -450,8 +450,7 @@ def test_ood_scoring_through_the_config():
 
     cfg = RunConfig(task="composite_no_twist", ood_scoring="pooled")
     assert make_task(cfg.task, **cfg.task_options()).ood_scoring == "pooled"
-    # the authors' scoring (default) is another run than the pooled one, which keeps the ids
-    # runs had before ood_scoring existed
-    assert "ood_scoring" not in cfg.identity()
+    # a task option: the authors' scoring (default) and the pooled one are two runs
+    assert cfg.identity()["ood_scoring"] == "pooled"
     assert RunConfig(task="composite_no_twist").identity()["ood_scoring"] == "authors"
     assert RunConfig(task="composite_no_twist").run_id != cfg.run_id

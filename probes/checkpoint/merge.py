@@ -37,6 +37,7 @@ from probes.measure.merge import (
     site_labels,
 )
 from probes.measure.merge_sites import check_mergeable
+from probes.measure.result import metric_row
 
 LM_CLASS_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 MERGE_METRICS = ("merged_width", "loss_merged", "rel_loss_change", "max_abs_logit_diff")
@@ -145,15 +146,14 @@ def merge_rows(model, batch, thresholds, base: dict, device, fold: bool = True,
                                      [labels[i] for i in chosen]) as widths:
                     merged, diff = next_token_loss(model, batch, device, reference)
                 one = len(chosen) == 1
-                row = base | dict(layer=widths[0]["layer"] if one else None,
-                                  component=widths[0]["component"] if one else "all", head=None,
-                                  basis="weight", threshold=float(tau),
-                                  n_units=sum(w["n_units"] for w in widths))
+                where = dict(layer=widths[0]["layer"] if one else None,
+                             component=widths[0]["component"] if one else "all", basis="weight",
+                             threshold=float(tau), n_units=sum(w["n_units"] for w in widths))
                 values = dict(merged_width=float(sum(w["merged_width"] for w in widths)),
                               loss_merged=merged,
                               rel_loss_change=(merged - loss) / loss if loss else float("nan"),
                               max_abs_logit_diff=diff)
-                rows += [row | dict(metric=m, value=v) for m, v in values.items()]
+                rows += [metric_row(**base, **where, metric=m, value=v) for m, v in values.items()]
             if progress is not None:
                 progress()
         return rows

@@ -35,6 +35,7 @@ from probes.checkpoint.merge import check_merge, merge_rows
 from probes.checkpoint.validate import check_batch, check_index, check_weights
 from probes.measure.architectures import Layout, UnsupportedModel, discover_layout, layout_for
 from probes.measure.metrics import Condensation, metric_rows
+from probes.measure.result import HeatMap
 from probes.measure.units import ModelTensors, base_prefix, block_units
 from probes.store import package_version
 
@@ -317,11 +318,8 @@ class Prober:
                         head=u.head, basis=basis)
             self.metrics += metric_rows(fit, base)
             if self.drawn(u) and fit.n_units_ > 1:
-                cosine, stride = fit.ordered_cosine()
-                self.maps.append(dict(basis=basis, layer=u.layer, cosine=cosine, stride=stride,
-                                      n_units=fit.n_units_, threshold=self.threshold,
-                                      n_groups=fit.n_groups_[self.threshold],
-                                      mean_abs_cos=fit.mean_abs_cos_))
+                self.maps.append(dict(basis=basis, layer=u.layer, threshold=self.threshold,
+                                      map=HeatMap.of(fit)))
         self.progress()
 
     def activation_sets(self):

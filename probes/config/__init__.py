@@ -15,26 +15,29 @@ from probes.config.load import (
     validate,
 )
 from probes.config.run_config import (
+    ANALYSIS_KEYS,
     DEFAULT_CONFIG,
     EXPERIMENT_KEYS,
     FIELDS,
     HINTS,
-    LATER_KEYS,
     LIST_KEYS,
     LR_SCALINGS,
     LR_SCHEDULES,
     OPTIMIZERS,
     PRECISIONS,
     PRESETS,
+    SAVE_CHECKPOINTS,
     SHARED_KEYS,
     ConfigError,
     RunConfig,
     effective_lr,
     resolved_yaml,
+    training_keys,
 )
 
-__all__ = ["DEFAULT_CONFIG", "EXPERIMENT_KEYS", "FIELDS", "HINTS", "LATER_KEYS", "LIST_KEYS",
-           "LR_SCALINGS", "LR_SCHEDULES", "OPTIMIZERS", "PRECISIONS", "PRESETS", "SHARED_KEYS",
+__all__ = ["ANALYSIS_KEYS", "DEFAULT_CONFIG", "EXPERIMENT_KEYS", "FIELDS", "HINTS", "LIST_KEYS",
+           "LR_SCALINGS", "LR_SCHEDULES", "OPTIMIZERS", "PRECISIONS", "PRESETS",
+           "SAVE_CHECKPOINTS", "SHARED_KEYS",
            "ConfigError", "RunConfig", "YamlLoader", "config_path", "effective_lr", "expand",
            "load_config", "load_yaml", "parse_overrides", "preset_names", "resolved_yaml",
-           "validate"]
+           "training_keys", "validate"]

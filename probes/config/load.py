@@ -23,7 +23,9 @@ from probes.config.run_config import (
     OPTIMIZERS,
     PRECISIONS,
     PRESETS,
+    SAVE_CHECKPOINTS,
     SHARED_KEYS,
+    TRAJECTORY_AXES,
     ConfigError,
     RunConfig,
 )
@@ -98,6 +100,19 @@ def _check_value(key: str, value) -> None:
             raise ConfigError(f"{key}={v!r} has the wrong type: accepted is {_type_name(HINTS[key])}")
 
 
+def _as_list(value):
+    """A list key's value as a list: ``0.9,0.95`` (a comma list) and ``0.9`` (one number) become
+    [0.9, 0.95] and [0.9]; anything else is left for the type check."""
+    if isinstance(value, str) and "," in value:
+        try:
+            return [float(v) for v in value.split(",")]
+        except ValueError:
+            return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return [value]
+    return value
+
+
 def preset_names() -> list[str]:
     """The shipped presets' names (configs/*.yaml less the suffix; accelerate's own left out)."""
     return sorted(p.name[:-5] for p in PRESETS.iterdir()
@@ -149,6 +164,8 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
     raw.update(overrides or {})
     if raw.get("mixed_precision") is False:  # YAML 1.1 reads a bare `no` as false
         raw["mixed_precision"] = "no"
+    for key in LIST_KEYS & raw.keys():  # one grammar with --checkpoint: 0.9,0.95 and 0.9 too
+        raw[key] = _as_list(raw[key])
     for key, value in raw.items():
         _check_key(key)
         _check_value(key, value)
@@ -249,26 +266,23 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"thresholds={cfg.thresholds} is invalid: accepted are numbers in (0, 1)")
 
 
+# keys that take one of a few names, and the names
+CHOICES = {"activation": ACTIVATIONS, "optimizer": OPTIMIZERS, "lr_schedule": LR_SCHEDULES,
+           "mixed_precision": PRECISIONS, "lr_scaling": LR_SCALINGS,
+           "trajectory_axis": TRAJECTORY_AXES, "save_checkpoints": SAVE_CHECKPOINTS}
+
+
 def _validate_baselines(cfg: RunConfig, task) -> None:
     """The keys of the baseline families, and that the task suits the model family."""
     families = getattr(task, "families", LM_FAMILIES)
     if cfg.model_family not in families:
         raise ConfigError(f"model_family={cfg.model_family!r} does not fit task {cfg.task!r}: "
                           f"accepted are {list(families)}")
-    if cfg.activation not in ACTIVATIONS:
-        raise ConfigError(f"activation={cfg.activation!r} is unknown: accepted are {list(ACTIVATIONS)}")
-    if cfg.optimizer not in OPTIMIZERS:
-        raise ConfigError(f"optimizer={cfg.optimizer!r} is unknown: accepted are {list(OPTIMIZERS)}")
-    if cfg.lr_schedule not in LR_SCHEDULES:
-        raise ConfigError(f"lr_schedule={cfg.lr_schedule!r} is unknown: accepted are "
-                          f"{list(LR_SCHEDULES)}")
-    if cfg.mixed_precision not in PRECISIONS:
-        raise ConfigError(f"mixed_precision={cfg.mixed_precision!r} is unknown: accepted are "
-                          f"{list(PRECISIONS)}")
+    for key, accepted in CHOICES.items():
+        if getattr(cfg, key) not in accepted:
+            raise ConfigError(f"{key}={getattr(cfg, key)!r} is unknown: accepted are {list(accepted)}")
     if cfg.log_every < 0:
         raise ConfigError(f"log_every={cfg.log_every} is invalid: accepted is an integer >= 0")
-    if cfg.lr_scaling not in LR_SCALINGS:
-        raise ConfigError(f"lr_scaling={cfg.lr_scaling!r} is unknown: accepted are {list(LR_SCALINGS)}")
     if cfg.lr_scaling != "none" and cfg.model_family != "mlp":
         raise ConfigError(f"lr_scaling={cfg.lr_scaling!r} applies to model_family 'mlp' only: "
                           f"accepted for {cfg.model_family!r} is 'none'")

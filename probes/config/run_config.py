@@ -33,12 +33,13 @@ class RunConfig:
     output_dir: str | None = None  # default: reports/<experiment>
     overwrite: bool = False  # retrain runs whose results exist
     num_threads: int | None = None  # torch threads per process; default: all cores / processes
-    save_checkpoint: bool = True  # save each run's trained model with save_pretrained
+    save_checkpoints: str = "probes"  # probes (the model at each probe step) | final | none
     save_every: int = 500  # steps between resumable training states (0: none)
     report_only: bool = False  # write the reports of the finished runs, train nothing
     log_every: int = 10  # steps between rows of runs/<run_id>/train_log.csv (0: no log)
     reference_trajectories: str | None = None  # CSV (gamma, step, scores) drawn beside the runs;
     # in a config file, a relative path is found beside the file first
+    trajectory_axis: str = "step"  # ood_over_training's x axis: step | samples (step x batch)
     # task
     task: str = "composite"  # the task (tasks.TASKS): composite, identity, sine, images, ...
     seq_len: int = 9  # tokens per sequence
@@ -115,23 +116,24 @@ class RunConfig:
         return Path(self.output_dir or Path("reports") / self.experiment)
 
     def identity(self) -> dict:
-        """The settings that define the run (experiment-level keys left out; a key added after
-        the first release is left out at the value runs had before it existed, so older run ids
-        stay valid and a run computed otherwise never takes an older run's id)."""
+        """The settings that make the trained model what it is: the task and the options its
+        generator reads, the keys its model family reads, the init rates, optimization, data
+        order and precision (``training_keys``). Analysis keys (``ANALYSIS_KEYS``: what is
+        measured of the trained model) and experiment keys never enter, nor does a key the run's
+        task or model family does not read."""
         d = dataclasses.asdict(self)
-        for key in EXPERIMENT_KEYS:
-            d.pop(key)
-        task_keys = {f.name for f in dataclasses.fields(TASKS[self.task])}
-        for key, before in LATER_KEYS.items():
-            if d[key] == before or (key in TASK_ONLY_KEYS and key not in task_keys):
-                d.pop(key)
-        return d
+        return {k: d[k] for k in training_keys(self)}
 
     @property
     def run_id(self) -> str:
-        """Stable, readable id: family, gamma, seed and a hash of every identity setting."""
+        """Stable, readable id: family, gamma, seed and a hash of the identity settings."""
         digest = hashlib.sha1(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:8]
         return f"{self.model_family}-g{self.gamma:g}-s{self.seed}-{digest}"
+
+    def analysis(self) -> dict:
+        """The analysis settings (``ANALYSIS_KEYS``): what a run's checkpoint series is measured
+        with. Changing them re-measures a finished run; it never retrains it."""
+        return {k: getattr(self, k) for k in ANALYSIS_KEYS}
 
     def task_options(self) -> dict:
         """Options of the task generator: the config keys its dataclass has (data_seed -> seed)."""
@@ -142,31 +144,42 @@ class RunConfig:
         return options
 
 
-EXPERIMENT_KEYS = ("experiment", "output_dir", "overwrite", "num_threads", "save_checkpoint",
-                   "save_every", "report_only", "log_every", "reference_trajectories")
+EXPERIMENT_KEYS = ("experiment", "output_dir", "overwrite", "num_threads", "save_checkpoints",
+                   "save_every", "report_only", "log_every", "reference_trajectories",
+                   "trajectory_axis")
+# what is measured of a trained model: changing one re-measures finished runs from their saved
+# checkpoints (probes.train.remeasure), never retrains them. n_probes also sets which steps a
+# new run saves; a finished run is measured at the steps it saved.
+ANALYSIS_KEYS = ("n_probes", "n_eval", "merge_probe", "thresholds")
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
-# keys added with the baselines: left out of a run's identity at their default value
-LATER_KEYS = {k: FIELDS[k].default for k in (
-    "in_dim", "image_source", "image_size", "test_fraction", "width", "activation", "gamma_prime",
-    "optimizer", "lr_schedule", "lr_scaling",
-    # keys added with issue 17 (the authors' chain search, the authors' ood scoring)
-    "ood_scoring", "hops", "chain_nodes",
-    # issue 13: a run in bf16 or fp16 is another run than the same run in float32
-    "mixed_precision",
-    # issue 16: the merge probe (more rows; a run with it is another run than one without)
-    "merge_probe",
-    # issue 15: the authors' schedule (warm-up start, cosine floor) and the paper family's head bias
-    "lr_warmup_start", "lr_min", "head_bias",
-    # issue 14: the last block and the head at the last position only (equal to float rounding)
-    "last_position_only")}
-# ood scoring before the authors' score existed was the pooled one: runs scored the authors' way
-# (the default now) get new ids, and older folders keep theirs with the scores they hold
-LATER_KEYS["ood_scoring"] = "pooled"
-# task options that only define runs of the tasks that have them
-TASK_ONLY_KEYS = ("ood_scoring", "hops", "chain_nodes")
-# one value for the whole experiment: one Accelerator per process
-SHARED_KEYS = (*EXPERIMENT_KEYS, "mixed_precision")
+# keys every run's training reads, whatever its task and family (task options come from the
+# task's dataclass, the family's from FAMILY_TRAINING_KEYS)
+COMMON_TRAINING_KEYS = ("task", "data_seed", "fresh_samples", "model_family", "gamma", "dropout",
+                        "optimizer", "lr_schedule", "steps", "batch_size", "lr", "weight_decay",
+                        "warmup_steps", "lr_warmup_start", "grad_clip", "mixed_precision", "seed")
+PART_GAMMAS = ("gamma_embedding", "gamma_attention", "gamma_mlp", "gamma_head")
+LM_KEYS = ("n_layer", "n_head", "n_embd", "d_ff", "vocab_size", "last_position_only", *PART_GAMMAS)
+FAMILY_TRAINING_KEYS = {"paper": (*LM_KEYS, "head_bias"), "gpt2": LM_KEYS,
+                        "mlp": ("width", "activation", "gamma_prime", "lr_scaling"),
+                        "resnet": PART_GAMMAS}
+
+
+def training_keys(cfg: RunConfig) -> list[str]:
+    """The keys that the training of ``cfg`` reads, sorted: ``COMMON_TRAINING_KEYS``, the options
+    of its task's generator (``data_seed`` is the generator's seed), its family's keys, and
+    ``lr_min`` under the cosine schedule only (the constant one never reads it)."""
+    keys = set(COMMON_TRAINING_KEYS) | set(FAMILY_TRAINING_KEYS[cfg.model_family])
+    keys |= {f.name for f in dataclasses.fields(TASKS[cfg.task]) if f.name != "seed"}
+    if cfg.lr_schedule == "cosine":
+        keys.add("lr_min")
+    return sorted(keys)
+
+
+# one value for the whole experiment: one Accelerator per process, one analysis of its runs
+SHARED_KEYS = (*EXPERIMENT_KEYS, "mixed_precision", *ANALYSIS_KEYS)
 PRECISIONS = ("no", "fp16", "bf16")
+SAVE_CHECKPOINTS = ("probes", "final", "none")
+TRAJECTORY_AXES = ("step", "samples")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 LR_SCHEDULES = ("cosine", "constant")
 LR_SCALINGS = ("none", "ntk")

@@ -19,6 +19,7 @@ from scipy.cluster.hierarchy import leaves_list, linkage
 from scipy.linalg import eigh
 
 from probes.measure import pairs
+from probes.measure.result import metric_row
 
 THRESHOLDS = (0.7, 0.9, 0.95, 0.99)
 
@@ -270,10 +271,10 @@ def metric_rows(fit: Condensation, base: dict) -> list[dict]:
         base: the row's identity: run_id, step, layer, component, head, basis.
 
     Returns:
-        dicts with the keys of ``base`` plus n_units, metric, threshold (None when none), value.
+        ``metric_row`` dicts (METRICS_COLUMNS), n_units the fit's kept units.
     """
-    base = base | {"n_units": fit.n_units_}
-    return [base | {"metric": m, "threshold": t, "value": v} for m, t, v in fit.results()]
+    return [metric_row(**base, metric=m, threshold=t, value=v, n_units=fit.n_units_)
+            for m, t, v in fit.results()]
 
 
 def relative_distance(theta, theta0) -> float:

@@ -44,7 +44,8 @@ def write_all(cfgs) -> None:
         else:
             reference = cfgs[0].reference_trajectories
             text = write_reasoning(stage, out_dir, frames, task,
-                                   pd.read_csv(reference) if reference else None)
+                                   pd.read_csv(reference) if reference else None,
+                                   cfgs[0].trajectory_axis)
         publish_reports(stage, out_dir)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
@@ -56,7 +57,7 @@ def write_all(cfgs) -> None:
 
 
 def write_reasoning(stage: Path, out_dir: Path, frames: dict, task,
-                    reference: pd.DataFrame | None = None) -> str:
+                    reference: pd.DataFrame | None = None, axis: str = "step") -> str:
     """A reasoning experiment's correlations.csv, phase_diagram.csv (when gamma and depth both
     vary) and figures, written into ``stage`` (the run folders are read from ``out_dir``;
     ``reference``: trajectories for ood_over_training); returns the summary text."""
@@ -69,7 +70,7 @@ def write_reasoning(stage: Path, out_dir: Path, frames: dict, task,
                                        scores=("acc_test_id", *figures.phase_scores(task)))
             write_csv(table, stage / "phase_diagram.csv")
         figures.draw_all(stage, runs, metrics, frames["offsets"], corr, task, runs_dir=out_dir,
-                         reference=reference)
+                         reference=reference, axis=axis)
     return summary(runs, corr, task)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import sys
 
 import torch
@@ -22,10 +23,10 @@ from tqdm.auto import tqdm
 from probes.config import ConfigError, expand, load_config, parse_overrides
 from probes.report.experiment import write_all
 from probes.runtime import bf16_native, configure_threads
-from probes.store import OutputError, check_output_dir, finished, save_run
-from probes.train.loop import Run
+from probes.store import OutputError, check_output_dir, finished, run_dir, save_run, work_dir
+from probes.train.loop import Run, build_data
+from probes.train.remeasure import measure_all, recorded, stale
 from probes.train.usage import key_help
-from tasks import make_task
 
 USAGE = """usage: accelerate launch probes/run.py [--config FILE] [--output_dir DIR] [--KEY VALUE ...]
        accelerate launch probes/run.py --checkpoint DIR [--checkpoint DIR ...] [--output_dir DIR]
@@ -37,29 +38,24 @@ Keys (type, default, meaning):
 """
 
 
-def build_data(cfgs):
-    """A lookup cfg -> (task, numpy columns per split), built once per distinct task setting
-    (runs of a grid share their data)."""
-    def key(cfg):
-        return cfg.task, tuple(sorted(cfg.task_options().items()))
-
-    cache = {}
-    for cfg in cfgs:
-        if key(cfg) not in cache:
-            task = make_task(cfg.task, **cfg.task_options())
-            splits = task.build()
-            cache[key(cfg)] = (task, {s: splits[s][:] for s in splits})
-    return lambda cfg: cache[key(cfg)]
-
-
 def train_all(cfgs, accelerator) -> None:
     """Train the unfinished runs of ``cfgs``, round by round: in each round every process trains
     one run, the results are gathered and the main process writes them (so a killed experiment
-    keeps every finished run)."""
+    keeps every finished run). Finished runs measured with other analysis settings are measured
+    again from their checkpoints (main process), not trained."""
     todo = [c for c in cfgs if c.overwrite or not finished(c)]
-    skipped = len(cfgs) - len(todo)
-    if skipped:
-        accelerator.print(f"{skipped} finished run(s) kept; --overwrite true retrains them")
+    kept = [c for c in cfgs if c not in todo]
+    again = [c for c in kept if stale(c)]
+    if kept:
+        accelerator.print(f"{len(kept)} finished run(s) kept ({len(again)} measured again with "
+                          f"the new analysis settings); --overwrite true retrains them")
+    moved = sorted({c.run_id for c in kept if recorded(run_dir(c)).get("n_probes") != c.n_probes})
+    if moved:
+        accelerator.print(f"note: {len(moved)} finished run(s) keep the probe steps they saved "
+                          f"(n_probes applies to new runs): {', '.join(moved[:3])}")
+    if again and accelerator.is_main_process:
+        measure_all(again, build_data(again), accelerator.device)
+    accelerator.wait_for_everyone()
     if not todo:
         return
     with accelerator.split_between_processes(todo) as mine:
@@ -85,7 +81,8 @@ def train_all(cfgs, accelerator) -> None:
         if accelerator.is_main_process:
             for r in results:
                 if r is not None:
-                    save_run(r)
+                    save_run(r, work_dir(r.cfg))
+                    shutil.rmtree(work_dir(r.cfg), ignore_errors=True)
         accelerator.wait_for_everyone()
     bar.close()
 

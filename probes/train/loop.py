@@ -26,7 +26,6 @@ import itertools
 import math
 import time
 import weakref
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -36,34 +35,16 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorData
 
 from models import build_for_run
 from probes.config import RunConfig, effective_lr
-from probes.measure.family_units import NO_RD, all_units, neuron_features
-from probes.measure.metrics import Condensation, metric_rows, relative_distance
-from probes.measure.neurons import count_directions, loss_fell
-from probes.store import HEATMAP_UNITS, run_dir, runs_row, write_train_log
-from probes.train.merge_probe import merge_rows
+from probes.measure.family_units import all_units
+from probes.measure.series import SeriesProbe
+from probes.store import RunResult, runs_row, save_checkpoint, work_dir, write_train_log
 from probes.train.resume import load_state, save_state
+from tasks import make_task
 from tasks.objective import objective_for
 
 # fp16: the state each accelerator's GradScaler had before its first run (its initial scale), so
 # that every run starts from it rather than from the scale the previous run left
 SCALER_START: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-@dataclass
-class RunResult:
-    """What a run hands to the report: one runs.csv row, its metrics and ood-offset rows, and the
-    trained model (on CPU) with its init records for the checkpoint."""
-
-    cfg: RunConfig
-    row: dict
-    metrics: list[dict] = field(default_factory=list)
-    offsets: list[dict] = field(default_factory=list)
-    model: torch.nn.Module | None = None
-    init_records: list[dict] = field(default_factory=list)
-    # 1-D two-layer nets: step 0, the end of the initial stage and the last probe
-    neurons: list[dict] = field(default_factory=list)
-    # HEATMAP_UNITS at the last probe: ordered cosine, stride, n_units, n_groups, mean_abs_cos
-    heatmap: dict | None = None
 
 
 def probe_steps(steps: int, n_probes: int) -> list[int]:
@@ -121,20 +102,21 @@ class Run:
     def __init__(self, cfg: RunConfig, task, data: dict, accelerator: Accelerator):
         self.cfg, self.task, self.data, self.accelerator = cfg, task, data, accelerator
         self.objective = objective_for(task, cfg.last_position_only)
-        self.eval_data = {s: {k: v[: cfg.n_eval] if s == "train" else v for k, v in data[s].items()}
-                          for s in data}
-        self.metrics, self.offsets, self.neurons, self.last_neurons = [], [], [], []
-        self.initial_neurons: list[dict] = []  # the probe before the loss first falls
-        self.heatmap = None
+        self.eval_data = eval_data(cfg, data)
+        self.folder = work_dir(cfg)
         self.train_log: list[dict] = []  # store.TRAIN_LOG_COLUMNS every log_every steps
+        self.series: SeriesProbe | None = None
 
     def build(self):
-        """The run's untrained model at its init rate, on the device; keeps its unit sets at
-        step 0 (for RD) and its init records."""
+        """The run's untrained model at its init rate, on the device, and the series probe that
+        measures it (RD from these weights); keeps its init records."""
         cfg = self.cfg
         set_seed(cfg.seed)  # before the model is built: the init draws from the global generator
         model, self.init_records = build_for_run(cfg, self.task)
-        self.units0 = {(u.layer, u.component, u.head): u.units for u in all_units(model)}
+        units0 = {(u.layer, u.component, u.head): u.units for u in all_units(model)}
+        self.series = SeriesProbe(cfg.run_id, self.objective, self.eval_data,
+                                  self.accelerator.device, cfg.thresholds,
+                                  merge_step=cfg.steps if cfg.merge_probe else None, units0=units0)
         return model.to(self.accelerator.device)
 
     def batches(self, done: int):
@@ -171,10 +153,10 @@ class Run:
             skip = 0
 
     def train(self, progress=None) -> RunResult:
-        """Train to ``cfg.steps`` (from the saved state when there is one), probing on the
-        log-spaced schedule; stops early when the loss is not finite (``diverged``). Every
-        ``log_every`` steps it logs loss, learning rate and gradient norm, and writes them to the
-        run folder's train_log.csv at each saved state and at the end.
+        """Train to ``cfg.steps`` (from the saved state when there is one), measuring and saving
+        the model at each step of the log-spaced schedule; stops early when the loss is not
+        finite (``diverged``). Every ``log_every`` steps it logs loss, learning rate and gradient
+        norm (train_log.csv, written at each saved state and at the end).
 
         Args:
             progress: called as progress(loss or None, steps done since the last call).
@@ -188,146 +170,121 @@ class Run:
         optimizer = make_optimizer(cfg, model.parameters())
         scheduler = make_scheduler(cfg, optimizer)
         schedule = set(probe_steps(cfg.steps, cfg.n_probes))
-        folder = run_dir(cfg)
-        saved = None if cfg.overwrite else load_state(folder, model, optimizer, scheduler)
-        if saved is None:
-            done, scores, wall0 = 0, self.probe(model, 0), 0.0
-        else:
-            done, scores, wall0 = saved["step"], saved["scores"], saved["wall_s"]
-            self.metrics, self.offsets = saved["metrics"], saved["offsets"]
-            self.neurons, self.last_neurons = saved.get("neurons", []), saved.get("last_neurons", [])
-            self.initial_neurons = saved.get("initial_neurons", [])
-            self.train_log = saved.get("train_log", [])
-        # through accelerate: under fp16 it unscales before clipping and skips overflowed steps
-        optimizer = acc.prepare_optimizer(optimizer, device_placement=False)
-        if acc.scaler is not None:  # fp16: this run's own gradient scale, fresh or resumed
-            fresh = SCALER_START.setdefault(acc.scaler, acc.scaler.state_dict())
-            acc.scaler.load_state_dict((saved or {}).get("scaler") or fresh)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        saved = None if cfg.overwrite else load_state(self.folder, model, optimizer, scheduler)
+        done, scores, wall0 = self.resume(model, saved)
+        optimizer = self.prepare(optimizer, saved)
         if progress is not None:
             progress(None, done)
         diverged, step = False, done
         batches = self.batches(done)
         model.train()
         for step in range(done + 1, cfg.steps + 1):
-            batch = next(batches)
-            with acc.autocast():
-                loss = self.objective.loss(model, batch)
-            log_now = cfg.log_every > 0 and step % cfg.log_every == 0
-            lr = scheduler.get_last_lr()[0]  # the rate this step uses
-            if not torch.isfinite(loss):
+            value = self.step(model, next(batches), optimizer, scheduler, step,
+                              want_loss=progress is not None)
+            if value is None:
                 diverged = True
-                self.train_log.append(dict(step=step, loss=loss.item(), lr=lr, grad_norm=None))
                 break
-            acc.backward(loss)
-            norm = None
-            if cfg.grad_clip > 0 or log_now:  # max_norm inf: the norm measured, no gradient changed
-                norm = acc.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf)
-            optimizer.step()
-            if not optimizer.step_was_skipped:  # fp16: no scheduler step for a skipped step
-                scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            value = loss.item() if progress is not None or log_now else None
-            if log_now:
-                self.train_log.append(dict(step=step, loss=value, lr=lr, grad_norm=norm.item()))
             if progress is not None:
                 progress(value, 1)
             if step in schedule:
                 scores = self.probe(model, step)
                 model.train()
             if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
-                save_state(folder, model, optimizer, scheduler, {
-                    "step": step, "scores": scores, "metrics": self.metrics,
-                    "offsets": self.offsets, "neurons": self.neurons,
-                    "last_neurons": self.last_neurons, "initial_neurons": self.initial_neurons,
+                save_state(self.folder, model, optimizer, scheduler, {
+                    "step": step, "scores": scores, "series": self.series.state_dict(),
                     "train_log": self.train_log, "wall_s": wall0 + time.perf_counter() - start,
                     **({"scaler": acc.scaler.state_dict()} if acc.scaler is not None else {})})
-                write_train_log(folder, self.train_log)
+                write_train_log(self.folder, self.train_log)
+        write_train_log(self.folder, self.train_log)
+        acc.free_memory()  # forget this run's optimizer: the next run prepares its own
+        return self.result(model.eval(), scores, step, diverged,
+                           wall0 + time.perf_counter() - start)
+
+    def resume(self, model, saved: dict | None) -> tuple[int, dict, float]:
+        """(steps done, latest scores, wall seconds so far): from the saved state, or 0 after
+        measuring the untrained model."""
+        if saved is None:
+            return 0, self.probe(model, 0), 0.0
+        self.series.load_state_dict(saved["series"])
+        self.train_log = saved.get("train_log", [])
+        return saved["step"], saved["scores"], saved["wall_s"]
+
+    def prepare(self, optimizer, saved: dict | None):
+        """The optimizer through accelerate (under fp16 it unscales before clipping and skips
+        overflowed steps) with this run's own gradient scale, fresh or resumed."""
+        acc = self.accelerator
+        optimizer = acc.prepare_optimizer(optimizer, device_placement=False)
+        if acc.scaler is not None:
+            fresh = SCALER_START.setdefault(acc.scaler, acc.scaler.state_dict())
+            acc.scaler.load_state_dict((saved or {}).get("scaler") or fresh)
+        return optimizer
+
+    def step(self, model, batch, optimizer, scheduler, step: int, want_loss: bool) -> float | None:
+        """One optimizer step; returns the batch loss (NaN when not asked for and not logged),
+        or None when it is not finite (nothing is updated then)."""
+        cfg, acc = self.cfg, self.accelerator
+        with acc.autocast():
+            loss = self.objective.loss(model, batch)
+        log_now = cfg.log_every > 0 and step % cfg.log_every == 0
+        lr = scheduler.get_last_lr()[0]  # the rate this step uses
+        if not torch.isfinite(loss):
+            self.train_log.append(dict(step=step, loss=loss.item(), lr=lr, grad_norm=None))
+            return None
+        acc.backward(loss)
+        norm = None
+        if cfg.grad_clip > 0 or log_now:  # max_norm inf: the norm measured, no gradient changed
+            norm = acc.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf)
+        optimizer.step()
+        if not optimizer.step_was_skipped:  # fp16: no scheduler step for a skipped step
+            scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        value = loss.item() if want_loss or log_now else math.nan
+        if log_now:
+            self.train_log.append(dict(step=step, loss=value, lr=lr, grad_norm=norm.item()))
+        return value
+
+    def probe(self, model, step: int) -> dict:
+        """Measure ``model`` at ``step`` (``SeriesProbe``) and, under ``save_checkpoints:
+        probes``, save it as checkpoint-<step> (the last step's model is saved as model/ with
+        the finished run); returns the scores (train_loss included)."""
+        scores = self.series.measure(model, step).scores
+        if self.cfg.save_checkpoints == "probes" and step < self.cfg.steps:
+            save_checkpoint(self.folder, model, step, scores)
+        return scores
+
+    def result(self, model, scores: dict, step: int, diverged: bool, wall_s: float) -> RunResult:
+        """The finished run: its runs row from the final scores (NaN after a divergence) and
+        every probe's rows."""
+        cfg = self.cfg
         names = ("train_loss", *self.objective.score_names)
         final = dict.fromkeys(names, float("nan")) if diverged else scores
         n_train = len(self.data["train"][self.objective.batch_columns[0]])
         fitted = (not diverged) and self.objective.fitted(final)
         row = runs_row(cfg, final, step=step, n_train=n_train, fitted=fitted, diverged=diverged,
-                       wall_s=wall0 + time.perf_counter() - start,
-                       num_threads=torch.get_num_threads(), device=acc.device.type)
-        write_train_log(folder, self.train_log)
-        acc.free_memory()  # forget this run's optimizer: the next run prepares its own
-        model.eval()
-        steps = {0}
-        neurons = list(self.neurons)
-        for rows in (self.initial_neurons, self.last_neurons):
-            if rows and rows[0]["step"] not in steps:
-                steps.add(rows[0]["step"])
-                neurons += rows
-        return RunResult(cfg, row, self.metrics, self.offsets, model.cpu(), self.init_records,
-                         neurons, self.heatmap)
+                       wall_s=wall_s, num_threads=torch.get_num_threads(),
+                       device=self.accelerator.device.type)
+        s = self.series
+        return RunResult(cfg, row, s.metrics, s.offsets, s.neurons, s.heatmap, model.cpu(),
+                         self.init_records)
 
-    @torch.no_grad()
-    def probe(self, model, step: int) -> dict:
-        """Condensation of every unit set, the directions of a 1-D two-layer net, and the task's
-        scores at ``step``; appends the report rows and returns the scores (train_loss included)."""
-        model.eval()
-        run_id, cfg = self.cfg.run_id, self.cfg
-        for u in all_units(model):
-            fit = Condensation(cfg.thresholds).fit(u.units)
-            base = dict(run_id=run_id, step=step, layer=u.layer, component=u.component,
-                        head=u.head, basis="weight")
-            self.metrics += metric_rows(fit, base)
-            if (u.layer, u.component, u.head) == HEATMAP_UNITS and fit.n_units_ > 1:
-                cosine, stride = fit.ordered_cosine()
-                self.heatmap = dict(cosine=cosine, stride=stride, n_units=fit.n_units_,
-                                    n_groups=fit.n_groups_, mean_abs_cos=fit.mean_abs_cos_)
-            if u.component in NO_RD:
-                continue
-            rd = relative_distance(u.units, self.units0[(u.layer, u.component, u.head)])
-            self.metrics.append(base | dict(metric="rd", threshold=None, value=rd, n_units=fit.n_units_))
-        before = self.last_neurons
-        self.probe_neurons(model, step)
-        ev = self.objective.evaluate(model, self.eval_data, self.accelerator.device)
-        if before and not self.initial_neurons and self.loss_fell(ev.scores.get("train_loss")):
-            self.initial_neurons = before
-        base = dict(run_id=run_id, step=step, layer=None, component="output", head=None,
-                    basis=None, threshold=None)
-        for metric, value in ev.scores.items():
-            self.metrics.append(base | dict(metric=metric, value=value, n_units=ev.counts[metric]))
-        if cfg.merge_probe and step == cfg.steps:  # the condensed groups merged (final probe)
-            self.metrics += merge_rows(model, self.objective, self.eval_data,
-                                       self.accelerator.device, cfg.thresholds,
-                                       dict(run_id=run_id, step=step), ev.scores)
-        n_ood = sum(ev.offsets.values())
-        for offset, count in ev.offsets.items():
-            self.offsets.append(dict(run_id=run_id, step=step, offset=offset, count=count,
-                                     share=count / n_ood))
-        return ev.scores
 
-    def loss_fell(self, loss) -> bool:
-        """Whether the training loss has left the initial stage (``measure.neurons.loss_fell``,
-        the rule ``report.tables.initial_stage`` applies to metrics.csv)."""
-        first = [r["value"] for r in self.metrics
-                 if r["step"] == 0 and r["metric"] == "train_loss" and r["component"] == "output"]
-        return bool(first) and loss is not None and bool(loss_fell(loss, first[0]))
+def eval_data(cfg: RunConfig, data: dict) -> dict:
+    """The samples a probe scores: every split, the training split cut to ``n_eval``."""
+    return {s: {k: v[: cfg.n_eval] if s == "train" else v for k, v in data[s].items()}
+            for s in data}
 
-    def probe_neurons(self, model, step: int) -> None:
-        """1-D two-layer nets: directions counted from the angle histogram (metrics rows
-        ``n_directions``, ``n_lines`` and ``direction_share``, the share of the total amplitude
-        they hold), and each neuron's (w, b, angle, amplitude), kept for step 0, the end of the
-        initial stage (``loss_fell``) and the latest probe."""
-        feats = neuron_features(model)
-        if feats is None or not np.isfinite(feats["amplitude"]).all():
-            return
-        found = count_directions(feats["angle"], feats["amplitude"])
-        base = dict(run_id=self.cfg.run_id, step=step, layer=feats["layer"],
-                    component=feats["component"], head=None, basis="weight", threshold=None,
-                    n_units=len(feats["angle"]))
-        self.metrics.append(base | dict(metric="n_directions", value=float(found.n_directions)))
-        self.metrics.append(base | dict(metric="n_lines", value=float(found.n_lines)))
-        # how much of the output amplitude the directions hold: near 1 when condensed, well
-        # below at a random initialization, whose histogram also has chance peaks
-        self.metrics.append(base | dict(metric="direction_share", value=float(found.shares.sum())))
-        rows = [dict(run_id=self.cfg.run_id, step=step, layer=feats["layer"],
-                     component=feats["component"], unit=k, w=float(w), b=float(b),
-                     angle=float(t), amplitude=float(amp))
-                for k, ((w, b), t, amp) in enumerate(zip(feats["units"], feats["angle"],
-                                                         feats["amplitude"]))]
-        if step == 0:
-            self.neurons = rows
-        self.last_neurons = rows
+
+def build_data(cfgs):
+    """A lookup cfg -> (task, numpy columns per split), built once per distinct task setting
+    (runs of a grid share their data)."""
+    def key(cfg):
+        return cfg.task, tuple(sorted(cfg.task_options().items()))
+
+    cache = {}
+    for cfg in cfgs:
+        if key(cfg) not in cache:
+            task = make_task(cfg.task, **cfg.task_options())
+            splits = task.build()
+            cache[key(cfg)] = (task, {s: splits[s][:] for s in splits})
+    return lambda cfg: cache[key(cfg)]

@@ -27,8 +27,8 @@ def cosine_heatmaps(maps: list[dict], path: Path, title: str) -> None:
     """One panel per (basis, layer): bases in rows, layers in columns.
 
     Args:
-        maps: dicts with ``basis``, ``layer``, ``cosine`` (m, m) ordered float32, ``stride``,
-            ``n_units``, ``n_groups``, ``threshold``, ``mean_abs_cos``.
+        maps: dicts with ``basis``, ``layer``, ``threshold`` (of the group count shown) and
+            ``map`` (a ``probes.measure.result.HeatMap``).
         path: PNG to write (atomically).
         title: figure title (checkpoint, component).
     """
@@ -36,12 +36,13 @@ def cosine_heatmaps(maps: list[dict], path: Path, title: str) -> None:
     layers = sorted({m["layer"] for m in maps})
     panels = []
     for m in maps:
-        shown = f", every {m['stride']}th shown" if m["stride"] > 1 else ""
+        hm, tau = m["map"], m["threshold"]
+        shown = f", every {hm.stride}th shown" if hm.stride > 1 else ""
         panels.append(dict(row=bases.index(m["basis"]), col=layers.index(m["layer"]),
-                           cosine=m["cosine"], title=(
-                               f"layer {m['layer']} ({m['basis']}): {m['n_units']} units{shown}\n"
-                               f"{m['n_groups']} groups at {m['threshold']:g}, "
-                               f"mean|cos| {m['mean_abs_cos']:.2f}")))
+                           cosine=hm.cosine, title=(
+                               f"layer {m['layer']} ({m['basis']}): {hm.n_units} units{shown}\n"
+                               f"{hm.n_groups[tau]} groups at {tau:g}, "
+                               f"mean|cos| {hm.mean_abs_cos:.2f}")))
     cosine_panels(panels, path, title)
 
 

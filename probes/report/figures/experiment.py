@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from probes.measure.result import HEATMAP_UNITS
 from probes.report import tables
 from probes.report.figures.common import (
     cosine_panels,
@@ -33,7 +34,7 @@ from probes.report.figures.common import (
 )
 from probes.report.figures.merge import FIGURE as MERGE_FIGURE
 from probes.report.figures.merge import merge_loss_vs_width
-from probes.store import HEATMAP_UNITS, load_heatmap, run_folder
+from probes.store import load_heatmap, run_folder
 
 LAYER, COMPONENT, _ = HEATMAP_UNITS
 
@@ -46,10 +47,10 @@ def cosine_heatmaps(runs: pd.DataFrame, out_dir: Path, path: Path, threshold: fl
             hm = load_heatmap(run_folder(out_dir, run["run_id"]))
             if hm is None:
                 continue
-            tau = threshold if threshold in hm["n_groups"] else min(hm["n_groups"])
-            panels.append(dict(row=0, col=len(panels), cosine=hm["cosine"], title=(
-                f"gamma {gamma:g} (seed {run['seed']})\n{hm['n_groups'][tau]} groups at {tau:g}, "
-                f"mean|cos| {hm['mean_abs_cos']:.2f}")))
+            tau = threshold if threshold in hm.n_groups else min(hm.n_groups)
+            panels.append(dict(row=0, col=len(panels), cosine=hm.cosine, title=(
+                f"gamma {gamma:g} (seed {run['seed']})\n{hm.n_groups[tau]} groups at {tau:g}, "
+                f"mean|cos| {hm.mean_abs_cos:.2f}")))
             break
     if not panels:
         return False
@@ -73,49 +74,68 @@ def groups_over_training(runs: pd.DataFrame, metrics: pd.DataFrame, path: Path,
 
 
 def ood_over_training(runs: pd.DataFrame, metrics: pd.DataFrame, path: Path,
-                      scores: tuple[str, ...], reference: pd.DataFrame | None = None) -> None:
-    """``scores`` and acc_test_id against step, one panel per gamma and a line style per seed.
+                      scores: tuple[str, ...], reference: pd.DataFrame | None = None,
+                      axis: str = "step") -> None:
+    """``scores`` and acc_test_id over training, one panel per gamma and a line style per seed;
+    the legend below the panels.
 
     Args:
         reference: optional trajectories of another source (columns gamma, step and any of the
             scores; e.g. the authors' logged runs, configs/authors_trajectories.csv),
             drawn as wide pale lines with crosses in the panel of the same gamma.
+        axis: ``step``, or ``samples`` (training samples seen: step x batch_size, from runs.csv
+            and from the reference's batch_size column), the fair axis when batches differ.
+
+    Raises:
+        ValueError: ``axis`` samples and a run or reference row without its batch_size.
     """
+    def x_of(steps, batch):
+        if axis == "step":
+            return np.asarray(steps, dtype=float).clip(min=0.5)
+        if batch is None or not np.all(np.isfinite(np.asarray(batch, dtype=float))):
+            raise ValueError("trajectory_axis 'samples' needs batch_size in runs.csv and in the "
+                             "reference trajectories: accepted for runs without it is 'step'")
+        return (np.asarray(steps, dtype=float) * np.asarray(batch, dtype=float)).clip(min=0.5)
+
     gammas = sorted(runs["gamma"].unique())
-    ncols = min(4, len(gammas))
+    ncols = min(3, len(gammas))
     nrows = -(-len(gammas) // ncols)
-    fig, axes = new_figure(nrows, ncols, figsize=(3.4 * ncols + 0.5, 3.2 * nrows), sharey=True)
+    fig, axes = new_figure(nrows, ncols, figsize=(4.6 * ncols + 0.5, 3.8 * nrows + 0.9),
+                           sharey=True)
     for ax in axes.flat[len(gammas):]:
         ax.set_visible(False)
-    styles = ("-", "--", ":")
+    styles = ("-", "--", ":", "-.")
     shown = (*scores, "acc_test_id")
+    handles = {}
     for ax, gamma in zip(axes.flat, gammas):
         for j, (_, run) in enumerate(runs[runs["gamma"] == gamma].sort_values("seed").iterrows()):
             m = metrics[(metrics["run_id"] == run["run_id"]) & metrics["layer"].isna()]
             for i, score in enumerate(shown):
                 r = m[m["metric"] == score].sort_values("step")
-                ax.plot(r["step"].astype(float).clip(lower=0.5), r["value"], color=f"C{i}",
-                        ls=styles[j % 3], lw=1.2, label=f"{score}" if j == 0 else None)
-        if reference is not None:
-            ref = reference[np.isclose(reference["gamma"], gamma)].sort_values("step")
-            for i, score in enumerate(shown):
-                if len(ref) and score in ref:
-                    ax.plot(ref["step"].astype(float).clip(lower=0.5), ref[score], color=f"C{i}",
-                            lw=4, alpha=0.3, marker="x", ms=4, label=f"{score} (reference)")
+                (line,) = ax.plot(x_of(r["step"], run.get("batch_size")), r["value"],
+                                  color=f"C{i}", ls=styles[j % 4], lw=1.4)
+                handles.setdefault(score, line)
+        ref = None if reference is None else \
+            reference[np.isclose(reference["gamma"], gamma)].sort_values("step")
+        for i, score in enumerate(shown):
+            if ref is not None and len(ref) and score in ref:
+                (line,) = ax.plot(x_of(ref["step"], ref.get("batch_size")), ref[score],
+                                  color=f"C{i}", lw=5, alpha=0.25, marker="x", ms=4)
+                handles.setdefault(f"{score} (reference)", line)
         ax.set_xscale("log")
-        ax.set_title(f"gamma {gamma:g} (line style: seed)", fontsize=9)
-        ax.set_xlabel("step")
+        ax.set_title(f"gamma {gamma:g}", fontsize=10)
+        ax.set_xlabel("training samples seen (step x batch)" if axis == "samples"
+                      else "step (step 0 drawn at 0.5)")
         ax.set_ylim(-0.03, 1.03)
-        if reference is not None and np.isclose(reference["gamma"], gamma).any():
-            ax.legend(fontsize=6)
+        ax.grid(alpha=0.3)
     for row in axes:
         row[0].set_ylabel("share / accuracy")
-    if reference is None or not np.isclose(reference["gamma"], gammas[0]).any():
-        axes[0][0].legend(fontsize=7)
-    fig.suptitle("Answers on the held-out data over training"
-                 + ("" if reference is None else " (wide pale lines: reference trajectories)"),
-                 fontsize=10)
-    fig.tight_layout()
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=min(4, len(handles)),
+               fontsize=8, frameon=False)
+    fig.suptitle("Answers on the held-out data over training (line style: seed"
+                 + ("" if reference is None else "; wide pale lines: reference trajectories")
+                 + ")", fontsize=10)
+    fig.tight_layout(rect=(0, 0.6 / (3.8 * nrows + 0.9) + 0.06, 1, 1))
     save_figure(fig, path)
 
 
@@ -228,11 +248,12 @@ def phase_scores(task) -> tuple[str, ...]:
 
 def draw_all(out_dir: Path, runs: pd.DataFrame, metrics: pd.DataFrame, offsets: pd.DataFrame,
              corr: pd.DataFrame, task, runs_dir: Path | None = None,
-             reference: pd.DataFrame | None = None) -> list[Path]:
+             reference: pd.DataFrame | None = None, axis: str = "step") -> list[Path]:
     """Draw every figure of an experiment into ``out_dir/figures``; returns the paths written.
     ``task`` (the task class or object) names the ood scores and labels the axes; the runs' saved
     heat maps are read from ``runs_dir`` (the experiment's output folder; default ``out_dir``);
-    ``reference``: trajectories drawn in ood_over_training (see there)."""
+    ``reference`` and ``axis``: trajectories drawn in ood_over_training and its x axis (see
+    there)."""
     shown = phase_scores(task)
     fig_dir = Path(out_dir) / "figures"
     written = []
@@ -247,7 +268,8 @@ def draw_all(out_dir: Path, runs: pd.DataFrame, metrics: pd.DataFrame, offsets: 
         written.append(fig_dir / "phase_diagram.png")
     for name, draw in (
         ("groups_over_training.png", lambda p: groups_over_training(runs, metrics, p)),
-        ("ood_over_training.png", lambda p: ood_over_training(runs, metrics, p, shown, reference)),
+        ("ood_over_training.png", lambda p: ood_over_training(runs, metrics, p, shown, reference,
+                                                              axis)),
         ("ood_vs_gamma.png", lambda p: ood_vs_gamma(runs, p, (*task.ood_scores, "acc_test_id"),
                                                     getattr(task, "ood_label", "ood answers"))),
         ("ood_offsets.png", lambda p: ood_offsets(runs, offsets, p,

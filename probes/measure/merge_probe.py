@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from probes.measure.merge import UnsupportedModel, merge_model, merge_sites
+from probes.measure.result import metric_row
 from tasks.objective import predict_last
 
 
@@ -79,13 +80,13 @@ def merge_rows(model, objective, data: dict, device, thresholds, base: dict,
             diff = (model_outputs(merged.model, objective, data, device) - reference).abs().max()
             width = sum(w["merged_width"] for w in merged.widths)
             units = sum(w["n_units"] for w in merged.widths)
-            row = base | dict(layer=None if only is None else only[0],
-                              component="all" if only is None else only[1], head=None,
-                              basis="weight", threshold=float(tau), n_units=units)
+            where = dict(layer=None if only is None else only[0],
+                         component="all" if only is None else only[1], basis="weight",
+                         threshold=float(tau), n_units=units)
             change = (ev.scores["train_loss"] - loss) / loss if loss else np.nan
             values = {"merged_width": float(width), "loss_merged": ev.scores["train_loss"],
                       "rel_loss_change": change, "max_abs_logit_diff": diff.item()}
             values |= {f"{name}_merged": ev.scores[name] for name in objective.score_names}
-            rows += [row | dict(metric=m, value=v) for m, v in values.items()]
+            rows += [metric_row(**base, **where, metric=m, value=v) for m, v in values.items()]
             del merged
     return rows

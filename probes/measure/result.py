@@ -1,0 +1,79 @@
+"""The result contract of one probe: the CSV columns, the one place metric rows are built, the
+heat map and ``ProbeResult``. Everything that measures a model returns these; ``probes.store``
+writes them with these columns, and ``probes.report`` reads them back.
+
+Schema and meaning of each column: reports/README.md.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+METRICS_COLUMNS = ["run_id", "step", "layer", "component", "head", "basis", "metric",
+                   "threshold", "value", "n_units"]
+OFFSETS_COLUMNS = ["run_id", "step", "offset", "count", "share"]
+NEURONS_COLUMNS = ["run_id", "step", "layer", "component", "unit", "w", "b", "angle", "amplitude"]
+# the unit set (layer, component, head) whose cosine matrix a run keeps for the heat maps
+HEATMAP_UNITS = (0, "attn.q", None)
+
+
+def metric_row(*, run_id: str, step: int | None, metric: str, value: float, layer: int | None = None,
+               component: str = "output", head: int | None = None, basis: str | None = None,
+               threshold: float | None = None, n_units: int | None = None) -> dict:
+    """One metrics.csv row, keyed exactly by ``METRICS_COLUMNS``.
+
+    Args:
+        run_id, step: the run and its optimizer step (None: unknown); metric, value: what was measured;
+        layer (from 0), component (``attn.q``, ``mlp.in``, ..., ``output`` for task scores),
+        head (None: all heads), basis (``weight`` | ``activation``; None for task scores),
+        threshold (cosine tau of a group count, None otherwise), n_units (units, or samples
+        behind a task score).
+
+    Raises:
+        TypeError: a missing or unknown keyword (the signature is the schema).
+    """
+    return dict(run_id=run_id, step=None if step is None else int(step), layer=layer,
+                component=component, head=head, basis=basis, metric=metric, threshold=threshold,
+                value=float(value) if value is not None else math.nan, n_units=n_units)
+
+
+@dataclass
+class HeatMap:
+    """The cosine matrix of one unit set in group order, for the heat-map figures.
+
+    cosine: (m', m') float32, m' = ceil(n_units / stride) (every ``stride``-th unit of the
+    dendrogram order); n_units: units kept; n_groups: {tau: groups}; mean_abs_cos: mean |cos|.
+    """
+
+    cosine: np.ndarray
+    stride: int
+    n_units: int
+    n_groups: dict[float, int]
+    mean_abs_cos: float
+
+    @classmethod
+    def of(cls, fit) -> HeatMap:
+        """The heat map of a fitted ``probes.measure.metrics.Condensation`` (``order=True``)."""
+        cosine, stride = fit.ordered_cosine()
+        return cls(cosine, stride, fit.n_units_, dict(fit.n_groups_), fit.mean_abs_cos_)
+
+
+@dataclass
+class ProbeResult:
+    """What measuring one model at one step gives.
+
+    metrics: metrics.csv rows (``metric_row``): condensation of every unit set, relative
+    distance from step 0, the task's scores, merge rows; offsets: ood_offsets.csv rows;
+    neurons: neurons.csv rows (1-D two-layer nets); scores: the task's scores by name
+    (``train_loss`` first); heatmap: the ``HEATMAP_UNITS`` set's heat map, or None.
+    """
+
+    step: int
+    metrics: list[dict] = field(default_factory=list)
+    offsets: list[dict] = field(default_factory=list)
+    neurons: list[dict] = field(default_factory=list)
+    scores: dict[str, float] = field(default_factory=dict)
+    heatmap: HeatMap | None = None

@@ -1,0 +1,159 @@
+"""Measuring one run's models step after step: the one path by which this project's runs are
+measured, live during training (``probes.train.loop``) and again from a saved checkpoint series
+(``probes.train.remeasure``). Same model, same settings: the same rows, bit for bit.
+
+At each step ``SeriesProbe.measure`` gives a ``ProbeResult``: condensation of every unit set in
+the weight basis (``probes.measure.metrics.Condensation``; Xu, Zhang, Zhou, arXiv 2504.09484),
+the relative distance RD from step 0 (Luo, Xu, Ma, Zhang, JMLR 2021), the task's scores and the
+held-out pair's answer offsets (Zhang, Zhang, Xu et al., arXiv 2405.05409), the merge rows at
+the final step (``merge_probe``) and, for 1-D two-layer nets, each neuron's direction.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from probes.measure.family_units import NO_RD, all_units, neuron_features
+from probes.measure.merge_probe import merge_rows
+from probes.measure.metrics import Condensation, metric_rows, relative_distance
+from probes.measure.neurons import count_directions, loss_fell
+from probes.measure.result import HEATMAP_UNITS, HeatMap, ProbeResult, metric_row
+
+
+class SeriesProbe:
+    """Measures the models of one run in step order and keeps the run's rows.
+
+    Args:
+        run_id: the rows' run id; objective: the task's objective (``tasks.objective``);
+        eval_data: split -> column -> numpy array, the samples scored (training split cut to
+            n_eval); device: where the model runs; thresholds: cosine thresholds tau in (0, 1);
+        merge_step: the step at which the condensed groups are merged and scored (None: never);
+        units0: {(layer, component, head): (n_units, dim) tensor} at step 0, for RD; None: taken
+            from the model measured at step 0.
+
+    After each ``measure``: ``metrics``, ``offsets`` (all steps so far), ``neurons`` (step 0,
+    the end of the initial stage and the latest step), ``heatmap`` (the latest step's).
+    """
+
+    def __init__(self, run_id: str, objective, eval_data: dict, device, thresholds,
+                 merge_step: int | None = None, units0: dict | None = None):
+        self.run_id, self.objective, self.eval_data, self.device = run_id, objective, eval_data, device
+        self.thresholds, self.merge_step, self.units0 = list(thresholds), merge_step, units0
+        self.metrics: list[dict] = []
+        self.offsets: list[dict] = []
+        self.heatmap: HeatMap | None = None
+        self.first_neurons: list[dict] = []  # step 0
+        self.initial_neurons: list[dict] = []  # the probe before the loss first falls
+        self.last_neurons: list[dict] = []
+
+    @torch.no_grad()
+    def measure(self, model, step: int) -> ProbeResult:
+        """Measure ``model`` (put in eval mode) at ``step``; keeps and returns its rows.
+
+        Raises:
+            ValueError: the first step measured is not 0 and no ``units0`` was given (RD needs
+                the weights at initialization), or units that are not finite.
+        """
+        model.eval()
+        result = ProbeResult(step)
+        sets = all_units(model)
+        if self.units0 is None:
+            if step != 0:
+                raise ValueError(f"the series starts at step {step}: accepted is a series that "
+                                 f"starts at step 0 (RD is measured from it)")
+            self.units0 = {(u.layer, u.component, u.head): u.units for u in sets}
+        for u in sets:
+            result.metrics += self.condensation(u, step, result)
+        before = self.last_neurons
+        result.neurons, neuron_rows = self.directions(model, step)
+        result.metrics += neuron_rows
+        ev = self.objective.evaluate(model, self.eval_data, self.device)
+        result.scores = ev.scores
+        if before and not self.initial_neurons and self.loss_fell(ev.scores.get("train_loss")):
+            self.initial_neurons = before
+        for name, value in ev.scores.items():
+            result.metrics.append(metric_row(run_id=self.run_id, step=step, metric=name,
+                                             value=value, n_units=ev.counts[name]))
+        if step == self.merge_step:
+            result.metrics += merge_rows(model, self.objective, self.eval_data, self.device,
+                                         self.thresholds, dict(run_id=self.run_id, step=step),
+                                         ev.scores)
+        n_ood = sum(ev.offsets.values())
+        result.offsets = [dict(run_id=self.run_id, step=step, offset=offset, count=count,
+                               share=count / n_ood) for offset, count in ev.offsets.items()]
+        self.keep(result)
+        return result
+
+    def condensation(self, u, step: int, result: ProbeResult) -> list[dict]:
+        """Rows of one unit set: its condensation and its RD from step 0; keeps the heat map."""
+        fit = Condensation(self.thresholds).fit(u.units)
+        where = dict(run_id=self.run_id, step=step, layer=u.layer, component=u.component,
+                     head=u.head, basis="weight")
+        rows = metric_rows(fit, where)
+        if (u.layer, u.component, u.head) == HEATMAP_UNITS and fit.n_units_ > 1:
+            result.heatmap = HeatMap.of(fit)
+        if u.component not in NO_RD:
+            rd = relative_distance(u.units, self.units0[(u.layer, u.component, u.head)])
+            rows.append(metric_row(**where, metric="rd", value=rd, n_units=fit.n_units_))
+        return rows
+
+    def directions(self, model, step: int) -> tuple[list[dict], list[dict]]:
+        """1-D two-layer nets: (neurons.csv rows, metrics rows). Directions are counted from the
+        angle histogram: ``n_directions``, ``n_lines`` and ``direction_share``, the share of the
+        total amplitude they hold (near 1 when condensed, well below at a random init, whose
+        histogram also has chance peaks). Any other model: ([], [])."""
+        feats = neuron_features(model)
+        if feats is None or not np.isfinite(feats["amplitude"]).all():
+            return [], []
+        found = count_directions(feats["angle"], feats["amplitude"])
+        where = dict(run_id=self.run_id, step=step, layer=feats["layer"],
+                     component=feats["component"], basis="weight", n_units=len(feats["angle"]))
+        rows = [metric_row(**where, metric="n_directions", value=found.n_directions),
+                metric_row(**where, metric="n_lines", value=found.n_lines),
+                metric_row(**where, metric="direction_share", value=found.shares.sum())]
+        neurons = [dict(run_id=self.run_id, step=step, layer=feats["layer"],
+                        component=feats["component"], unit=k, w=float(w), b=float(b),
+                        angle=float(t), amplitude=float(amp))
+                   for k, ((w, b), t, amp) in enumerate(zip(feats["units"], feats["angle"],
+                                                            feats["amplitude"]))]
+        return neurons, rows
+
+    def loss_fell(self, loss) -> bool:
+        """Whether the training loss has left the initial stage (``measure.neurons.loss_fell``,
+        the rule ``report.tables.initial_stage`` applies to metrics.csv)."""
+        first = [r["value"] for r in self.metrics
+                 if r["step"] == 0 and r["metric"] == "train_loss" and r["component"] == "output"]
+        return bool(first) and loss is not None and bool(loss_fell(loss, first[0]))
+
+    def keep(self, result: ProbeResult) -> None:
+        self.metrics += result.metrics
+        self.offsets += result.offsets
+        if result.heatmap is not None:
+            self.heatmap = result.heatmap
+        if result.neurons:
+            if result.step == 0:
+                self.first_neurons = result.neurons
+            self.last_neurons = result.neurons
+
+    @property
+    def neurons(self) -> list[dict]:
+        """neurons.csv rows: step 0, the end of the initial stage and the latest step, once each."""
+        steps, rows = set(), []
+        for kept in (self.first_neurons, self.initial_neurons, self.last_neurons):
+            if kept and kept[0]["step"] not in steps:
+                steps.add(kept[0]["step"])
+                rows += kept
+        return rows
+
+    def state_dict(self) -> dict:
+        """Plain data to resume the series from (``load_state_dict``); the heat map is left out:
+        the last step, measured after any resume, sets it."""
+        return dict(metrics=self.metrics, offsets=self.offsets, neurons=self.first_neurons,
+                    initial_neurons=self.initial_neurons, last_neurons=self.last_neurons)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.metrics, self.offsets = state["metrics"], state["offsets"]
+        self.first_neurons = state.get("neurons", [])
+        self.initial_neurons = state.get("initial_neurons", [])
+        self.last_neurons = state.get("last_neurons", [])

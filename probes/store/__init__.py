@@ -1,0 +1,83 @@
+"""Every file the suite writes: CSV columns, atomic writes and the run-folder layout, in one place.
+
+Layout of an experiment's output folder (schema: shared DESIGN.md and reports/README.md)::
+
+    runs.csv  metrics.csv  ood_offsets.csv  correlations.csv  figures/*.png
+    neurons.csv (1-D two-layer nets only: each neuron at step 0, at the end of the initial
+    stage and at the last probe)
+    runs/<run_id>/config.yaml  model/  run.json  metrics.csv  ood_offsets.csv  [neurons.csv]
+    runs/<run_id>/checkpoint-<step>/  (save_checkpoints: probes: the model at every probe step
+    before the last, save_pretrained, with scores.json; model/ is the last step's)
+    runs/<run_id>/heatmap.npz  (the cosine heat map of HEATMAP_UNITS at the last probe)
+    runs/<run_id>/train_log.csv  (TRAIN_LOG_COLUMNS every log_every steps)
+    runs/.<run_id>.training/  (while a run trains: its resumable state/, train_log.csv and
+    checkpoint series so far, written by the process that trains it; a finished run's folder
+    is never touched before the new one is complete)
+
+``runs/<run_id>/run.json`` is written last: a run folder with it is finished, and a rerun of the
+same command reads it back instead of training again (re-measuring it when only analysis
+settings changed: ``probes.train.remeasure``). A checkpoint probe's output folder holds
+``metrics.csv`` (same columns), ``runs.csv`` (CHECKPOINT_RUNS_COLUMNS) and ``figures/``.
+"""
+
+from probes.measure.result import METRICS_COLUMNS, NEURONS_COLUMNS, OFFSETS_COLUMNS
+from probes.store.files import (
+    CHECKPOINT_OUTPUTS,
+    CHECKPOINT_RUNS_COLUMNS,
+    FAMILY_KEYS,
+    REPORT_FILES,
+    RUNS_FRONT,
+    RUNS_TAIL,
+    TRAIN_LOG_COLUMNS,
+    atomic_write_text,
+    frame,
+    package_version,
+    read_csv,
+    write_csv,
+)
+from probes.store.output import (
+    OutputError,
+    check_output_dir,
+    check_replaceable,
+    publish_reports,
+    replace_folder,
+    staging_dir,
+)
+from probes.store.runs import (
+    CHECKPOINT,
+    CONFIG,
+    HEATMAP,
+    MEASURED,
+    MODEL,
+    RUN_JSON,
+    SCORES,
+    STATE,
+    TRAIN_LOG,
+    RunResult,
+    checkpoint_series,
+    finished,
+    gather_runs,
+    load_heatmap,
+    read_run_json,
+    run_dir,
+    run_folder,
+    run_of_model,
+    runs_row,
+    save_checkpoint,
+    save_heatmap,
+    save_run,
+    state_dir,
+    work_dir,
+    write_train_log,
+)
+
+__all__ = [
+    "CHECKPOINT", "CHECKPOINT_OUTPUTS", "CHECKPOINT_RUNS_COLUMNS", "CONFIG", "FAMILY_KEYS",
+    "HEATMAP", "MEASURED", "METRICS_COLUMNS", "MODEL", "NEURONS_COLUMNS", "OFFSETS_COLUMNS",
+    "REPORT_FILES", "RUNS_FRONT", "RUNS_TAIL", "RUN_JSON", "SCORES", "STATE", "TRAIN_LOG",
+    "TRAIN_LOG_COLUMNS", "OutputError", "RunResult", "atomic_write_text", "check_output_dir",
+    "check_replaceable", "checkpoint_series", "finished", "frame", "gather_runs", "load_heatmap",
+    "package_version", "publish_reports", "read_csv", "read_run_json", "replace_folder",
+    "run_dir", "run_folder", "run_of_model", "runs_row", "save_checkpoint", "save_heatmap",
+    "save_run", "staging_dir", "state_dir", "work_dir", "write_csv", "write_train_log",
+]

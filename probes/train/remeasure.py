@@ -1,0 +1,173 @@
+"""Measure finished runs again from their checkpoint series, without training.
+
+A run id names a trained model (``RunConfig.identity``); the analysis settings
+(``ANALYSIS_KEYS``: thresholds, merge_probe, n_eval) say what is measured of it. When a finished
+run was measured with other analysis settings than the ones asked for, its saved models
+(``checkpoint-<step>/`` and ``model/``, ``store.checkpoint_series``) are measured again by the
+same ``SeriesProbe`` that measured them during training, and the run folder's measured files are
+replaced. A finished run is measured at the steps it saved: ``n_probes`` changes the steps of new
+runs only.
+
+Two ways in: the experiment's own command run again with only analysis settings changed
+(``probes.train.experiment``), or ``condensation-probes measure DIR [--KEY VALUE ...]`` on a
+finished experiment folder (``main``), which measures every run of its runs.csv again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from models import build_for_run
+from probes.config import (
+    ANALYSIS_KEYS,
+    FIELDS,
+    ConfigError,
+    RunConfig,
+    load_yaml,
+    parse_overrides,
+    validate,
+)
+from probes.measure.series import SeriesProbe
+from probes.report.experiment import write_all
+from probes.runtime import configure_threads, hub_progress_bars_off
+from probes.store import (
+    CONFIG,
+    RunResult,
+    checkpoint_series,
+    read_run_json,
+    run_dir,
+    run_folder,
+    save_run,
+)
+from probes.train.loop import build_data, eval_data
+from tasks.objective import objective_for
+
+USAGE = f"""usage: condensation-probes measure DIR [--KEY VALUE ...]
+       (python probes/run.py measure DIR ...)
+
+Measure every run of the finished experiment in DIR again from its saved checkpoints, without
+training, and rewrite its metrics.csv, correlations.csv and figures. Keys: {", ".join(ANALYSIS_KEYS)}
+(analysis settings; n_probes: a run is measured at the steps it saved) and num_threads.
+"""
+MEASURE_KEYS = (*ANALYSIS_KEYS, "num_threads")
+
+
+def recorded(folder: Path) -> dict:
+    """The resolved config a run folder holds (``config.yaml``), less the keys that are not
+    RunConfig fields (run_id, init records)."""
+    raw = load_yaml((Path(folder) / CONFIG).read_text()) or {}
+    return {k: v for k, v in raw.items() if k in FIELDS}
+
+
+def stale(cfg: RunConfig) -> bool:
+    """Whether the finished run of ``cfg`` was measured with other analysis settings (n_probes
+    aside: a finished run keeps the steps it saved)."""
+    was = recorded(run_dir(cfg))
+    return any(was.get(k) != getattr(cfg, k) for k in ANALYSIS_KEYS if k != "n_probes")
+
+
+def load_model(cfg: RunConfig, task, path: Path):
+    """The model saved in ``path`` (``from_pretrained`` of the run's model class), in eval mode."""
+    template, _ = build_for_run(cfg, task)
+    with hub_progress_bars_off():  # one loading bar a checkpoint would flood the log
+        return type(template).from_pretrained(path).eval()
+
+
+def measure_run(cfg: RunConfig, task, data: dict, device) -> RunResult:
+    """Measure the finished run of ``cfg`` again at every saved step.
+
+    Args:
+        cfg: the run's config with the analysis settings to apply; task, data: its task and
+            numpy columns per split (as training used them); device: where the models run.
+
+    Returns:
+        the run's RunResult (no model; the config records the run's own n_probes).
+
+    Raises:
+        ConfigError: the run saved no checkpoint series from step 0 (``save_checkpoints`` final
+            or none, or a run of an older version).
+    """
+    folder = run_dir(cfg)
+    series = checkpoint_series(folder)
+    if not series or series[0][0] != 0:
+        raise ConfigError(f"run {cfg.run_id!r} in {str(folder)!r} has no checkpoint series from "
+                          f"step 0 (saved steps: {[s for s, _ in series]}): accepted are runs "
+                          f"trained with save_checkpoints: probes (retrain it with --overwrite true)")
+    objective = objective_for(task, cfg.last_position_only)
+    probe = SeriesProbe(cfg.run_id, objective, eval_data(cfg, data), device, cfg.thresholds,
+                        merge_step=cfg.steps if cfg.merge_probe else None)
+    for step, path in series:
+        probe.measure(load_model(cfg, task, path).to(device), step)
+    was = recorded(folder)
+    row = dict(read_run_json(folder))
+    last = probe.metrics[-1]["step"] if probe.metrics else 0
+    if not row.get("diverged"):
+        scores = {r["metric"]: r["value"] for r in probe.metrics
+                  if r["step"] == last and r["component"] == "output" and r["metric"] in row}
+        row |= scores
+        row["fitted"] = bool(objective.fitted(scores))
+    init = load_yaml((folder / CONFIG).read_text()).get("init_records", [])
+    done = dataclasses.replace(cfg, n_probes=was.get("n_probes", cfg.n_probes))
+    return RunResult(done, row, probe.metrics, probe.offsets, probe.neurons, probe.heatmap,
+                     None, init)
+
+
+def measure_all(cfgs: list[RunConfig], data_for, device) -> list[dict]:
+    """Measure the finished runs of ``cfgs`` again, then write them: every run is measured
+    before any folder is replaced, so an error leaves them all as they were. Returns the rows."""
+    results = []
+    for cfg in cfgs:
+        task, data = data_for(cfg)
+        results.append(measure_run(cfg, task, data, device))
+    return [save_run(r, run_dir(r.cfg)) for r in results]
+
+
+def experiment_configs(out_dir: Path, overrides: dict) -> list[RunConfig]:
+    """The RunConfigs of the finished experiment in ``out_dir`` (its runs.csv, in order), with
+    the analysis ``overrides`` applied.
+
+    Raises:
+        ConfigError: no runs.csv, a run folder without its config, or an override of a key that
+            is not an analysis setting.
+    """
+    bad = [k for k in overrides if k not in MEASURE_KEYS]
+    if bad:
+        raise ConfigError(f"--{bad[0]} changes training: accepted by measure are "
+                          f"{', '.join(MEASURE_KEYS)} (train again for other settings)")
+    runs_csv = Path(out_dir) / "runs.csv"
+    if not runs_csv.is_file():
+        raise ConfigError(f"{str(out_dir)!r} holds no runs.csv: accepted is the output folder of "
+                          f"a finished experiment")
+    cfgs = []
+    for run_id in pd.read_csv(runs_csv)["run_id"]:
+        folder = run_folder(out_dir, run_id)
+        if not (folder / CONFIG).is_file():
+            raise ConfigError(f"run folder {str(folder)!r} has no {CONFIG}: accepted is the output "
+                              f"folder of a finished experiment")
+        raw = recorded(folder) | overrides | {"output_dir": str(out_dir)}
+        cfgs.append(RunConfig(**raw))
+    return cfgs
+
+
+def main(argv: list[str]) -> int:
+    """``measure DIR [--KEY VALUE ...]`` (see USAGE); returns the exit code (2 on bad input)."""
+    if not argv or argv[0] in ("-h", "--help") or argv[0].startswith("--"):
+        print(USAGE)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    try:
+        _, overrides = parse_overrides(argv[1:])
+        cfgs = experiment_configs(Path(argv[0]), overrides)
+        for cfg in cfgs:
+            validate(cfg)
+        configure_threads(cfgs[0].num_threads, 1)
+        measure_all(cfgs, build_data(cfgs), torch.device("cpu"))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    write_all(cfgs)
+    return 0

@@ -1,0 +1,140 @@
+"""Train once, measure many times: the checkpoint series a run saves, the run id that only
+training decides, and measuring a finished experiment again without training."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from safetensors.torch import load_file
+from scipy.cluster.hierarchy import fcluster, linkage
+
+from probes.config import RunConfig
+from probes.run import main
+from probes.train.loop import probe_steps
+
+TINY = str(Path(__file__).with_name("tiny.yaml"))
+ARGS = ["--config", TINY, "--gamma", "1.0", "--num_threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("once")
+    assert main(ARGS + ["--output_dir", str(out)]) == 0
+    return out
+
+
+def groups(weight: np.ndarray, tau: float) -> int:
+    """Complete-linkage groups of the rows of ``weight`` at cosine >= tau, counted by scipy on
+    the float64 cosine distance (independent of probes.measure)."""
+    unit = weight / np.linalg.norm(weight, axis=1, keepdims=True)
+    dist = np.clip(1.0 - unit @ unit.T, 0.0, 2.0)
+    condensed = dist[np.triu_indices(len(unit), 1)]
+    return int(fcluster(linkage(condensed, "complete"), 1.0 - tau, "distance").max())
+
+
+@pytest.mark.parametrize("change, same", [
+    (dict(thresholds=[0.5]), True), (dict(merge_probe=True), True), (dict(n_probes=30), True),
+    (dict(n_eval=7), True), (dict(save_checkpoints="none"), True), (dict(experiment="x"), True),
+    (dict(width=7), True),  # an mlp key: the paper model never reads it
+    (dict(lr_min=1e-5, lr_schedule="constant"), False),  # the schedule changes
+    (dict(lr=3e-3), False), (dict(split_modulus=9), False), (dict(n_train=123), False),
+    (dict(mixed_precision="bf16"), False), (dict(seed=3), False),
+])
+def test_run_id_follows_training_keys_only(change, same):
+    base = RunConfig()
+    assert (RunConfig(**change).run_id == base.run_id) is same
+
+
+def test_run_id_ignores_keys_the_task_or_schedule_does_not_read():
+    cfg = RunConfig(task="chain_search_authors", vocab_size=201)
+    assert RunConfig(task="chain_search_authors", vocab_size=201, seq_len=40).run_id == cfg.run_id
+    assert RunConfig(lr_schedule="constant", warmup_steps=5).run_id != \
+        RunConfig(lr_schedule="constant").run_id
+    assert "lr_min" not in RunConfig(lr_schedule="constant").identity()
+    assert RunConfig(lr_min=1e-5).run_id != RunConfig().run_id  # cosine reads it
+
+
+def test_training_saves_a_checkpoint_series_with_its_scores(trained):
+    (folder,) = (trained / "runs").iterdir()
+    steps = probe_steps(30, 4)
+    saved = sorted(int(p.name.split("-")[1]) for p in folder.glob("checkpoint-*"))
+    assert saved == steps[:-1] and (folder / "model" / "model.safetensors").is_file()
+    assert not list((trained / "runs").glob(".*"))  # no work folder left
+    metrics = pd.read_csv(folder / "metrics.csv")
+    for step in saved:
+        scores = pd.read_json(folder / f"checkpoint-{step}" / "scores.json", typ="series")
+        rows = metrics[(metrics["step"] == step) & (metrics["component"] == "output")]
+        assert dict(zip(rows["metric"], rows["value"])) == pytest.approx(scores.drop("step").to_dict())
+
+
+def test_measure_again_at_the_same_settings_gives_the_same_bytes(trained, tmp_path):
+    before = {p.name: p.read_bytes() for p in trained.glob("*.csv")}
+    run = next((trained / "runs").iterdir())
+    run_before = (run / "metrics.csv").read_bytes()
+    log = (run / "train_log.csv").read_bytes()
+    assert main(["measure", str(trained), "--num_threads", "1"]) == 0
+    assert (run / "metrics.csv").read_bytes() == run_before
+    for name in ("metrics.csv", "ood_offsets.csv", "correlations.csv"):
+        assert (trained / name).read_bytes() == before[name], name
+    assert (run / "train_log.csv").read_bytes() == log  # nothing trained
+
+
+def test_measure_at_new_thresholds_equals_an_independent_count(trained):
+    run = next((trained / "runs").iterdir())
+    assert main(["measure", str(trained), "--thresholds", "[0.8, 0.97]", "--num_threads", "1"]) == 0
+    metrics = pd.read_csv(trained / "metrics.csv")
+    q = metrics[(metrics["metric"] == "n_groups") & (metrics["component"] == "attn.q")]
+    assert set(q["threshold"]) == {0.8, 0.97}
+    for step in probe_steps(30, 4):
+        path = run / (f"checkpoint-{step}" if step < 30 else "model") / "model.safetensors"
+        weights = load_file(path)
+        for layer in (0, 1):
+            w = weights[f"h.{layer}.attn.q_proj.weight"].double().numpy()
+            for tau in (0.8, 0.97):
+                row = q[(q["step"] == step) & (q["layer"] == layer) & (q["threshold"] == tau)]
+                assert row["value"].item() == groups(w, tau), (step, layer, tau)
+    assert "thresholds:\n- 0.8\n- 0.97" in (run / "config.yaml").read_text()
+
+
+def test_rerunning_the_command_with_analysis_changes_measures_without_training(trained, tmp_path,
+                                                                            capsys):
+    run = next((trained / "runs").iterdir())
+    log = (run / "train_log.csv").read_bytes()
+    new = ["--merge_probe", "true", "--thresholds", "[0.7, 0.9, 0.95, 0.99]"]
+    assert main(ARGS + ["--output_dir", str(trained)] + new) == 0
+    assert "1 finished run(s) kept (1 measured again" in capsys.readouterr().out
+    assert (run / "train_log.csv").read_bytes() == log
+    metrics = pd.read_csv(trained / "metrics.csv")
+    merged = metrics[metrics["metric"] == "loss_merged"]
+    assert set(merged["step"]) == {30} and len(merged) == 5 * 4  # 4 sites and all, 4 thresholds
+    # the same rows as a run trained with these settings from the start (same run id)
+    assert main(ARGS + ["--output_dir", str(tmp_path)] + new) == 0
+    assert (tmp_path / "metrics.csv").read_bytes() == (trained / "metrics.csv").read_bytes()
+
+
+def test_measure_refuses_a_training_key_and_a_folder_without_runs(trained, tmp_path, capsys):
+    assert main(["measure", str(trained), "--lr", "0.1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --lr changes training") and "\n" not in err
+    assert main(["measure", str(tmp_path)]) == 2
+    assert "holds no runs.csv" in capsys.readouterr().err
+
+
+def test_a_run_without_a_series_is_refused_and_left_as_it_was(tmp_path, capsys):
+    out = tmp_path / "final"
+    assert main(ARGS + ["--output_dir", str(out), "--save_checkpoints", "final"]) == 0
+    before = (out / "metrics.csv").read_bytes()
+    assert main(["measure", str(out), "--thresholds", "[0.5]"]) == 2
+    assert "no checkpoint series" in capsys.readouterr().err
+    assert (out / "metrics.csv").read_bytes() == before
+    assert (next((out / "runs").iterdir()) / "model" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("value", ["0.9,0.95", "[0.9, 0.95]"])
+def test_thresholds_take_the_checkpoint_grammar_too(value):
+    from probes.config import load_config, parse_overrides
+
+    _, overrides = parse_overrides(["--thresholds", value])
+    assert load_config(TINY, overrides)["thresholds"] == [0.9, 0.95]
+    assert load_config(TINY, {"thresholds": 0.9})["thresholds"] == [0.9]
