@@ -103,7 +103,7 @@ def test_rerunning_the_command_with_analysis_changes_measures_without_training(t
     log = (run / "train_log.csv").read_bytes()
     new = ["--merge_probe", "true", "--thresholds", "[0.7, 0.9, 0.95, 0.99]"]
     assert main(ARGS + ["--output_dir", str(trained)] + new) == 0
-    assert "1 finished run(s) kept (1 measured again" in capsys.readouterr().out
+    assert "1 run(s) measured again from their checkpoints" in capsys.readouterr().out
     assert (run / "train_log.csv").read_bytes() == log
     metrics = pd.read_csv(trained / "metrics.csv")
     merged = metrics[metrics["metric"] == "loss_merged"]

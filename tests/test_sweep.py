@@ -86,3 +86,48 @@ def test_two_processes_give_the_rows_of_one(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "4 run(s)" in proc.stdout and "on 2 process(es)" in proc.stdout
     same_rows(tmp_path / "one", tmp_path / "two")
+
+
+def killed_mid_training(args: list[str], out: Path) -> None:
+    """Start ``probes/run.py args`` and SIGKILL it once a run has saved a resumable state."""
+    cmd = [sys.executable, "probes/run.py", *args, "--output_dir", str(out)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list(out.glob("runs/.*.training/state/trainer.pt")):
+        assert proc.poll() is None and time.time() < deadline, "no state was saved before the end"
+        time.sleep(0.02)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def test_a_killed_overwrite_leaves_the_finished_run_byte_for_byte(tmp_path):
+    args = ["--config", TINY, "--gamma", "0.5", "--steps", "200", "--save_every", "20",
+            "--num_threads", "1"]
+    out = tmp_path / "out"
+    assert main(args + ["--output_dir", str(out)]) == 0
+    (run,) = (out / "runs").iterdir()
+    before = tree(run)
+    killed_mid_training(args + ["--overwrite", "true"], out)
+    assert tree(run) == before  # the new attempt wrote only into runs/.<run_id>.training/
+    assert main(args + ["--output_dir", str(out)]) == 0  # finished: kept as it was
+    assert tree(run) == before
+
+
+def test_a_run_resumed_with_new_analysis_settings_is_measured_with_them(tmp_path):
+    args = ["--config", TINY, "--gamma", "0.5", "--steps", "200", "--save_every", "20",
+            "--num_threads", "1"]
+    new = ["--thresholds", "[0.5, 0.9]"]
+    assert main(args + new + ["--output_dir", str(tmp_path / "unbroken")]) == 0
+    out = tmp_path / "killed"
+    killed_mid_training(args, out)  # began with the default thresholds
+    assert main(args + new + ["--output_dir", str(out)]) == 0
+    same_rows(tmp_path / "unbroken", out)
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert set(metrics["threshold"].dropna()) == {0.5, 0.9}

@@ -25,7 +25,7 @@ from probes.report.experiment import write_all
 from probes.runtime import bf16_native, configure_threads
 from probes.store import OutputError, check_output_dir, finished, run_dir, save_run, work_dir
 from probes.train.loop import Run, build_data
-from probes.train.remeasure import measure_all, recorded, stale
+from probes.train.remeasure import measurable, measure_all, recorded, stale
 from probes.train.usage import key_help
 
 USAGE = """usage: accelerate launch probes/run.py [--config FILE] [--output_dir DIR] [--KEY VALUE ...]
@@ -39,25 +39,38 @@ Keys (type, default, meaning):
 
 
 def train_all(cfgs, accelerator) -> None:
-    """Train the unfinished runs of ``cfgs``, round by round: in each round every process trains
-    one run, the results are gathered and the main process writes them (so a killed experiment
-    keeps every finished run). Finished runs measured with other analysis settings are measured
-    again from their checkpoints (main process), not trained."""
+    """Train the unfinished runs of ``cfgs`` (``train_rounds``), then measure again, from their
+    checkpoints, every finished run measured with other analysis settings than ``cfgs`` ask for
+    (main process; nothing is trained for them)."""
     todo = [c for c in cfgs if c.overwrite or not finished(c)]
     kept = [c for c in cfgs if c not in todo]
-    again = [c for c in kept if stale(c)]
     if kept:
-        accelerator.print(f"{len(kept)} finished run(s) kept ({len(again)} measured again with "
-                          f"the new analysis settings); --overwrite true retrains them")
+        accelerator.print(f"{len(kept)} finished run(s) kept; --overwrite true retrains them")
     moved = sorted({c.run_id for c in kept if recorded(run_dir(c)).get("n_probes") != c.n_probes})
     if moved:
         accelerator.print(f"note: {len(moved)} finished run(s) keep the probe steps they saved "
                           f"(n_probes applies to new runs): {', '.join(moved[:3])}")
-    if again and accelerator.is_main_process:
-        measure_all(again, build_data(again), accelerator.device)
+    if todo:
+        train_rounds(todo, accelerator)
+    again = [c for c in cfgs if finished(c) and stale(c)]
+    bare = [c.run_id for c in again if not measurable(c)]
+    if bare:
+        accelerator.print(f"note: {len(bare)} finished run(s) saved no checkpoint series and keep "
+                          f"the analysis settings they were measured with (their config.yaml; "
+                          f"--overwrite true retrains them): {', '.join(bare[:3])}")
+    again = [c for c in again if c.run_id not in bare]
+    if again:
+        accelerator.print(f"{len(again)} run(s) measured again from their checkpoints with the "
+                          f"analysis settings asked for")
+        if accelerator.is_main_process:
+            measure_all(again, build_data(again), accelerator.device)
     accelerator.wait_for_everyone()
-    if not todo:
-        return
+
+
+def train_rounds(todo, accelerator) -> None:
+    """Train the runs ``todo``, round by round: in each round every process trains one run, the
+    results are gathered and the main process writes them (so a killed experiment keeps every
+    finished run)."""
     with accelerator.split_between_processes(todo) as mine:
         mine = list(mine)
     data_for = build_data(mine)

@@ -21,9 +21,11 @@ a fresh gradient scale, kept in its resumable state.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import math
+import shutil
 import time
 import weakref
 
@@ -102,22 +104,24 @@ class Run:
     def __init__(self, cfg: RunConfig, task, data: dict, accelerator: Accelerator):
         self.cfg, self.task, self.data, self.accelerator = cfg, task, data, accelerator
         self.objective = objective_for(task, cfg.last_position_only)
-        self.eval_data = eval_data(cfg, data)
         self.folder = work_dir(cfg)
         self.train_log: list[dict] = []  # store.TRAIN_LOG_COLUMNS every log_every steps
         self.series: SeriesProbe | None = None
 
     def build(self):
-        """The run's untrained model at its init rate, on the device, and the series probe that
-        measures it (RD from these weights); keeps its init records."""
-        cfg = self.cfg
-        set_seed(cfg.seed)  # before the model is built: the init draws from the global generator
-        model, self.init_records = build_for_run(cfg, self.task)
-        units0 = {(u.layer, u.component, u.head): u.units for u in all_units(model)}
-        self.series = SeriesProbe(cfg.run_id, self.objective, self.eval_data,
-                                  self.accelerator.device, cfg.thresholds,
-                                  merge_step=cfg.steps if cfg.merge_probe else None, units0=units0)
+        """The run's untrained model at its init rate, on the device; keeps its unit sets (RD is
+        measured from them) and its init records."""
+        set_seed(self.cfg.seed)  # before the model is built: the init draws from the global generator
+        model, self.init_records = build_for_run(self.cfg, self.task)
+        self.units0 = {(u.layer, u.component, u.head): u.units for u in all_units(model)}
         return model.to(self.accelerator.device)
+
+    def measuring(self) -> SeriesProbe:
+        """The series probe of this run, at its analysis settings."""
+        cfg = self.cfg
+        return SeriesProbe(cfg.run_id, self.objective, eval_data(cfg, self.data),
+                           self.accelerator.device, cfg.thresholds,
+                           merge_step=cfg.steps if cfg.merge_probe else None, units0=self.units0)
 
     def batches(self, done: int):
         """Endless batches (dicts of the objective's ``batch_columns`` as tensors on the device)
@@ -164,15 +168,14 @@ class Run:
         Returns:
             the run's RunResult (model moved to CPU).
         """
-        cfg, acc = self.cfg, self.accelerator
         start = time.perf_counter()
         model = self.build()
-        optimizer = make_optimizer(cfg, model.parameters())
-        scheduler = make_scheduler(cfg, optimizer)
-        schedule = set(probe_steps(cfg.steps, cfg.n_probes))
-        self.folder.mkdir(parents=True, exist_ok=True)
-        saved = None if cfg.overwrite else load_state(self.folder, model, optimizer, scheduler)
+        optimizer = make_optimizer(self.cfg, model.parameters())
+        scheduler = make_scheduler(self.cfg, optimizer)
+        saved = None if self.cfg.overwrite else load_state(self.folder, model, optimizer, scheduler)
         done, scores, wall0 = self.resume(model, saved)
+        cfg, acc = self.cfg, self.accelerator
+        schedule = set(probe_steps(cfg.steps, cfg.n_probes))
         optimizer = self.prepare(optimizer, saved)
         if progress is not None:
             progress(None, done)
@@ -193,6 +196,7 @@ class Run:
             if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
                 save_state(self.folder, model, optimizer, scheduler, {
                     "step": step, "scores": scores, "series": self.series.state_dict(),
+                    "analysis": cfg.analysis(),
                     "train_log": self.train_log, "wall_s": wall0 + time.perf_counter() - start,
                     **({"scaler": acc.scaler.state_dict()} if acc.scaler is not None else {})})
                 write_train_log(self.folder, self.train_log)
@@ -202,10 +206,17 @@ class Run:
                            wall0 + time.perf_counter() - start)
 
     def resume(self, model, saved: dict | None) -> tuple[int, dict, float]:
-        """(steps done, latest scores, wall seconds so far): from the saved state, or 0 after
-        measuring the untrained model."""
+        """(steps done, latest scores, wall seconds so far): from the saved state, measured on
+        at the analysis settings it began with (the experiment measures the finished run again
+        if they differ from the ones asked for); or 0 after measuring the untrained model in an
+        emptied work folder (no checkpoint of an unfinished earlier attempt is kept)."""
         if saved is None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder.mkdir(parents=True)
+            self.series = self.measuring()
             return 0, self.probe(model, 0), 0.0
+        self.cfg = dataclasses.replace(self.cfg, **saved["analysis"])
+        self.series = self.measuring()
         self.series.load_state_dict(saved["series"])
         self.train_log = saved.get("train_log", [])
         return saved["step"], saved["scores"], saved["wall_s"]

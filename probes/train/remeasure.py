@@ -71,6 +71,12 @@ def stale(cfg: RunConfig) -> bool:
     return any(was.get(k) != getattr(cfg, k) for k in ANALYSIS_KEYS if k != "n_probes")
 
 
+def measurable(cfg: RunConfig) -> bool:
+    """Whether the finished run of ``cfg`` saved a checkpoint series from step 0."""
+    series = checkpoint_series(run_dir(cfg))
+    return bool(series) and series[0][0] == 0
+
+
 def load_model(cfg: RunConfig, task, path: Path):
     """The model saved in ``path`` (``from_pretrained`` of the run's model class), in eval mode."""
     template, _ = build_for_run(cfg, task)
@@ -94,7 +100,7 @@ def measure_run(cfg: RunConfig, task, data: dict, device) -> RunResult:
     """
     folder = run_dir(cfg)
     series = checkpoint_series(folder)
-    if not series or series[0][0] != 0:
+    if not measurable(cfg):
         raise ConfigError(f"run {cfg.run_id!r} in {str(folder)!r} has no checkpoint series from "
                           f"step 0 (saved steps: {[s for s, _ in series]}): accepted are runs "
                           f"trained with save_checkpoints: probes (retrain it with --overwrite true)")
