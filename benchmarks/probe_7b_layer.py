@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 from probe_smollm2 import run as fresh_process  # noqa: E402  (same child, its peak RSS)
 
 from probes.checkpoint.discover import open_weights  # noqa: E402
-from probes.measure.architectures import layout_for  # noqa: E402
+from probes.measure.arch import layout_for  # noqa: E402
 from probes.measure.metrics import THRESHOLDS, Condensation  # noqa: E402
 from probes.measure.units import base_prefix, block_units  # noqa: E402
 

@@ -138,3 +138,30 @@ def test_thresholds_take_the_checkpoint_grammar_too(value):
     _, overrides = parse_overrides(["--thresholds", value])
     assert load_config(TINY, overrides)["thresholds"] == [0.9, 0.95]
     assert load_config(TINY, {"thresholds": 0.9})["thresholds"] == [0.9]
+
+
+def test_checkpoint_probe_of_a_run_folder_reads_its_whole_series(trained, tmp_path):
+    run = next((trained / "runs").iterdir())
+    assert main(["--checkpoint", str(run), "--output_dir", str(tmp_path / "ck"),
+                 "--num_threads", "1"]) == 0
+    runs = pd.read_csv(tmp_path / "ck" / "runs.csv")
+    assert list(runs["step"]) == probe_steps(30, 4) and runs["run_id"].nunique() == 1
+    assert runs["checkpoint"].iloc[-1].endswith("/model")
+    key = ["step", "layer", "component", "metric", "threshold"]
+    ck = pd.read_csv(tmp_path / "ck" / "metrics.csv")
+    ck = ck[(ck["basis"] == "weight") & ck["head"].isna() & (ck["metric"] == "n_groups")]
+    own = pd.read_csv(run / "metrics.csv")
+    own = own[(own["metric"] == "n_groups") & own["head"].isna()]
+    both = ck.set_index(key)["value"].to_frame("ck").join(own.set_index(key)["value"], how="inner")
+    assert len(both) == len(own) and (both["ck"] == both["value"]).all()
+
+
+def test_runs_csv_has_exactly_its_columns_and_the_package_version(trained):
+    from probes.store import RUNS_FRONT, RUNS_TAIL, package_version
+
+    runs = pd.read_csv(trained / "runs.csv")
+    scores = ["acc_train", "acc_test_id", "acc_pair34", "ood_inferential", "ood_symmetric",
+              "ood_other"]
+    assert list(runs.columns) == RUNS_FRONT + scores + RUNS_TAIL
+    assert runs["package_version"].astype(str).tolist() == [package_version()]
+    assert runs["batch_size"].tolist() == [64]

@@ -30,7 +30,7 @@ import models  # noqa: F401  (registers this project's model types with the Auto
 from probes.checkpoint.gguf import resolve_gguf
 from probes.measure.units import DictTensors
 from probes.runtime import hub_progress_bars_off
-from probes.store import read_run_json, run_of_model
+from probes.store import CHECKPOINT, MODEL, read_run_json, run_of_model
 
 STEP_DIR = re.compile(r"^(?:checkpoint|step|global_step)[-_]?(\d+)$")
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
@@ -71,8 +71,11 @@ def _run_id(folder: Path) -> str:
 
 
 def _own_step(folder: Path) -> int | None:
-    """The step of a checkpoint saved by this project's training (its run's run.json)."""
+    """The step of a checkpoint saved by this project's training: N of ``checkpoint-N``, the
+    steps its run trained (run.json) for ``model``."""
     run = run_of_model(folder)
+    if run is not None and CHECKPOINT.fullmatch(Path(folder).resolve().name):
+        return int(CHECKPOINT.fullmatch(Path(folder).resolve().name).group(1))
     row = read_run_json(run) if run is not None else None
     steps = row.get("steps") if isinstance(row, dict) else None
     return int(steps) if isinstance(steps, (int, float)) else None
@@ -111,6 +114,9 @@ def discover(arg: str) -> list[Checkpoint]:
                 raise CheckpointError(f"checkpoint folders {steps[step].name!r} and {sub.name!r} in "
                                       f"{arg!r} have the same step {step}: accepted is one per step")
             steps[step] = sub
+    last = _own_step(path / MODEL) if (path / MODEL / "config.json").is_file() else None
+    if steps and last is not None and last not in steps:  # this project's run: model/ is the last
+        steps[last] = path / MODEL
     if steps:
         name = _run_id(path)
         return [Checkpoint(steps[s], name, s, series=str(path)) for s in sorted(steps)]

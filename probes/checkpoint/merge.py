@@ -1,7 +1,7 @@
 """The merge probe of a checkpoint (``--merge_probe true``, needs ``--probe_inputs``): merge the
 condensed groups and score the narrower network by its next-token loss on the probe inputs.
 
-For every merge site of the model (``probes.measure.merge_sites``: each layer's MLP neurons,
+For every merge site of the model (``probes.measure.arch.merge_sites``: each layer's MLP neurons,
 ``mlp.in`` or, gated, ``mlp.gate_up``; each layer's query rows with their key rows, ``attn.q``,
 all heads) and each threshold tau of ``--thresholds``, that site's groups are merged in place
 (``probes.measure.merge``), the model is run on the probe batch and the site restored bit for
@@ -11,10 +11,12 @@ preserving up to float rounding), so that the groups merged are those the weight
 
 Exactness (``probes.measure.merge``): ReLU neurons and query rows with learned positions merge
 exactly when a group's rows are parallel; GELU / SiLU MLPs and gated MLPs only when rows are
-equal (gate) and parallel (up); with RoPE (Llama family) the query-row merge is never exact;
+equal (gate) and parallel (up); with RoPE (Llama family; GPT-NeoX's rotary rows) the
+query-row merge is not exact;
 grouped-query attention merges a row only when it is in one group in every query head that
 reads the key head, exact when those heads' coefficients are proportional. Everything else is
-approximate and measured here.
+approximate and measured here. Encoders (BERT, RoBERTa) have merge sites, but only their causal-LM
+classes have next-token logits to score (``check_merge``).
 
 metrics.csv rows (basis ``weight``, head empty, threshold tau, n_units = the units before):
 ``merged_width`` (units left: neurons, or query rows summed over heads), ``loss_merged`` (the
@@ -29,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from probes.checkpoint.discover import CheckpointError, model_class
+from probes.measure.arch import check_mergeable
 from probes.measure.merge import (
     UnsupportedModel,
     fold_norm_gains,
@@ -36,7 +39,6 @@ from probes.measure.merge import (
     merged_in_place,
     site_labels,
 )
-from probes.measure.merge_sites import check_mergeable
 from probes.measure.result import metric_row
 
 LM_CLASS_SUFFIXES = ("ForCausalLM", "LMHeadModel")

@@ -33,7 +33,7 @@ from probes.checkpoint.discover import (
 from probes.checkpoint.gguf import load_gguf
 from probes.checkpoint.merge import check_merge, merge_rows
 from probes.checkpoint.validate import check_batch, check_index, check_weights
-from probes.measure.architectures import Layout, UnsupportedModel, discover_layout, layout_for
+from probes.measure.arch import Layout, UnsupportedModel, discover_layout, layout_for
 from probes.measure.metrics import Condensation, metric_rows
 from probes.measure.result import HeatMap
 from probes.measure.units import ModelTensors, base_prefix, block_units

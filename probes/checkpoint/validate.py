@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 from probes.checkpoint.discover import SAFETENSORS_INDEX, CheckpointError
-from probes.measure.architectures import Layout
+from probes.measure.arch import Layout
 from probes.measure.units import ModelTensors, base_prefix
 
 # the config keys that set the shapes a reader expects, named in the error when they disagree

@@ -1,6 +1,7 @@
 """Measuring: what a unit is and how condensed a set of units is. No files, no command line.
 
-- ``architectures``: which projections of each architecture give which unit components;
+- ``arch``: one file per architecture: which projections give which unit components, where
+  ``merge`` merges and which norms fold (one registry of model types);
 - ``units``: unit rows from weights (live models, tensor sources on disk), per layer and head;
 - ``family_units``: the extra unit sets of the baseline families (ResNet classifier, the two-layer
   net's active neurons) and the 1-D net's per-neuron features;

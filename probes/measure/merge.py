@@ -7,7 +7,7 @@ computes; the condensation papers (Xu, Zhang, Zhou, arXiv 2504.09484; Zhang et a
 arXiv 2405.05409 for the rows of W_Q) find such groups. Merging the groups that
 ``metrics.Condensation`` finds at a threshold tau and measuring the merged network checks that
 the groups are functionally one unit. The sites (which layers, as views into the parameters) are
-``probes.measure.merge_sites``.
+``probes.measure.arch.merge_sites``, one architecture file each.
 
 The merges (v_k: neuron k's input row with its bias appended, as the units of ``units.py``;
 x~ = (x, 1); groups from complete linkage on cosine cut at tau, as ``Condensation``):
@@ -45,7 +45,8 @@ x~ = (x, 1); groups from complete linkage on cosine cut at tau, as ``Condensatio
   row k_r into the slot of another row (another pair, another frequency) is NOT exact, and no
   pair-level merge is either: within a pair the rotation mixes both rows, and no two pairs of a
   head share a frequency. Merges there are approximate (near-exact only for low-frequency pairs
-  at short distances, where R ~ I); they are done as above and measured.
+  at short distances, where R ~ I); they are done as above and measured. GPT-NeoX rotates only
+  the first rotary_pct * d_head rows of each head: a group among its other rows merges exactly.
 - The merged model is a copy of the model with the same architecture: each group's first member
   (the one of largest norm) holds the merged unit and the other members are zeroed (input row,
   bias and output column; query and key rows). Units of norm below ``zero_tol`` times the layer's
@@ -64,7 +65,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from probes.measure.architectures import UnsupportedModel
+from probes.measure.arch import (
+    AttnSite,
+    GatedMlpSite,
+    MlpSite,
+    Site,
+    UnsupportedModel,
+    fold_norm_gains,
+    merge_sites,
+)
 from probes.measure.merge_rows import (
     augmented,
     group_labels,
@@ -73,14 +82,6 @@ from probes.measure.merge_rows import (
     merge_neurons,
     merge_query_rows,
     merge_query_rows_shared,
-)
-from probes.measure.merge_sites import (
-    AttnSite,
-    GatedMlpSite,
-    MlpSite,
-    Site,
-    fold_norm_gains,
-    merge_sites,
 )
 
 __all__ = ["UnsupportedModel", "AttnSite", "GatedMlpSite", "MlpSite", "Site", "merge_sites",
@@ -105,11 +106,10 @@ def _combine(labels: list[np.ndarray], zero_when_any: bool) -> np.ndarray:
     return out
 
 
-def _heads(site: AttnSite, j: int) -> tuple[range, slice]:
-    """The query heads that read key head j, and key head j's rows."""
-    n_rows = site.q_w.shape[0] // site.n_head
+def _heads(site: AttnSite, j: int) -> slice:
+    """The query heads that read key head j."""
     per_kv = site.n_head // site.n_kv_head
-    return range(j * per_kv, (j + 1) * per_kv), slice(j * n_rows, (j + 1) * n_rows)
+    return slice(j * per_kv, (j + 1) * per_kv)
 
 
 def site_labels(site: Site, thresholds, zero_tol: float = 1e-8) -> dict:
@@ -135,14 +135,12 @@ def site_labels(site: Site, thresholds, zero_tol: float = 1e-8) -> dict:
         gate = group_labels_at(augmented(site.gate, None), taus, zero_tol)
         up = group_labels_at(augmented(site.up, None), taus, zero_tol)
         return {t: _combine([gate[t], up[t]], zero_when_any=True) for t in taus}
-    d_head = site.q_w.shape[0] // site.n_head
+    q_w, q_b, _, _ = site.per_head()
     out = {t: [] for t in taus}
     for j in range(site.n_kv_head):
-        per_head = []
-        for h in _heads(site, j)[0]:
-            rows = slice(h * d_head, (h + 1) * d_head)
-            qb = None if site.q_b is None else site.q_b[rows]
-            per_head.append(group_labels_at(augmented(site.q_w[rows], qb), taus, zero_tol))
+        heads = range(site.n_head)[_heads(site, j)]
+        per_head = [group_labels_at(augmented(q_w[h], None if q_b is None else q_b[h]), taus,
+                                    zero_tol) for h in heads]
         for t in taus:
             out[t].append(_combine([p[t] for p in per_head], zero_when_any=False))
     return out
@@ -181,29 +179,26 @@ def merge_site(site: Site, tau: float, labels=None, zero_tol: float = 1e-8) -> d
             view.copy_(value)
         return dict(layer=site.layer, component=site.component, n_units=len(labels),
                     merged_width=len(kept))
-    n_rows, left = site.q_w.shape[0], 0
-    d_head = n_rows // site.n_head
+    q_w, q_b, k_w, k_b = site.per_head()  # views: writing into them writes the model
+    left = 0
     for j in range(site.n_kv_head):
-        heads, krows = _heads(site, j)
-        qrows = slice(heads[0] * d_head, (heads[-1] + 1) * d_head)
-        qb = None if site.q_b is None else site.q_b[qrows].view(len(heads), d_head)
-        kb = None if site.k_b is None else site.k_b[krows]
-        q_w = site.q_w[qrows].reshape(len(heads), d_head, -1)
-        if len(heads) == 1:
-            nq, nqb, nk, nkb, kept = merge_query_rows(q_w[0], None if qb is None else qb[0],
-                                                      site.k_w[krows], kb, labels[j])
+        heads = _heads(site, j)
+        qb = None if q_b is None else q_b[heads]
+        kb = None if k_b is None else k_b[j]
+        if heads.stop - heads.start == 1:
+            nq, nqb, nk, nkb, kept = merge_query_rows(q_w[heads.start], None if qb is None else qb[0],
+                                                      k_w[j], kb, labels[j])
             nq, nqb = nq[None], None if nqb is None else nqb[None]
         else:
-            nq, nqb, nk, nkb, kept = merge_query_rows_shared(q_w, qb, site.k_w[krows], kb,
-                                                             labels[j])
-        site.q_w[qrows] = nq.reshape(-1, nq.shape[-1])
-        site.k_w[krows] = nk
-        if site.q_b is not None:
-            site.q_b[qrows] = nqb.reshape(-1)
-        if site.k_b is not None:
-            site.k_b[krows] = nkb
-        left += len(heads) * len(kept)
-    return dict(layer=site.layer, component=site.component, n_units=n_rows, merged_width=left)
+            nq, nqb, nk, nkb, kept = merge_query_rows_shared(q_w[heads], qb, k_w[j], kb, labels[j])
+        q_w[heads], k_w[j] = nq, nk
+        if qb is not None:
+            q_b[heads] = nqb
+        if kb is not None:
+            k_b[j] = nkb
+        left += len(nq) * len(kept)
+    return dict(layer=site.layer, component=site.component, n_units=q_w.shape[0] * q_w.shape[1],
+                merged_width=left)
 
 
 @contextmanager

@@ -14,7 +14,7 @@ Layers are numbered from 0 like the module paths (layer 0 is the paper's "layer 
 Storage differs by module: ``nn.Linear`` is (d_out, d_in), so neuron k is row k; GPT-2's
 ``Conv1D`` is (d_in, d_out), so neuron k is column k; a convolution is (out, in, kh, kw).
 
-Each architecture is described once (probes/measure/architectures.py). The same description
+Each architecture is described once (one file in probes/measure/arch/). The same description
 serves a live model (``read_units``), a checkpoint on disk read one tensor at a time
 (``block_units`` over any tensor source, see probes/checkpoint/discover.py) and the activation
 basis (the same parts' outputs, captured with forward hooks, see probes/measure/capture.py).
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from probes.measure.architectures import Block, Layout, UnsupportedModel, layout_for
+from probes.measure.arch import Block, base_prefix, layout_for
 
 KINDS = ("linear", "conv1d", "conv")
 
@@ -159,26 +159,6 @@ class ModelTensors(DictTensors):
         self.tensors = model.state_dict()
 
 
-def base_prefix(names, layout: Layout) -> str:
-    """The key prefix in front of the layout's block paths (``model.``, ``transformer.``, ...).
-
-    A checkpoint saved from a head class (``LlamaForCausalLM``) and one saved from its base model
-    differ only in this prefix; the shortest prefix that holds the first block's first weight wins.
-
-    Raises:
-        UnsupportedModel: no tensor ends with that block's first weight name.
-    """
-    block = layout.blocks[0]
-    part = next(p for p in block.parts if not p.optional)
-    suffix = f"{block.module(part)}.weight"
-    found = sorted((n[: len(n) - len(suffix)] for n in names
-                    if n == suffix or n.endswith("." + suffix)), key=len)
-    if not found:
-        raise UnsupportedModel(f"no tensor named like {suffix!r}: the weights do not match the "
-                               f"{layout.reader!r} reader")
-    return found[0]
-
-
 def fold_norm(rows: torch.Tensor, d_in: int, gain: torch.Tensor, beta: torch.Tensor | None = None,
               center: bool = False) -> torch.Tensor:
     """Fold the gain (and bias) of the norm a projection reads into its rows, as TransformerLens's
@@ -275,7 +255,8 @@ def read_units(model: nn.Module) -> list[UnitSet]:
         list of UnitSet, (n_units, dim) float32 CPU copies.
 
     Raises:
-        UnsupportedModel (a ValueError): the model type has no reader (accepted: READERS keys).
+        UnsupportedModel (a ValueError): the model type has no reader (accepted:
+            ``probes.measure.arch.REGISTRY`` keys).
     """
     layout = layout_for(getattr(model, "config", None))
     source = ModelTensors(model)

@@ -19,6 +19,7 @@ import torch
 from models import LM_FAMILIES
 from probes.config import RunConfig, effective_lr, resolved_yaml
 from probes.measure.result import METRICS_COLUMNS, NEURONS_COLUMNS, OFFSETS_COLUMNS, HeatMap
+from probes.runtime import hub_progress_bars_off
 from probes.store import files
 from probes.store.output import replace_folder, staging_dir
 
@@ -70,8 +71,10 @@ def run_of_model(model_dir: Path) -> Path | None:
     """The run folder of a checkpoint this project's training saved (``runs/<run_id>/model`` or
     ``runs/<run_id>/checkpoint-<step>``), or None for any other folder."""
     model_dir = Path(model_dir).resolve()
-    is_ours = model_dir.name == MODEL or CHECKPOINT.fullmatch(model_dir.name)
-    return model_dir.parent if is_ours and (model_dir.parent / CONFIG).is_file() else None
+    if model_dir.name == MODEL:
+        return model_dir.parent
+    ours = CHECKPOINT.fullmatch(model_dir.name) and (model_dir.parent / CONFIG).is_file()
+    return model_dir.parent if ours else None
 
 
 def write_train_log(folder: Path, rows: list[dict]) -> None:
@@ -88,7 +91,8 @@ def save_checkpoint(folder: Path, model, step: int, scores: dict) -> None:
     task's scores at that step (``scores.json``), written whole, then renamed into place."""
     tmp = Path(tempfile.mkdtemp(dir=folder, prefix=f".checkpoint-{step}."))
     try:
-        model.save_pretrained(tmp)
+        with hub_progress_bars_off():  # one "Writing model shards" bar a probe step
+            model.save_pretrained(tmp)
         (tmp / SCORES).write_text(json.dumps({"step": step, **scores}, indent=1, default=float))
         replace_folder(tmp, Path(folder) / f"checkpoint-{step}")
     except BaseException:
@@ -163,9 +167,10 @@ def save_run(result: RunResult, source: Path) -> dict:
         row = dict(result.row)
         row.setdefault("checkpoint", "")
         if cfg.save_checkpoints != "none" and result.model is not None:
-            result.model.save_pretrained(stage / MODEL)
+            with hub_progress_bars_off():
+                result.model.save_pretrained(stage / MODEL)
             row["checkpoint"] = str(folder / MODEL)
-        row["files.package_version"] = files.package_version()
+        row["package_version"] = files.package_version()
         init = {"init_method": "init_rate (std = d_in^-gamma)", "init_records": result.init_records}
         files.atomic_write_text(stage / CONFIG, resolved_yaml(cfg, init))
         files.write_csv(files.frame(result.metrics, METRICS_COLUMNS), stage / "metrics.csv")
