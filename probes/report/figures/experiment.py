@@ -109,6 +109,7 @@ def ood_over_training(runs: pd.DataFrame, metrics: pd.DataFrame, path: Path,
     handles = {}
     for ax, gamma in zip(axes.flat, gammas):
         for j, (_, run) in enumerate(runs[runs["gamma"] == gamma].sort_values("seed").iterrows()):
+            ax.plot([], [], color="0.3", ls=styles[j % 4], label=run_label(run, runs))
             m = metrics[(metrics["run_id"] == run["run_id"]) & metrics["layer"].isna()]
             for i, score in enumerate(shown):
                 r = m[m["metric"] == score].sort_values("step")
@@ -122,6 +123,7 @@ def ood_over_training(runs: pd.DataFrame, metrics: pd.DataFrame, path: Path,
                 (line,) = ax.plot(x_of(ref["step"], ref.get("batch_size")), ref[score],
                                   color=f"C{i}", lw=5, alpha=0.25, marker="x", ms=4)
                 handles.setdefault(f"{score} (reference)", line)
+        ax.legend(fontsize=7, loc="upper left", title="line style", title_fontsize=7)
         ax.set_xscale("log")
         ax.set_title(f"gamma {gamma:g}", fontsize=10)
         ax.set_xlabel("training samples seen (step x batch)" if axis == "samples"
@@ -132,11 +134,19 @@ def ood_over_training(runs: pd.DataFrame, metrics: pd.DataFrame, path: Path,
         row[0].set_ylabel("share / accuracy")
     fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=min(4, len(handles)),
                fontsize=8, frameon=False)
-    fig.suptitle("Answers on the held-out data over training (line style: seed"
-                 + ("" if reference is None else "; wide pale lines: reference trajectories")
-                 + ")", fontsize=10)
+    fig.suptitle("Answers on the held-out data over training"
+                 + ("" if reference is None else " (wide pale lines: reference trajectories)"),
+                 fontsize=10)
     fig.tight_layout(rect=(0, 0.6 / (3.8 * nrows + 0.9) + 0.06, 1, 1))
     save_figure(fig, path)
+
+
+def run_label(run, runs: pd.DataFrame) -> str:
+    """A run's name in a legend: its seed, and the settings that differ between ``runs``."""
+    keys = [k for k in ("batch_size", "lr", "n_embd", "steps", "mixed_precision")
+            if k in runs and runs[k].nunique() > 1]
+    return ", ".join([f"seed {run['seed']}", *(f"{k} {run[k]:g}" if isinstance(run[k], float)
+                                                else f"{k} {run[k]}" for k in keys)])
 
 
 def ood_vs_gamma(runs: pd.DataFrame, path: Path, scores: tuple[str, ...],
