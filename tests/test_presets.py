@@ -63,3 +63,22 @@ def test_best_over_keeps_the_best_lr_per_cell_and_seed():
     assert row["acc_test_id"] == pytest.approx(0.8) and row["ood_inferential"] == pytest.approx(0.5)
     assert np.isnan(row["ood_inferential_fitted"])
     assert row["wq_mean_abs_cos"] == pytest.approx(0.3)
+
+
+def test_split_cpu_preset_is_the_d400_setting_and_runs_shrunk(tmp_path):
+    runs = expand(load_config(CONFIGS / "split_cpu.yaml"))
+    assert len(runs) == 6 and {r.gamma for r in runs} == {0.5, 0.8}
+    r = runs[0]
+    assert (r.n_embd, r.d_ff, r.batch_size, r.steps, r.lr_schedule, r.mixed_precision) == \
+        (400, 1200, 256, 10000, "constant", "bf16")
+    args = ["--config", str(CONFIGS / "split_cpu.yaml"), "--gamma", "0.8", "--seed", "1",
+            "--steps", "3", "--warmup_steps", "1", "--n_train", "2048", "--n_test_id", "256",
+            "--n_ood", "256", "--n_eval", "256", "--n_probes", "2", "--mixed_precision", "no",
+            "--num_threads", "1", "--output_dir", str(tmp_path)]
+    assert main(args) == 0
+    runs = pd.read_csv(tmp_path / "runs.csv")
+    assert runs["steps"].tolist() == [3] and runs["batch_size"].tolist() == [256]
+    m = pd.read_csv(tmp_path / "metrics.csv")
+    q = m[(m["component"] == "attn.q") & (m["metric"] == "n_groups") & (m["layer"] == 0)]
+    assert set(q["n_units"]) == {200} and set(q["step"]) == {0, 3}
+    assert (tmp_path / "figures" / "ood_over_training.png").stat().st_size > 1000
