@@ -165,3 +165,14 @@ def test_runs_csv_has_exactly_its_columns_and_the_package_version(trained):
     assert list(runs.columns) == RUNS_FRONT + scores + RUNS_TAIL
     assert runs["package_version"].astype(str).tolist() == [package_version()]
     assert runs["batch_size"].tolist() == [64]
+
+
+def test_measure_takes_the_comma_grammar_and_refuses_bad_values(trained, capsys):
+    assert main(["measure", str(trained), "--thresholds", "0.9,0.95", "--num_threads", "1"]) == 0
+    metrics = pd.read_csv(trained / "metrics.csv")
+    assert set(metrics[metrics["metric"] == "n_groups"]["threshold"]) == {0.9, 0.95}
+    assert main(["measure", str(trained), "--thresholds", "0.9,high"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: thresholds=") and "\n" not in err
+    assert main(["measure", str(trained), "--thresholds", "[1.5]"]) == 2
+    assert "thresholds=[1.5] is invalid" in capsys.readouterr().err

@@ -6,6 +6,7 @@ the product of all lists, in key order. ``thresholds`` is a list by nature and n
 
 from probes.config.load import (
     YamlLoader,
+    checked,
     config_path,
     expand,
     load_config,
@@ -38,6 +39,6 @@ from probes.config.run_config import (
 __all__ = ["ANALYSIS_KEYS", "DEFAULT_CONFIG", "EXPERIMENT_KEYS", "FIELDS", "HINTS", "LIST_KEYS",
            "LR_SCALINGS", "LR_SCHEDULES", "OPTIMIZERS", "PRECISIONS", "PRESETS",
            "SAVE_CHECKPOINTS", "SHARED_KEYS",
-           "ConfigError", "RunConfig", "YamlLoader", "config_path", "effective_lr", "expand",
+           "ConfigError", "RunConfig", "YamlLoader", "checked", "config_path", "effective_lr", "expand",
            "load_config", "load_yaml", "parse_overrides", "preset_names", "resolved_yaml",
            "training_keys", "validate"]

@@ -164,8 +164,17 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
     raw.update(overrides or {})
     if raw.get("mixed_precision") is False:  # YAML 1.1 reads a bare `no` as false
         raw["mixed_precision"] = "no"
-    for key in LIST_KEYS & raw.keys():  # one grammar with --checkpoint: 0.9,0.95 and 0.9 too
-        raw[key] = _as_list(raw[key])
+    return checked(raw)
+
+
+def checked(raw: dict) -> dict:
+    """``raw`` with list keys read as lists (one grammar with ``--checkpoint``: ``0.9,0.95`` and
+    ``0.9`` too), each key and value checked.
+
+    Raises:
+        ConfigError: an unknown key or a value of the wrong type.
+    """
+    raw = {k: _as_list(v) if k in LIST_KEYS else v for k, v in raw.items()}
     for key, value in raw.items():
         _check_key(key)
         _check_value(key, value)

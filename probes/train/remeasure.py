@@ -28,6 +28,7 @@ from probes.config import (
     FIELDS,
     ConfigError,
     RunConfig,
+    checked,
     load_yaml,
     parse_overrides,
     validate,
@@ -141,6 +142,7 @@ def experiment_configs(out_dir: Path, overrides: dict) -> list[RunConfig]:
         ConfigError: no runs.csv, a run folder without its config, or an override of a key that
             is not an analysis setting.
     """
+    overrides = checked(overrides)
     bad = [k for k in overrides if k not in MEASURE_KEYS]
     if bad:
         raise ConfigError(f"--{bad[0]} changes training: accepted by measure are "
