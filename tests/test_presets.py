@@ -30,11 +30,16 @@ def test_paper_preset_is_the_papers_setup():
     assert r.steps * r.batch_size / r.n_train == pytest.approx(210, rel=0.01)
 
 
+def shrunk(preset: str, out: Path, *extra: str) -> list[str]:
+    """The command line of ``preset`` shrunk to 3 steps on small data sets."""
+    return ["--config", str(CONFIGS / f"{preset}.yaml"), "--steps", "3", "--warmup_steps", "1",
+            "--n_test_id", "256", "--n_ood", "256", "--n_eval", "256", "--n_probes", "2",
+            "--output_dir", str(out), *extra]
+
+
 def test_paper_preset_runs_a_few_steps_on_cpu(tmp_path):
-    args = ["--config", str(CONFIGS / "paper.yaml"), "--n_layer", "2", "--gamma", "0.5",
-            "--lr", "0.0002", "--seed", "0", "--steps", "3", "--warmup_steps", "1",
-            "--n_train", "4096", "--n_test_id", "256", "--n_ood", "256", "--n_eval", "256",
-            "--n_probes", "2", "--output_dir", str(tmp_path)]
+    args = shrunk("paper", tmp_path, "--n_layer", "2", "--gamma", "0.5", "--lr", "0.0002",
+                  "--seed", "0", "--n_train", "4096")
     assert main(args) == 0
     runs = pd.read_csv(tmp_path / "runs.csv")
     assert runs["steps"].tolist() == [3] and not runs["diverged"].any()
@@ -71,10 +76,8 @@ def test_split_cpu_preset_is_the_d400_setting_and_runs_shrunk(tmp_path):
     r = runs[0]
     assert (r.n_embd, r.d_ff, r.batch_size, r.steps, r.lr_schedule, r.mixed_precision) == \
         (400, 1200, 256, 10000, "constant", "bf16")
-    args = ["--config", str(CONFIGS / "split_cpu.yaml"), "--gamma", "0.8", "--seed", "1",
-            "--steps", "3", "--warmup_steps", "1", "--n_train", "2048", "--n_test_id", "256",
-            "--n_ood", "256", "--n_eval", "256", "--n_probes", "2", "--mixed_precision", "no",
-            "--num_threads", "1", "--output_dir", str(tmp_path)]
+    args = shrunk("split_cpu", tmp_path, "--gamma", "0.8", "--seed", "1", "--n_train", "2048",
+                  "--mixed_precision", "no", "--num_threads", "1")
     assert main(args) == 0
     runs = pd.read_csv(tmp_path / "runs.csv")
     assert runs["steps"].tolist() == [3] and runs["batch_size"].tolist() == [256]

@@ -53,20 +53,12 @@ def test_kill_9_then_rerun_gives_the_rows_of_an_unbroken_sweep(tmp_path):
     args = ["--config", TINY, "--steps", "200", "--save_every", "20", "--num_threads", "1"]
     assert main(args + ["--output_dir", str(tmp_path / "unbroken")]) == 0
     out = tmp_path / "killed"
-    cmd = [sys.executable, "probes/run.py", *args, "--output_dir", str(out)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not list(out.glob("runs/*/state/trainer.pt")):
-        assert proc.poll() is None and time.time() < deadline, "no state was saved before the end"
-        time.sleep(0.02)
-    time.sleep(0.2)  # past the save, mid-run
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    killed_mid_training(args, out)
     assert not (out / "runs.csv").exists()
+    cmd = [sys.executable, "probes/run.py", *args, "--output_dir", str(out)]
     assert subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True).returncode == 0
     same_rows(tmp_path / "unbroken", out)
-    assert not list(out.glob("runs/*/state"))  # finished runs drop their resume state
+    assert not list(out.glob("runs/.*"))  # finished runs drop their work folders
 
 
 def free_port() -> int:
