@@ -31,6 +31,8 @@ from probes.train.usage import key_help
 USAGE = """usage: accelerate launch probes/run.py [--config FILE] [--output_dir DIR] [--KEY VALUE ...]
        accelerate launch probes/run.py --checkpoint DIR [--checkpoint DIR ...] [--output_dir DIR]
          (probe checkpoints on disk; --checkpoint X --help lists its options)
+       python probes/run.py measure DIR [--thresholds ...] [--merge_probe true] [--n_eval N]
+         (measure a finished experiment again from its saved checkpoints, without training)
 
 --config takes a YAML file or a preset's name (default, sweep_small, ...: configs/ in the package).
 Any config key can be overridden; a YAML list value (e.g. --gamma "[0.3, 1.0]") makes a grid.
