@@ -72,17 +72,17 @@ def stale(cfg: RunConfig) -> bool:
     return any(was.get(k) != getattr(cfg, k) for k in ANALYSIS_KEYS if k != "n_probes")
 
 
-def measurable(cfg: RunConfig) -> bool:
-    """Whether the finished run of ``cfg`` saved a checkpoint series from step 0."""
-    series = checkpoint_series(run_dir(cfg))
+def measurable(cfg: RunConfig, series: list | None = None) -> bool:
+    """Whether the finished run of ``cfg`` saved a checkpoint series (``series``, read from its
+    folder when not given) from step 0."""
+    series = checkpoint_series(run_dir(cfg)) if series is None else series
     return bool(series) and series[0][0] == 0
 
 
-def load_model(cfg: RunConfig, task, path: Path):
-    """The model saved in ``path`` (``from_pretrained`` of the run's model class), in eval mode."""
-    template, _ = build_for_run(cfg, task)
+def load_model(model_class, path: Path):
+    """The model saved in ``path`` (``model_class.from_pretrained``), in eval mode."""
     with hub_progress_bars_off():  # one loading bar a checkpoint would flood the log
-        return type(template).from_pretrained(path).eval()
+        return model_class.from_pretrained(path).eval()
 
 
 def measure_run(cfg: RunConfig, task, data: dict, device) -> RunResult:
@@ -101,16 +101,17 @@ def measure_run(cfg: RunConfig, task, data: dict, device) -> RunResult:
     """
     folder = run_dir(cfg)
     series = checkpoint_series(folder)
-    if not measurable(cfg):
+    if not measurable(cfg, series):
         raise ConfigError(f"run {cfg.run_id!r} in {str(folder)!r} has no checkpoint series from "
                           f"step 0 (saved steps: {[s for s, _ in series]}): accepted are runs "
                           f"trained with save_checkpoints: probes (retrain it with --overwrite true)")
     objective = objective_for(task, cfg.last_position_only)
     probe = SeriesProbe(cfg.run_id, objective, eval_data(cfg, data), device, cfg.thresholds,
                         merge_step=cfg.steps if cfg.merge_probe else None)
+    model_class = type(build_for_run(cfg, task)[0])  # built once: only its class is needed
     for step, path in series:
-        probe.measure(load_model(cfg, task, path).to(device), step)
-    was = recorded(folder)
+        probe.measure(load_model(model_class, path).to(device), step)
+    raw = load_yaml((folder / CONFIG).read_text()) or {}
     row = dict(read_run_json(folder))
     last = probe.metrics[-1]["step"] if probe.metrics else 0
     if not row.get("diverged"):
@@ -118,10 +119,9 @@ def measure_run(cfg: RunConfig, task, data: dict, device) -> RunResult:
                   if r["step"] == last and r["component"] == "output" and r["metric"] in row}
         row |= scores
         row["fitted"] = bool(objective.fitted(scores))
-    init = load_yaml((folder / CONFIG).read_text()).get("init_records", [])
-    done = dataclasses.replace(cfg, n_probes=was.get("n_probes", cfg.n_probes))
+    done = dataclasses.replace(cfg, n_probes=raw.get("n_probes", cfg.n_probes))
     return RunResult(done, row, probe.metrics, probe.offsets, probe.neurons, probe.heatmap,
-                     None, init)
+                     None, raw.get("init_records", []))
 
 
 def measure_all(cfgs: list[RunConfig], data_for, device) -> list[dict]:
