@@ -146,6 +146,7 @@ def paper_with_planted_queries(gen):
 
 
 def test_planted_query_rows_in_the_paper_model():
+    torch.manual_seed(5)  # the model's own init draws from the global generator
     gen = torch.Generator().manual_seed(5)
     model = paper_with_planted_queries(gen)
     merged = merge_model(model, 0.9, only=(0, "attn.q"))
@@ -154,7 +155,8 @@ def test_planted_query_rows_in_the_paper_model():
     with torch.no_grad():
         before, after = model(input_ids=ids).logits, merged.model(input_ids=ids).logits
     assert before.std() > 0.1
-    assert (after - before).abs().max() < 1e-5
+    # float32 sums in another order: exact up to rounding (a wrong merge is off by O(1))
+    assert (after - before).abs().max() < 1e-5 * before.abs().max()
     # the other layers are untouched; only the query and key rows of the merged head changed
     changed = {n for (n, p), q in zip(model.named_parameters(), merged.model.parameters())
                if not torch.equal(p, q)}

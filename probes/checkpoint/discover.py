@@ -331,9 +331,18 @@ def load_model(folder: Path, config, allow_pickle: bool = False, trust_remote_co
     cls = model_class(config, trust_remote_code)
     try:
         with hub_progress_bars_off():
-            model = cls.from_pretrained(folder, config=config, dtype=torch.float32,
-                                        use_safetensors=None if allow_pickle else True,
-                                        trust_remote_code=trust_remote_code, local_files_only=True)
+            model, info = cls.from_pretrained(folder, config=config, dtype=torch.float32,
+                                              use_safetensors=None if allow_pickle else True,
+                                              trust_remote_code=trust_remote_code,
+                                              local_files_only=True, output_loading_info=True)
     except Exception as e:  # loading raises many types: one line for the user
         raise CheckpointError(f"{folder} could not be loaded: {_one_line(e)}") from e
+    # a weight transformers had to draw at random (or resize) makes every number after it
+    # meaningless: its own loading report decides, after the header check before any work
+    drawn = sorted(info.get("missing_keys") or ()) + sorted(
+        str(k[0] if isinstance(k, tuple) else k) for k in info.get("mismatched_keys") or ())
+    if drawn:
+        raise CheckpointError(f"{folder}: transformers would draw {len(drawn)} weight(s) at random "
+                              f"({', '.join(map(repr, drawn[:4]))}{' ...' if len(drawn) > 4 else ''}):"
+                              f" accepted are weights that hold every tensor of the config's model")
     return model.eval()

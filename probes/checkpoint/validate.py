@@ -56,9 +56,9 @@ def _rows(shape: tuple[int, ...], kind: str) -> int:
 
 
 def check_weights(folder: Path, config, layout: Layout, source, prefix: str, meta) -> None:
-    """The config against the weights, before any tensor is read: every tensor the reader needs
-    is there with the shape the config gives it (the model built from the config on the meta
-    device), the weights hold no layer beyond the config's, and every component's units split
+    """The config against the weights, before any tensor is read: every tensor the model expects
+    is there with the shape the config gives it (``check_all_tensors``; the model built from the
+    config on the meta device), and so is every tensor the reader needs; the weights hold no layer beyond the config's, and every component's units split
     evenly into its heads.
 
     Args:
@@ -74,6 +74,7 @@ def check_weights(folder: Path, config, layout: Layout, source, prefix: str, met
     meta_prefix = base_prefix(meta_names, layout)
     meta_shapes = {n: tuple(t.shape) for n, t in meta.state_dict().items()}
     where = f"config.json of {str(folder)!r} ({_config_text(config)})"
+    check_all_tensors(where, source, meta)
     for block in layout.blocks:
         for part in block.parts:
             name = f"{block.module(part)}.weight"
@@ -95,6 +96,69 @@ def check_weights(folder: Path, config, layout: Layout, source, prefix: str, met
                 raise CheckpointError(f"{where}: {n} units of {prefix + name!r} do not split into "
                                       f"{part.heads} heads: accepted are head counts that divide them")
     _check_extra_layers(where, layout, source, prefix)
+
+
+# at most this many tensors are named in one error line (then a count)
+MAX_NAMED = 4
+
+
+def check_all_tensors(where: str, source, meta) -> None:
+    """Every tensor the model built from config.json expects (its whole state dict, not only what
+    the reader uses) against the weights' names and shapes, as ``from_pretrained`` would map
+    them: transformers' own key renamings (e.g. GPT-NeoX's ``embed_out`` -> ``lm_head``) and the
+    base-model prefix. A tensor the files lack would be drawn at random by ``from_pretrained``;
+    it is legitimate only where the model ties it to another (``all_tied_weights_keys``, which
+    follows the config's ``tie_word_embeddings``) or transformers itself never expects it on disk
+    (``_keys_to_ignore_on_load_missing``). Tensors that a transformers converter fuses (e.g.
+    per-expert MoE weights) are checked by name only.
+
+    Args:
+        where: the config's description for messages; source: tensor source (``names``,
+            ``shape``); meta: the model built from the config on the meta device.
+
+    Raises:
+        CheckpointError: naming the first ``MAX_NAMED`` mismatched or missing tensors with both
+            shapes, and how many there are in all.
+    """
+    expected = {n: tuple(t.shape) for n, t in meta.state_dict().items()}
+    rename = _renamer(meta, expected)
+    held, fused = {}, set()
+    for key in source.names():
+        name, converter = rename(key)
+        if converter is not None:
+            fused.add(name)
+        else:
+            held[name] = tuple(source.shape(key))
+    tied = set(getattr(meta, "all_tied_weights_keys", None) or ())
+    ignore = [re.compile(p) for p in (getattr(meta, "_keys_to_ignore_on_load_missing", None) or ())]
+    bad = []
+    for name, shape in expected.items():
+        if name in held:
+            if held[name] != shape:
+                bad.append(f"{name!r} is {list(held[name])} in the weights and {list(shape)} by the config")
+        elif name not in tied and name not in fused and not any(p.search(name) for p in ignore):
+            bad.append(f"they lack {name!r} {list(shape)}")
+    if bad:
+        more = f" (and {len(bad) - MAX_NAMED} more)" if len(bad) > MAX_NAMED else ""
+        raise CheckpointError(f"{where} disagrees with its weights in {len(bad)} tensor(s): "
+                              f"{'; '.join(bad[:MAX_NAMED])}{more}: accepted is a config that "
+                              f"matches every tensor of the weights (transformers would draw the "
+                              f"others at random)")
+
+
+def _renamer(meta, expected: dict):
+    """key -> (the model's name for it, the converter pattern or None), by transformers' own
+    loading rules where this version has them (5.x), else the stored name."""
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
+    except ImportError:  # transformers 4.x stores and loads the same names
+        return lambda key: (key, None)
+    transforms = get_model_conversion_mapping(meta)
+    renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
+    converters = [t for t in transforms if isinstance(t, WeightConverter)]
+    prefix = getattr(meta, "base_model_prefix", None) or None
+    return lambda key: rename_source_key(key, renamings, converters, prefix, expected)
 
 
 def _check_extra_layers(where: str, layout: Layout, source, prefix: str) -> None:
