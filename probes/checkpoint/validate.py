@@ -58,8 +58,8 @@ def _rows(shape: tuple[int, ...], kind: str) -> int:
 def check_weights(folder: Path, config, layout: Layout, source, prefix: str, meta) -> None:
     """The config against the weights, before any tensor is read: every tensor the model expects
     is there with the shape the config gives it (``check_all_tensors``; the model built from the
-    config on the meta device), and so is every tensor the reader needs; the weights hold no layer beyond the config's, and every component's units split
-    evenly into its heads.
+    config on the meta device), and so is every tensor the reader needs; the weights hold no layer
+    beyond the config's, and every component's units split evenly into its heads.
 
     Args:
         folder: the checkpoint (for messages); config: its transformers config; layout: the
