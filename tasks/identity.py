@@ -1,5 +1,7 @@
-"""The identity anchor task "3 x -> x" (anchor functions, arXiv 2401.08309; splits as in
-arXiv 2405.05409).
+"""The identity anchor task "3 x -> x" (anchor functions, arXiv 2401.08309), as the group's public
+code generates it: complexity_control ``code_for_anchor_func/data_generator/simple_task.py``
+(``task_3x_to_x``; splits as in arXiv 2405.05409). Their split modulus is the sequence length
+(9); the suite's ``split_modulus`` defaults to 7.
 
 A sequence holds ``seq_len`` tokens: the anchor 3 at position q - 1, the key x right after it at
 position q, noise from [key_low, key_high] everywhere else. The target, read at the last position,

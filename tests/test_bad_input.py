@@ -258,7 +258,7 @@ def test_yaml_numbers_with_exponents(tmp_path):
 
 
 def test_launcher_shows_only_the_error_line(tmp_path):
-    """``accelerate launch -q`` (the README's form for bad input) prints the child's error line
+    """``accelerate launch -q`` (docs/running.md's form for bad input) prints the child's error line
     and no launcher traceback."""
     launcher = str(Path(sys.executable).parent / "accelerate")  # the venv's, activated or not
     proc = subprocess.run([launcher, "launch", "-q", "--cpu", "--num_processes", "1",

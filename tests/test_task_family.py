@@ -1,5 +1,5 @@
 """The rest of the task family (no-twist composite, multi-anchor, identity, chain search) against
-independent, row-by-row readings of their rules (shared SCIENCE.md and the task docstrings; the
+independent, row-by-row readings of their rules (docs/science.md and the task docstrings; the
 authors' chain search has its own file, tests/test_chain_search_authors.py)."""
 
 import math
@@ -118,7 +118,7 @@ def test_pair_scoring_closed_form(pair_task):
 
 
 def test_no_twist_candidates_on_held_out_pairs():
-    # SCIENCE.md: on the held-out pairs the composite x - 10 is the inferential answer
+    # docs/science.md: on the held-out pairs the composite x - 10 is the inferential answer
     d = make_task("composite_no_twist", n_ood=400, seed=1, ood_scoring="pooled").build()["ood"][:]
     is34 = d["anchor_pair"] == 34
     assert np.all(d["target"] == d["key"] - 10)

@@ -1,4 +1,4 @@
-"""The composite anchor task against an independent, row-by-row reading of SCIENCE.md."""
+"""The composite anchor task against an independent, row-by-row reading of docs/science.md."""
 
 import numpy as np
 import pytest
@@ -31,7 +31,7 @@ def data():
 
 
 def test_paper_example():
-    # SCIENCE.md: (23, 1, 2, 43, 46, 74, 54, 44, 72) -> 23 + 5 + 1 = 29
+    # docs/science.md: (23, 1, 2, 43, 46, 74, 54, 44, 72) -> 23 + 5 + 1 = 29
     key, p, a1, a2 = read_row([23, 1, 2, 43, 46, 74, 54, 44, 72])
     assert expected_target(key, a1, a2) == 29
 

@@ -79,7 +79,7 @@ class Plan:
     source: object = None  # tensor source (opened when planned, so broken files fail early)
     model: object = None  # the whole model: GGUF files, or when activations are asked for
     tokenizer: object = None  # shipped with a GGUF file
-    batch: object = None  # the probe batch (probes.probe_inputs.ProbeBatch), when asked for
+    batch: object = None  # the probe batch (probes.checkpoint.inputs.ProbeBatch), when asked for
     prefix: str = ""  # key prefix in front of the layout's block paths
     draw_layers: list[int] = field(default_factory=list)  # chosen layers (heat maps, series plot)
     component: str = ""  # chosen component

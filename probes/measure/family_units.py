@@ -1,4 +1,4 @@
-"""Units of the baseline families beyond ``probes.units.read_units``, and per-neuron features.
+"""Units of the baseline families beyond ``probes.measure.units.read_units``, and per-neuron features.
 
 - ResNet (``model_type == "resnet"``): ``read_units`` gives the convolutions (layer 0 the stem,
   layer b + 1 the b-th residual block in forward order; a conv unit = one output channel's kernel
@@ -13,7 +13,7 @@
   weights, so ``mlp.in`` still counts it; ``mlp.active`` does not. Its n_groups divided by the
   width is the dropout paper's effective ratio. RD is not defined for it (the set changes).
 - With 1-D input, ``neuron_features`` gives each hidden neuron's orientation angle of (w, b) in
-  [-pi, pi) and amplitude |a| * |(w, b)| (probes.neurons).
+  [-pi, pi) and amplitude |a| * |(w, b)| (probes.measure.neurons).
 """
 
 from __future__ import annotations

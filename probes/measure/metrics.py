@@ -1,6 +1,6 @@
 """Condensation metrics of one set of units (scikit-learn style: configure, ``fit``, read attributes).
 
-Follows the measurements of the condensation papers (see shared SCIENCE.md):
+Follows the measurements of the condensation papers (sources in docs/science.md):
 - cosine similarity C_ij = <v_i, v_j> / (|v_i| |v_j|) of unit vectors (Xu, Zhang, Zhou,
   arXiv 2504.09484; Zhang et al., arXiv 2405.05409 for W_Q rows);
 - condensed groups at a threshold tau: complete-linkage clustering on cosine distance 1 - C cut

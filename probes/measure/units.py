@@ -1,6 +1,7 @@
 """Unit readers: which vectors of a model are the "neurons" that condensation metrics compare.
 
-A unit is one row vector compared with its peers in the same layer and component (DESIGN.md):
+A unit is one row vector compared with its peers in the same layer and component (docs/science.md,
+"How condensation is measured"):
 - ``mlp.in``: MLP input neuron k = its input weights, concatenated with its bias when it has one;
   gated MLPs (Llama's gate_proj / up_proj) give ``mlp.gate`` and ``mlp.up``, one component each.
 - ``attn.q`` / ``attn.k`` / ``attn.v``: rows of W_Q, W_K, W_V (the output neurons of each

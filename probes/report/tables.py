@@ -323,7 +323,7 @@ def initial_stage(metrics: pd.DataFrame, loss_ratio: float = INITIAL_LOSS_RATIO)
 
 
 def directions(runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
-    """n_directions, n_lines and direction_share of each 1-D mlp run (probes.neurons) at its last
+    """n_directions, n_lines and direction_share of each 1-D mlp run (probes.measure.neurons) at its last
     probe, and the same at the end of the initial stage (``initial_stage``) as
     initial_step, initial_n_directions, initial_n_lines, initial_direction_share."""
     names = ["n_directions", "n_lines", "direction_share"]

@@ -1,6 +1,6 @@
 """Every file the suite writes: CSV columns, atomic writes and the run-folder layout, in one place.
 
-Layout of an experiment's output folder (schema: shared DESIGN.md and reports/README.md)::
+Layout of an experiment's output folder (schema: reports/README.md)::
 
     runs.csv  metrics.csv  ood_offsets.csv  correlations.csv  figures/*.png
     neurons.csv (1-D two-layer nets only: each neuron at step 0, at the end of the initial
