@@ -62,6 +62,39 @@ def _paths(model, layout, prefix: str) -> tuple[dict, dict]:
     return outs, posts
 
 
+def _depths(layout, outs: dict, cap: Capture, run_id: str) -> tuple[dict, list[str]]:
+    """(block layer, call) -> the layer index its activations are reported under, and notes.
+
+    A block that runs once per forward pass keeps its own index. When blocks run several times
+    in a pass (weights shared across depth, as in ALBERT), each call is its own layer, numbered
+    by depth: the order in which the first pass ran the blocks' first captured modules.
+
+    Raises:
+        CheckpointError: modules of one block that ran different numbers of times in a pass
+            (no depth can be given to their calls).
+    """
+    by_block = {}
+    for (lay, _), path in outs.items():
+        by_block.setdefault(lay, []).append(path)
+    counts = {lay: {len(cap.calls.get(p, [None])) for p in paths} for lay, paths in by_block.items()}
+    uneven = sorted(lay for lay, c in counts.items() if len(c) > 1)
+    if uneven:
+        raise CheckpointError(f"the modules of layer {uneven[0]} of {run_id} ran different numbers "
+                              f"of times in one forward pass: accepted are blocks whose modules run "
+                              f"together (the activation basis needs each call's depth)")
+    if not cap.repeated:
+        return {(lay, 0): lay for lay in by_block}, []
+    first = {paths[0]: lay for lay, paths in by_block.items()}
+    order = [(first[p], c) for p, c in cap.order if p in first]
+    depth = {key: d for d, key in enumerate(order)}
+    k = max(cap.repeated.values())
+    note = (f"{run_id}: its layers share weights across depth ({len(by_block)} stored layer(s) "
+            f"run {len(depth)} times in one forward pass, up to {k} times each): the activation "
+            f"basis reports each call as its own layer, numbered by depth 0..{len(depth) - 1}; "
+            f"the weight basis reports each stored layer once")
+    return depth, [note]
+
+
 def activation_units(model, layout, batch, probe_samples: int, point: str, device, threads: int,
                      run_id: str):
     """Capture the probe batch's outputs and return the activation-basis unit sets.
@@ -91,17 +124,18 @@ def activation_units(model, layout, batch, probe_samples: int, point: str, devic
                 model(**{k: v.to(device) for k, v in inputs.items()})
     finally:
         torch.set_num_threads(before)
-    outputs = {p: y[:probe_samples] for p, y in cap.outputs.items()}
-    inputs = {p: y[:probe_samples] for p, y in cap.inputs.items()}
-    n_samples = max((len(y) for y in outputs.values()), default=0)
-    notes = []
-    short = [(len(y), y.shape[1]) for y in outputs.values() if len(y) < y.shape[1]]
+    outputs = {p: [y[:probe_samples] for y in ys] for p, ys in cap.calls.items()}
+    inputs = {p: [y[:probe_samples] for y in ys] for p, ys in cap.input_calls.items()}
+    depth, notes = _depths(layout, outs, cap, run_id)
+    n_samples = max((len(y) for ys in outputs.values() for y in ys), default=0)
+    short = [(len(y), y.shape[1]) for ys in outputs.values() for y in ys if len(y) < y.shape[1]]
     if short:
         n, units = min(short)
         notes.append(f"{run_id}: in the activation basis a layer of {units} units has only {n} "
                      f"samples, so its output vectors span at most {n} dimensions and cosines run "
                      f"high: give more probe inputs")
-    dead = {key: dead_mask(inputs[path]) for key, path in posts.items()}
+    dead = {(depth[(lay, c)], comp): dead_mask(y) for (lay, comp), path in posts.items()
+            for c, y in enumerate(inputs[path])}
     n_dead = {key: int(m.sum()) for key, m in dead.items() if m.any()}
     if n_dead:
         where = ", ".join(f"layer {lay} {comp} {n}" for (lay, comp), n in sorted(n_dead.items())[:4])
@@ -110,19 +144,20 @@ def activation_units(model, layout, batch, probe_samples: int, point: str, devic
                      f"the activation-basis groups and counted as n_dead")
 
     def layers():
-        for block in layout.blocks:
+        for (lay, c), d in sorted(depth.items(), key=lambda kv: kv[1]):
+            block = next(b for b in layout.blocks if b.layer == lay)
             comps = {}
             for part in block.parts:
-                key = (block.layer, part.component)
+                key = (lay, part.component)
                 if key not in outs:
                     continue
-                y = inputs[posts[key]] if point == "post" and key in posts else outputs[outs[key]]
+                y = inputs[posts[key]][c] if point == "post" and key in posts else outputs[outs[key]][c]
                 y = y[:, part.select] if part.select is not None else y
                 comps[part.component] = (y.T.contiguous(), part.heads, y.shape[0])
-            sets = layer_unit_sets(block.layer, comps, qk_heads=False)
+            sets = layer_unit_sets(d, comps, qk_heads=False)
             for u in sets:
-                if u.head is None and (block.layer, u.component) in dead:
-                    u.dead = dead[(block.layer, u.component)]
+                if u.head is None and (d, u.component) in dead:
+                    u.dead = dead[(d, u.component)]
             yield sets
 
     return layers(), n_samples, notes

@@ -140,6 +140,11 @@ def plan_checkpoint(ckpt: Checkpoint, opts: Options, notes: list[str]) -> Plan:
     if not ckpt.gguf:
         check_weights(ckpt.path, config, layout, plan.source, plan.prefix, meta)
     notes.extend(f"{ckpt.run_id}: {n}" for n in layout.notes)
+    depth = getattr(plan.config, "num_hidden_layers", None)
+    if isinstance(depth, int) and 0 < len(layout.blocks) < depth:  # ALBERT's shared groups
+        notes.append(f"{ckpt.run_id}: its weights hold {len(layout.blocks)} layer(s) for "
+                     f"num_hidden_layers={depth} (shared across depth): the weight basis reports "
+                     f"each stored layer once, numbered as stored")
     _draw_choice(plan, opts)
     return plan
 

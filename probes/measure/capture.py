@@ -38,19 +38,28 @@ def output_rows(module: nn.Module, output: torch.Tensor, max_positions: int | No
 
 class Capture:
     """Record the outputs of the modules at ``paths`` (and the inputs of those at ``inputs_of``)
-    during forward passes.
+    during forward passes of ``model``, each call of a module kept apart.
+
+    A module may run several times in one forward pass (ALBERT runs one shared layer at every
+    depth; any weight-tied block): its k-th call in each pass is its own record, never pooled
+    with the others into one vector per neuron.
 
     Args:
-        model: the model.
+        model: the model (its own forward call starts a pass; modules called directly, outside
+            one, count as one call each time).
         paths: module paths as in ``model.named_modules()``.
         max_positions: per input, for convolutions (see ``output_rows``).
         inputs_of: module paths whose first input is recorded (e.g. an MLP's output projection,
             whose input is the hidden layer after its nonlinearity).
 
-    Attributes:
-        outputs: path -> (n_samples, d_out) float32 CPU tensor, concatenated over every forward
-            pass inside the block (read after it exits).
-        inputs: path -> (n_samples, d_in) float32 CPU tensor, the same for ``inputs_of``.
+    Attributes (read after the block exits):
+        calls: path -> [(n_samples, d_out) float32 CPU tensor per call index], concatenated over
+            the passes; one entry for a module that runs once per pass. input_calls: the same
+            for ``inputs_of``.
+        outputs: path -> (n_samples, d_out), for the modules of ``paths`` that ran once per pass.
+        inputs: path -> (n_samples, d_in), the same for ``inputs_of``.
+        repeated: path -> calls per pass, for the modules that ran more than once in a pass.
+        order: the (path, call index) of the output records in the order the first pass made them.
 
     Raises:
         AttributeError: a path that names no module (on entering).
@@ -60,31 +69,50 @@ class Capture:
                  inputs_of: list[str] = ()):
         self.model, self.paths, self.max_positions = model, list(dict.fromkeys(paths)), max_positions
         self.inputs_of = list(dict.fromkeys(inputs_of))
-        self.handles, self._chunks, self.outputs, self.inputs = [], {}, {}, {}
+        self.handles, self._chunks, self._count, self._passes = [], {}, {}, 0
+        self.calls, self.input_calls, self.outputs, self.inputs = {}, {}, {}, {}
+        self.repeated, self.order = {}, []
 
     def __enter__(self) -> Capture:
+        self.handles.append(self.model.register_forward_pre_hook(self._new_pass))
         for path in self.paths:
             self._register(path, "out")
         for path in self.inputs_of:
             self._register(path, "in")
         return self
 
+    def _new_pass(self, module, args) -> None:
+        self._passes += 1
+        self._count = dict.fromkeys(self._count, 0)
+
     def _register(self, path: str, side: str) -> None:
         module = self.model.get_submodule(path)
-        self._chunks[(side, path)] = []
+        self._chunks[(side, path)], self._count[(side, path)] = {}, 0
         self.handles.append(module.register_forward_hook(self._hook(path, side)))
 
     def _hook(self, path: str, side: str):
         def hook(module, inputs, output):
+            key = (side, path)
+            # calls made outside a forward of ``model`` itself have no pass to be counted in
+            call = self._count[key] if self._passes else 0
+            self._count[key] = call + 1
+            if side == "out" and self._passes <= 1:
+                self.order.append((path, call))
             value = output if side == "out" else inputs[0]
-            self._chunks[(side, path)].append(output_rows(module, value, self.max_positions))
+            self._chunks[key].setdefault(call, []).append(output_rows(module, value, self.max_positions))
         return hook
 
     def __exit__(self, *exc) -> None:
         for handle in self.handles:
             handle.remove()
         self.handles = []
-        done = {key: torch.cat(c) for key, c in self._chunks.items() if c}
-        self.outputs = {p: y for (side, p), y in done.items() if side == "out"}
-        self.inputs = {p: y for (side, p), y in done.items() if side == "in"}
+        for (side, path), by_call in self._chunks.items():
+            if not by_call:
+                continue
+            per_call = [torch.cat(by_call[c]) for c in sorted(by_call)]
+            if len(per_call) > 1:
+                self.repeated[path] = len(per_call)
+            (self.calls if side == "out" else self.input_calls)[path] = per_call
+            if len(per_call) == 1:
+                (self.outputs if side == "out" else self.inputs)[path] = per_call[0]
         self._chunks = {}
