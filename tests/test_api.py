@@ -3,6 +3,7 @@ and a run's series, ``probes.CondensationCallback`` in a ``Trainer`` run, and th
 Values are checked against cosines, complete-linkage groups and singular values recomputed here
 with numpy / scipy from the module's own weights (unit = weight row, bias appended)."""
 
+import contextlib
 import copy
 import importlib
 import subprocess
@@ -18,6 +19,7 @@ from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import pdist
 from torch import nn
 
+import models
 import probes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -145,6 +147,27 @@ def test_folder_example_gives_the_live_models_rows(examples):
     pd.testing.assert_frame_equal(examples["same"], live)
 
 
+@pytest.mark.parametrize("build", [
+    lambda: models.build_model("paper", vocab_size=64, n_positions=9, n_embd=32, n_layer=2,
+                               n_head=2),
+    lambda: models.build_mlp(in_dim=5, width=16),
+    lambda: T.DistilBertModel(T.DistilBertConfig(dim=32, n_heads=4, hidden_dim=64, n_layers=2,
+                                                 vocab_size=64)),  # no reader: by module path
+], ids=["paper", "mlp", "distilbert"])
+def test_live_model_and_its_saved_folder_give_the_same_rows(build, tmp_path):
+    torch.manual_seed(7)
+    model = build()
+    model.save_pretrained(tmp_path / "saved")
+    with pytest.warns(UserWarning, match="no unit reader") if "Bert" in type(model).__name__ \
+            else contextlib.nullcontext() as found:
+        live = probes.measure(model, run_id="saved", thresholds=[0.8])
+        on_disk = probes.measure(tmp_path / "saved", thresholds=[0.8])
+    # the note points at the caller's line, not at the package
+    assert found is None or {Path(w.filename) for w in found} == {Path(__file__)}
+    pd.testing.assert_frame_equal(live, on_disk)
+    assert len(live) > 0 and live["layer"].notna().all()
+
+
 def test_run_series_is_measured_step_by_step(tmp_path):
     torch.manual_seed(1)
     model = T.GPT2LMHeadModel(T.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=32))
@@ -258,6 +281,29 @@ def test_callback_rows_equal_measure_on_the_saved_checkpoints(tmp_path):
         cos = whole[whole["metric"] == "mean_abs_cos"]["value"].mean()
         assert history[step]["condensation/mlp.in/mean_abs_cos"] == pytest.approx(cos)
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def test_callback_keeps_the_rows_before_a_resume(tmp_path):
+    torch.manual_seed(6)
+    config = T.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=64, n_positions=16)
+    out = tmp_path / "resumed"
+
+    def train(max_steps, resume=None):
+        args = T.TrainingArguments(output_dir=str(out), max_steps=max_steps, save_steps=5,
+                                   per_device_train_batch_size=4, use_cpu=True, report_to=[],
+                                   disable_tqdm=True, logging_steps=100, seed=0)
+        callback = probes.CondensationCallback(steps=[0, 5, 10], thresholds=[0.9])
+        T.Trainer(model=T.GPT2LMHeadModel(config), args=args, train_dataset=Tokens(),
+                  callbacks=[callback]).train(resume_from_checkpoint=resume)
+        return pd.read_csv(out / "metrics.csv")
+
+    first = train(5)
+    assert first["step"].unique().tolist() == [0, 5]
+    resumed = train(10, resume=str(out / "checkpoint-5"))
+    assert resumed["step"].unique().tolist() == [0, 5, 10]  # 0 and 5 kept, 10 measured once
+    pd.testing.assert_frame_equal(resumed[resumed["step"] <= 5], first)
+    saved = probes.measure(out / "checkpoint-10", thresholds=[0.9])
+    assert resumed[resumed["step"] == 10]["value"].tolist() == saved["value"].tolist()
 
 
 def _csv(df, path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import numbers
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from probes.measure.metrics import THRESHOLDS
 from probes.store import METRICS_COLUMNS, frame
 
 BASES = ("weight", "activation", "both")
+PACKAGE_DIR = str(Path(__file__).resolve().parent.parent)  # probes/
 
 
 def measure(model_or_path, *, thresholds=THRESHOLDS, basis: str = "weight", inputs=None,
@@ -112,17 +114,24 @@ def _measure_live(model, opts: Options, run_id: str, step, inputs, device) -> pd
     return _run([plan], notes, opts, device or model_device(model))
 
 
+def _warn(text: str) -> None:
+    """A UserWarning attributed to the first caller outside this package (the user's line)."""
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_code.co_filename.startswith(PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(text, stacklevel=level)
+
+
 def _run(plans, notes, opts: Options, device) -> pd.DataFrame:
     for note in notes:
-        warnings.warn(note, stacklevel=3)
+        _warn(note)
     for plan in plans:
         plan.draw = False  # no heat maps: no dendrogram order to build
     rows = []
     with Fitter(opts.thresholds, opts.num_threads or torch.get_num_threads(),
                 opts.spectral_metrics) as fitter:
         for plan in plans:
-            rows += Prober(plan, opts, fitter, device=device,
-                           warn=lambda text: warnings.warn(text, stacklevel=4)).run().metrics
+            rows += Prober(plan, opts, fitter, device=device, warn=_warn).run().metrics
     return frame(rows, METRICS_COLUMNS)
 
 
