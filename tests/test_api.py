@@ -336,6 +336,8 @@ def test_callback_schedule_is_log_spaced_with_first_and_last():
      "fold_norms='yes'"),
     (lambda: probes.measure("no/such/folder"), ValueError, "'no/such/folder' does not exist"),
     (lambda: probes.measure(".", run_id="x"), ValueError, "run_id='x'"),
+    (lambda: probes.measure(nn.Sequential(nn.Linear(2, 2)), device="cpu"), ValueError,
+     "device='cpu'"),
     (lambda: probes.CondensationCallback(steps=[-1]), ValueError, "steps=[-1]"),
     (lambda: probes.CondensationCallback(n_probes=1), ValueError, "n_probes=1"),
 ])

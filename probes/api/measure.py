@@ -66,8 +66,8 @@ def measure(model_or_path, *, thresholds=THRESHOLDS, basis: str = "weight", inpu
         run_id, step: the rows' run_id (default: the class name) and step (default None): live
             models only; a path's come from disk (folder name, checkpoint-<step>).
         num_threads: threads for fitting (default: torch's current count).
-        device: where forward passes run (default: a live model's own device; for a path, the
-            accelerator when there is one, else CPU).
+        device: a path only: where its forward passes run (default: the accelerator when there is
+            one, else CPU). A live model runs where it is (move it first to run it elsewhere).
         allow_pickle, trust_remote_code: as ``--allow_pickle`` / ``--trust_remote_code``.
 
     Returns:
@@ -92,9 +92,12 @@ def measure(model_or_path, *, thresholds=THRESHOLDS, basis: str = "weight", inpu
             raise TypeError(f"run_id={run_id!r} is not accepted: accepted is a str")
         if step is not None and (not isinstance(step, numbers.Integral) or step < 0):
             raise ValueError(f"step={step!r} is not accepted: accepted is an integer >= 0 or None")
+        if device is not None:
+            raise ValueError(f"device={device!r} applies to a path only: a live model runs on its "
+                             f"own device (accepted: device=None; move the model first)")
         with eval_mode(model_or_path) if inputs is not None else contextlib.nullcontext():
             return _measure_live(model_or_path, opts, run_id or type(model_or_path).__name__,
-                                 step, inputs, device)
+                                 step, inputs)
     if run_id is not None or step is not None:
         raise ValueError(f"run_id={run_id!r} / step={step!r} apply to a model in memory only: a "
                          f"path's run_id and steps are read from its folders")
@@ -107,11 +110,11 @@ def measure(model_or_path, *, thresholds=THRESHOLDS, basis: str = "weight", inpu
     return _run(plans, notes, opts, device or _default_device())
 
 
-def _measure_live(model, opts: Options, run_id: str, step, inputs, device) -> pd.DataFrame:
+def _measure_live(model, opts: Options, run_id: str, step, inputs) -> pd.DataFrame:
     plan, notes = live_plan(model, opts, run_id, step, inputs)
     if inputs is not None:
         opts.probe_inputs = "inputs"  # the runs row's label; the batch is already on the plan
-    return _run([plan], notes, opts, device or model_device(model))
+    return _run([plan], notes, opts, model_device(model))
 
 
 def _warn(text: str) -> None:
