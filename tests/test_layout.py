@@ -1,6 +1,6 @@
 """The package layout: one room per role, imports that go one way, no circles.
 
-    run  ->  {train, checkpoint}  ->  report  ->  store  ->  {measure, config, runtime}
+    api  ->  run  ->  {train, checkpoint}  ->  report  ->  store  ->  {measure, config, runtime}
 
 (and everything may use ``tasks`` and ``models``, which never import ``probes``). A module may
 import its own room and any room below it; two rooms on one level never import each other.
@@ -13,6 +13,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 LEVELS = {
+    "api": 6,  # the public Python API: measures through checkpoint's Prober, used by no room
     "run": 5, "split_table": 5, "gguf_convert": 5,  # the entry point and the old names' aliases
     "train": 4, "checkpoint": 4,
     "report": 3,

@@ -58,6 +58,8 @@ class Options:
     activation_point: str = "pre"
     merge_probe: bool = False  # merge rows (probes.checkpoint.merge); needs probe_inputs
     spectral_metrics: bool = True  # stable_rank and effective_rank (Condensation's spectral)
+    # the bases measured (activation: with probe_inputs only); probes.measure(basis=...) picks one
+    bases: tuple[str, ...] = ("weight", "activation")
 
     @property
     def heatmap_threshold(self) -> float:
@@ -256,8 +258,9 @@ class Prober:
         """Measure the checkpoint; frees its weights and model afterwards."""
         start = time.perf_counter()
         plan = self.plan
-        self.measure("weight", (self.weight_sets(b) for b in plan.layout.blocks))
-        if self.opts.probe_inputs:
+        if "weight" in self.opts.bases:
+            self.measure("weight", (self.weight_sets(b) for b in plan.layout.blocks))
+        if self.opts.probe_inputs and "activation" in self.opts.bases:
             self.measure("activation", self.activation_sets())
         if self.opts.merge_probe:  # last: it folds the model's norm gains
             self.metrics += merge_rows(self.load_model(), plan.batch, self.opts.thresholds,
@@ -265,7 +268,7 @@ class Prober:
                                        self.device, self.opts.fold_norms, self.fitter.torch_threads)
         plan.source = plan.model = plan.batch = None  # free memory before the next checkpoint
         row = dict(run_id=plan.ckpt.run_id, step=plan.ckpt.step, checkpoint=str(plan.ckpt.path),
-                   format=plan.fmt, model_type=plan.config.model_type,
+                   format=plan.fmt, model_type=getattr(plan.config, "model_type", ""),
                    architecture=(getattr(plan.config, "architectures", None) or [""])[0],
                    n_params=plan.n_params, n_layers=len({b.layer for b in plan.layout.blocks}),
                    unit_reader=plan.layout.reader, fold_norms=self.opts.fold_norms,

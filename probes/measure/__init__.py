@@ -1,5 +1,9 @@
 """Measuring: what a unit is and how condensed a set of units is. No files, no command line.
 
+Calling this package, ``probes.measure(model_or_path, ...)``, runs the public API's
+``probes.api.measure.measure`` (probes/__init__.py makes it callable: the package would shadow a
+function of its name). Keep this file free of imports, so that ``import probes`` stays cheap.
+
 - ``arch``: one file per architecture: which projections give which unit components, where
   ``merge`` merges and which norms fold (one registry of model types);
 - ``units``: unit rows from weights (live models, tensor sources on disk), per layer and head;

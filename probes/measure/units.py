@@ -172,7 +172,8 @@ def fold_norm(rows: torch.Tensor, d_in: int, gain: torch.Tensor, beta: torch.Ten
 
     Args:
         rows: (n_units, d_in [+ 1]) float32 unit rows (``unit_rows``), bias last when present.
-        d_in: weight columns; gain: (d_in,) the norm's weight; beta: (d_in,) its bias or None.
+        d_in: weight columns; gain: (d_in,) the norm's weight; beta: (d_in,) its bias or None
+            (either on any device: read where ``rows`` are).
         center: subtract each folded row's mean (LayerNorm only; not RMSNorm).
 
     Returns:
@@ -184,6 +185,9 @@ def fold_norm(rows: torch.Tensor, d_in: int, gain: torch.Tensor, beta: torch.Ten
     if gain.shape != (d_in,) or (beta is not None and beta.shape != (d_in,)):
         raise ValueError(f"norm of {tuple(gain.shape)} does not fit rows of {d_in} inputs: "
                          f"accepted is the norm the projection reads")
+    # a live model's norm may sit on an accelerator; the rows are always CPU copies
+    gain = gain.to(rows.device)
+    beta = None if beta is None else beta.to(rows.device)
     if (beta is None and not center and rows.dtype == torch.float32
             and gain.dtype in (torch.float32, torch.bfloat16, torch.float16)):
         # RMSNorm: one float32 product is correctly rounded, so it equals the float64 product

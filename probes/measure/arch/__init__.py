@@ -6,8 +6,10 @@ Each file (``gpt2``, ``paper``, ``llama``, ``gpt_neox``, ``opt``, ``bert``, ``re
 sites built from those same parts, and whether its ``Block.norms`` fold. ``REGISTRY`` maps each
 ``config.model_type`` to its architecture; ``layout_for``, ``merge_sites``, ``fold_norm_gains``
 and ``check_mergeable`` look it up. ``discover_layout`` is the fallback for any other model with
-Linear / Conv1D / convolution layers inside numbered blocks. The same description serves a live
-model, a checkpoint on disk read one tensor at a time and the activation basis.
+Linear / Conv1D / convolution layers inside numbered blocks, ``module_layout`` the one for any
+``nn.Module`` (each such layer a unit set named by its module path); ``live_layout`` picks among
+the three for a live model. The same description serves a live model, a checkpoint on disk read
+one tensor at a time and the activation basis.
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ from probes.measure.arch.base import (
 
 __all__ = ["ARCHITECTURES", "REGISTRY", "MERGEABLE", "MAX_QK_FORM_FLOATS", "Architecture", "Part",
            "Block", "Layout", "UnsupportedModel", "MlpSite", "GatedMlpSite", "AttnSite", "Site",
-           "base_prefix", "layout_for", "discover_layout", "check_mergeable", "merge_sites",
-           "fold_norm_gains"]
+           "base_prefix", "layout_for", "discover_layout", "module_layout", "live_layout",
+           "check_mergeable", "merge_sites", "fold_norm_gains"]
 
 ARCHITECTURES: tuple[Architecture, ...] = (
     gpt2.ARCH, paper.ARCH, llama.ARCH, gpt_neox.ARCH, opt.ARCH, bert.ARCH, resnet.ARCH,
@@ -136,6 +138,21 @@ def fold_norm_gains(model) -> bool:
 
 
 _LAYER_INDEX = re.compile(r"^(.*?)\.(\d+)\.(.+)$")
+_FIRST_INDEX = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
+
+
+def _projections(model: nn.Module) -> list[tuple[str, str]]:
+    """(module path, unit kind) of every ``nn.Linear`` (``linear``), GPT-2 ``Conv1D``
+    (``conv1d``) and non-transposed convolution (``conv``) of ``model``, in module order."""
+    found = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            found.append((name, "linear"))
+        elif isinstance(module, Conv1D):
+            found.append((name, "conv1d"))
+        elif isinstance(module, nn.modules.conv._ConvNd) and not module.transposed:
+            found.append((name, "conv"))
+    return found
 
 
 def discover_layout(model: nn.Module) -> Layout:
@@ -157,15 +174,7 @@ def discover_layout(model: nn.Module) -> Layout:
         UnsupportedModel: no such layer was found.
     """
     found = []  # (stack, index, rest, kind)
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
-            kind = "linear"
-        elif isinstance(module, Conv1D):
-            kind = "conv1d"
-        elif isinstance(module, nn.modules.conv._ConvNd) and not module.transposed:
-            kind = "conv"
-        else:
-            continue
+    for name, kind in _projections(model):
         m = _LAYER_INDEX.match(name)
         if m:
             found.append((m.group(1), int(m.group(2)), m.group(3), kind))
@@ -186,3 +195,48 @@ def discover_layout(model: nn.Module) -> Layout:
             f"module path in {len(blocks)} blocks of {', '.join(stacks)}; components: "
             f"{', '.join(comps)}")
     return Layout(list(blocks.values()), "discovered", [note])
+
+
+def module_layout(model: nn.Module) -> Layout:
+    """The layout of any ``nn.Module``: every ``nn.Linear``, GPT-2 ``Conv1D`` and convolution
+    (``nn.Conv1d`` / ``2d`` / ``3d``) is a unit set of its own (units: its output neurons or
+    channels, bias appended; a convolution's kernel flattened, in_ch * prod(kernel)).
+
+    Its component is its whole module path (``0``, ``encoder.fc1``), so that no two sets share a
+    name; its layer is the first integer in that path (``blocks.3.fc1``: 3; ``nn.Sequential``'s
+    ``2``: 2), or None where the path has none. No per-head rows, no norms to fold.
+
+    Raises:
+        UnsupportedModel: ``model`` has no such layer (a root that is itself one is path ``""``,
+            which is refused too: wrap it in ``nn.Sequential``).
+    """
+    found = [(name, kind) for name, kind in _projections(model) if name]
+    if not found:
+        raise UnsupportedModel(f"{type(model).__name__} has no nn.Linear, Conv1D or convolution "
+                               f"submodule: accepted are modules that hold at least one")
+    blocks = []
+    for name, kind in found:
+        m = _FIRST_INDEX.search(name)
+        blocks.append(Block(int(m.group(1)) if m else None, "", [Part(name, name, kind)],
+                            qk_heads=False))
+    return Layout(blocks, "modules")
+
+
+def live_layout(model: nn.Module) -> Layout:
+    """The unit layout of a live model: its architecture's (``layout_for``) when its
+    ``config.model_type`` has one; else, for a model with a config (a transformers model), the
+    layout found by module path in numbered blocks (``discover_layout``, as for its checkpoint
+    folder); else, or when that finds nothing, ``module_layout``.
+
+    Raises:
+        UnsupportedModel: the model has no Linear, Conv1D or convolution submodule.
+    """
+    config = getattr(model, "config", None)
+    if getattr(config, "model_type", None) in REGISTRY:
+        return layout_for(config)
+    if config is not None:
+        try:
+            return discover_layout(model)
+        except UnsupportedModel:
+            pass
+    return module_layout(model)
