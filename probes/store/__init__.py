@@ -2,10 +2,12 @@
 
 Layout of an experiment's output folder (schema: shared DESIGN.md and reports/README.md)::
 
-    runs.csv  metrics.csv  ood_offsets.csv  correlations.csv  figures/*.png
+    runs.csv  metrics.csv  ood_offsets.csv  correlations.csv  lineage.csv  lineage_summary.csv
+    figures/*.png
     neurons.csv (1-D two-layer nets only: each neuron at step 0, at the end of the initial
     stage and at the last probe)
-    runs/<run_id>/config.yaml  model/  run.json  metrics.csv  ood_offsets.csv  [neurons.csv]
+    runs/<run_id>/config.yaml  model/  run.json  metrics.csv  ood_offsets.csv  lineage.csv
+    [neurons.csv]
     runs/<run_id>/checkpoint-<step>/  (save_checkpoints: probes: the model at every probe step
     before the last, save_pretrained, with scores.json; model/ is the last step's)
     runs/<run_id>/heatmap.npz  (the cosine heat map of HEATMAP_UNITS at the last probe)
