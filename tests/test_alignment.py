@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.stats import ortho_group
 
-from probes.measure.alignment import group_centroids, linear_cka, match_groups
+from probes.measure.alignment import align_groups, group_centroids, linear_cka, match_groups
 
 
 def hsic_full(k: np.ndarray, m: np.ndarray, debiased: bool) -> float:
@@ -140,3 +140,15 @@ def test_matching_refuses_bad_input():
         group_centroids(np.eye(3), np.array([0.0, 1.0, 2.0]))
     empty = match_groups(np.zeros((0, 3)), np.eye(3))
     assert empty.matched_share == 0.0 and np.isnan(empty.mean_cosine)
+
+
+def test_align_groups_of_two_shuffled_unit_sets():
+    rng = np.random.default_rng(6)
+    units, labels, _ = planted(rng, 4, 16, 3, 0.01)
+    units = np.vstack([units, rng.normal(size=(2, 16))])  # two lone units: no condensed group
+    labels = np.concatenate([labels, [10, 11]])
+    order = rng.permutation(len(units))
+    renamed = labels[order] * 3 + 5  # other ids, other unit order, other scales
+    found, ids = align_groups(units, labels, units[order] * 2.0, renamed)
+    assert (found.k_a, found.k_b, found.matched_share) == (4, 4, 1.0)
+    assert sorted(ids.tolist()) == [[g, g * 3 + 5] for g in range(4)]

@@ -1,13 +1,14 @@
 """Did two runs, or two steps of one run, find the same directions? Two measures, both pure numpy
 and scipy:
 
-- ``match_groups``: the condensed groups of two unit sets matched one to one by the Hungarian
-  algorithm (``scipy.optimize.linear_sum_assignment``) on the cosine similarity of their group
-  centroids (``group_centroids``). Unit vectors can only be compared where they live in one
-  coordinate system: two steps of one run, or layers that read the same fixed input features
-  (the first layer of two-layer nets on the same inputs). Two transformer runs have different
-  embeddings, so their W_Q rows sit in different residual-stream bases and a centroid cosine
-  between them means nothing; compare their activations with CKA instead.
+- ``match_groups`` (``align_groups`` from units and labels): the condensed groups of two unit
+  sets matched one to one by the Hungarian algorithm (``scipy.optimize.linear_sum_assignment``)
+  on the cosine similarity of their group centroids (``group_centroids``). Unit vectors can
+  only be compared where they live in one coordinate system: two steps of one run, or layers
+  that read the same fixed input features (the first layer of two-layer nets on the same
+  inputs). Two transformer runs have different embeddings, so their W_Q rows sit in different
+  residual-stream bases and a centroid cosine between them means nothing; compare their
+  activations with CKA instead.
 - ``linear_cka``: linear centered kernel alignment between the activations of two layers on
   the same inputs (Kornblith, Norouzi, Lee, Hinton, ICML 2019, arXiv 1905.00414), by default
   debiased: HSIC replaced by its unbiased estimator (Song, Smola, Gretton, Bedo, Borgwardt,
@@ -197,3 +198,27 @@ def linear_cka(x, y, debiased: bool = True) -> float:
     if not (xx > 0 and yy > 0):
         return float("nan")
     return float(_hsic(a, b, debiased) / np.sqrt(xx * yy))
+
+
+def align_groups(units_a, labels_a, units_b, labels_b, threshold: float = 0.9,
+                 min_size: int = 2, antipodal: bool = False) -> tuple[GroupMatch, np.ndarray]:
+    """Match the condensed groups of two unit sets in one coordinate system (two steps of a run,
+    or first layers that read the same inputs): ``group_centroids`` of each, then
+    ``match_groups``.
+
+    Args:
+        units_a: (n_a, dim), labels_a: (n_a,) and units_b: (n_b, dim), labels_b: (n_b,) the
+            units and their group ids (e.g. ``Condensation.labels_[tau]`` of each fit); the
+            two sets need not have the same units. threshold, antipodal: as ``match_groups``;
+            min_size: as ``group_centroids`` (2: condensed groups only).
+
+    Returns:
+        (the ``GroupMatch``, (m, 2) the matched pairs as (group id in a, group id in b)).
+
+    Raises:
+        ValueError: as ``group_centroids`` and ``match_groups``.
+    """
+    cent_a, ids_a = group_centroids(units_a, labels_a, min_size, antipodal)
+    cent_b, ids_b = group_centroids(units_b, labels_b, min_size, antipodal)
+    found = match_groups(cent_a, cent_b, threshold, antipodal)
+    return found, np.stack([ids_a[found.pairs[:, 0]], ids_b[found.pairs[:, 1]]], axis=1)
