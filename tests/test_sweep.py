@@ -21,7 +21,7 @@ ENV = os.environ | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 def same_rows(a: Path, b: Path) -> None:
     """Every report row equal, wall time aside."""
-    for name in ("metrics.csv", "ood_offsets.csv"):
+    for name in ("metrics.csv", "ood_offsets.csv", "lineage.csv"):
         assert (a / name).read_text() == (b / name).read_text(), name
     ra, rb = (pd.read_csv(p / "runs.csv").drop(columns=["wall_s", "checkpoint"]) for p in (a, b))
     pd.testing.assert_frame_equal(ra, rb)

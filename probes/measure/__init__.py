@@ -13,5 +13,9 @@ function of its name). Keep this file free of imports, so that ``import probes``
   ``metric_rows`` (the metrics.csv rows of a fit, shared by training and checkpoint probing);
 - ``capture``: activations with forward hooks (the activation basis);
 - ``neurons``: directions of a 1-D two-layer net, their closed-form prediction and the end of
-  the initial stage.
+  the initial stage;
+- ``lineage``: how condensed groups are born, split, merge and die from one probe step to the
+  next, and the trend of the group count over training;
+- ``alignment``: Hungarian matching of group centroids, and linear CKA (biased and debiased)
+  between activations.
 """

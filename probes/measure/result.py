@@ -16,6 +16,11 @@ METRICS_COLUMNS = ["run_id", "step", "layer", "component", "head", "basis", "met
                    "threshold", "value", "n_units"]
 OFFSETS_COLUMNS = ["run_id", "step", "offset", "count", "share"]
 NEURONS_COLUMNS = ["run_id", "step", "layer", "component", "unit", "w", "b", "angle", "amplitude"]
+# lineage.csv: the condensed groups of a unit set at a step against the previous probe step
+LINEAGE_COLUMNS = ["run_id", "step", "prev_step", "layer", "component", "head", "threshold",
+                   "n_units", "n_groups", "n_condensed", "births", "deaths", "splits", "merges",
+                   "continued"]
+LINEAGE_EVENTS = ("births", "deaths", "splits", "merges", "continued")
 # the unit set (layer, component, head) whose cosine matrix a run keeps for the heat maps
 HEATMAP_UNITS = (0, "attn.q", None)
 
@@ -38,6 +43,24 @@ def metric_row(*, run_id: str, step: int | None, metric: str, value: float, laye
     return dict(run_id=run_id, step=None if step is None else int(step), layer=layer,
                 component=component, head=head, basis=basis, metric=metric, threshold=threshold,
                 value=float(value) if value is not None else math.nan, n_units=n_units)
+
+
+def lineage_row(*, run_id: str, step: int, prev_step: int | None, layer: int | None,
+                component: str, head: int | None, threshold: float, n_units: int, n_groups: int,
+                n_condensed: int, moved=None) -> dict:
+    """One lineage.csv row, keyed exactly by ``LINEAGE_COLUMNS``.
+
+    Args:
+        run_id, step: the run and its probe step; prev_step: the previous probe step (None at
+            the first); layer, component, head: the unit set; threshold: cosine tau;
+        n_units: units kept; n_groups: all groups (singletons included, as metrics.csv);
+        n_condensed: groups of >= 2 units; moved: the ``probes.measure.lineage.Transition``
+            from prev_step, or None (first step, or units dropped): its counts left blank.
+    """
+    return dict(run_id=run_id, step=int(step), prev_step=None if prev_step is None else int(prev_step),
+                layer=layer, component=component, head=head, threshold=float(threshold),
+                n_units=int(n_units), n_groups=int(n_groups), n_condensed=int(n_condensed),
+                **{k: None if moved is None else int(getattr(moved, k)) for k in LINEAGE_EVENTS})
 
 
 @dataclass
@@ -67,7 +90,8 @@ class ProbeResult:
 
     metrics: metrics.csv rows (``metric_row``): condensation of every unit set, relative
     distance from step 0, the task's scores, merge rows; offsets: ood_offsets.csv rows;
-    neurons: neurons.csv rows (1-D two-layer nets); scores: the task's scores by name
+    neurons: neurons.csv rows (1-D two-layer nets); lineage: lineage.csv rows
+    (``probes.measure.lineage``); scores: the task's scores by name
     (``train_loss`` first); heatmap: the ``HEATMAP_UNITS`` set's heat map, or None.
     """
 
@@ -75,5 +99,6 @@ class ProbeResult:
     metrics: list[dict] = field(default_factory=list)
     offsets: list[dict] = field(default_factory=list)
     neurons: list[dict] = field(default_factory=list)
+    lineage: list[dict] = field(default_factory=list)
     scores: dict[str, float] = field(default_factory=dict)
     heatmap: HeatMap | None = None

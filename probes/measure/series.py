@@ -6,7 +6,9 @@ At each step ``SeriesProbe.measure`` gives a ``ProbeResult``: condensation of ev
 the weight basis (``probes.measure.metrics.Condensation``; Xu, Zhang, Zhou, arXiv 2504.09484),
 the relative distance RD from step 0 (Luo, Xu, Ma, Zhang, JMLR 2021), the task's scores and the
 held-out pair's answer offsets (Zhang, Zhang, Xu et al., arXiv 2405.05409), the merge rows at
-the final step (``merge_probe``) and, for 1-D two-layer nets, each neuron's direction.
+the final step (``merge_probe``), for 1-D two-layer nets each neuron's direction, and the
+lineage of each weight-basis set's condensed groups from the previous step
+(``probes.measure.lineage``; not of ``mlp.active``, whose units change).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 import torch
 
 from probes.measure.family_units import NO_RD, all_units, neuron_features
+from probes.measure.lineage import LineageTracker
 from probes.measure.merge_probe import merge_rows
 from probes.measure.metrics import Condensation, metric_rows, relative_distance
 from probes.measure.neurons import count_directions, loss_fell
@@ -32,8 +35,8 @@ class SeriesProbe:
         units0: {(layer, component, head): (n_units, dim) tensor} at step 0, for RD; None: taken
             from the model measured at step 0.
 
-    After each ``measure``: ``metrics``, ``offsets`` (all steps so far), ``neurons`` (step 0,
-    the end of the initial stage and the latest step), ``heatmap`` (the latest step's).
+    After each ``measure``: ``metrics``, ``offsets``, ``lineage`` (all steps so far), ``neurons``
+    (step 0, the end of the initial stage and the latest step), ``heatmap`` (the latest step's).
     """
 
     def __init__(self, run_id: str, objective, eval_data: dict, device, thresholds,
@@ -42,6 +45,8 @@ class SeriesProbe:
         self.thresholds, self.merge_step, self.units0 = list(thresholds), merge_step, units0
         self.metrics: list[dict] = []
         self.offsets: list[dict] = []
+        self.lineage: list[dict] = []
+        self.tracker = LineageTracker(run_id)
         self.heatmap: HeatMap | None = None
         self.first_neurons: list[dict] = []  # step 0
         self.initial_neurons: list[dict] = []  # the probe before the loss first falls
@@ -91,6 +96,8 @@ class SeriesProbe:
         where = dict(run_id=self.run_id, step=step, layer=u.layer, component=u.component,
                      head=u.head, basis="weight")
         rows = metric_rows(fit, where)
+        if u.component not in NO_RD:  # a set whose membership changes has no lineage either
+            result.lineage += self.tracker.rows(fit, len(u.units), where)
         if (u.layer, u.component, u.head) == HEATMAP_UNITS and fit.n_units_ > 1:
             result.heatmap = HeatMap.of(fit)
         if u.component not in NO_RD:
@@ -129,6 +136,7 @@ class SeriesProbe:
     def keep(self, result: ProbeResult) -> None:
         self.metrics += result.metrics
         self.offsets += result.offsets
+        self.lineage += result.lineage
         if result.heatmap is not None:
             self.heatmap = result.heatmap
         if result.neurons:
@@ -150,10 +158,13 @@ class SeriesProbe:
         """Plain data to resume the series from (``load_state_dict``); the heat map is left out:
         the last step, measured after any resume, sets it."""
         return dict(metrics=self.metrics, offsets=self.offsets, neurons=self.first_neurons,
-                    initial_neurons=self.initial_neurons, last_neurons=self.last_neurons)
+                    initial_neurons=self.initial_neurons, last_neurons=self.last_neurons,
+                    lineage=self.lineage, lineage_labels=self.tracker.state_dict())
 
     def load_state_dict(self, state: dict) -> None:
         self.metrics, self.offsets = state["metrics"], state["offsets"]
         self.first_neurons = state.get("neurons", [])
         self.initial_neurons = state.get("initial_neurons", [])
         self.last_neurons = state.get("last_neurons", [])
+        self.lineage = state.get("lineage", [])
+        self.tracker.load_state_dict(state.get("lineage_labels", []))

@@ -6,7 +6,9 @@
   and the figures of ``report.figures.experiment``;
 - the baseline families (``mlp``, ``resnet``: tasks without ood scores): ``correlations.csv``
   (header only), ``final_condensation.csv``, ``rd_slopes.csv`` (several widths),
-  ``directions.csv`` (1-D mlp) and the figures of ``report.figures.baselines``.
+  ``directions.csv`` (1-D mlp) and the figures of ``report.figures.baselines``;
+- every kind: ``lineage.csv`` (gathered), ``lineage_summary.csv`` and ``figures/lineage.png``
+  (``report.lineage``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import pandas as pd
 from probes.report import tables
 from probes.report.figures import baselines as baseline_figures
 from probes.report.figures import experiment as figures
+from probes.report.lineage import write_lineage
 from probes.store import gather_runs, publish_reports, staging_dir, write_csv
 from tasks import TASKS
 
@@ -46,6 +49,7 @@ def write_all(cfgs) -> None:
             text = write_reasoning(stage, out_dir, frames, task,
                                    pd.read_csv(reference) if reference else None,
                                    cfgs[0].trajectory_axis)
+        write_lineage(stage, frames["lineage"], frames["runs"])
         publish_reports(stage, out_dir)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)

@@ -2,10 +2,12 @@
 
 Layout of an experiment's output folder (schema: reports/README.md)::
 
-    runs.csv  metrics.csv  ood_offsets.csv  correlations.csv  figures/*.png
+    runs.csv  metrics.csv  ood_offsets.csv  correlations.csv  lineage.csv  lineage_summary.csv
+    figures/*.png
     neurons.csv (1-D two-layer nets only: each neuron at step 0, at the end of the initial
     stage and at the last probe)
-    runs/<run_id>/config.yaml  model/  run.json  metrics.csv  ood_offsets.csv  [neurons.csv]
+    runs/<run_id>/config.yaml  model/  run.json  metrics.csv  ood_offsets.csv  lineage.csv
+    [neurons.csv]
     runs/<run_id>/checkpoint-<step>/  (save_checkpoints: probes: the model at every probe step
     before the last, save_pretrained, with scores.json; model/ is the last step's)
     runs/<run_id>/heatmap.npz  (the cosine heat map of HEATMAP_UNITS at the last probe)
@@ -20,7 +22,12 @@ settings changed: ``probes.train.remeasure``). A checkpoint probe's output folde
 ``metrics.csv`` (same columns), ``runs.csv`` (CHECKPOINT_RUNS_COLUMNS) and ``figures/``.
 """
 
-from probes.measure.result import METRICS_COLUMNS, NEURONS_COLUMNS, OFFSETS_COLUMNS
+from probes.measure.result import (
+    LINEAGE_COLUMNS,
+    METRICS_COLUMNS,
+    NEURONS_COLUMNS,
+    OFFSETS_COLUMNS,
+)
 from probes.store.files import (
     CHECKPOINT_OUTPUTS,
     CHECKPOINT_RUNS_COLUMNS,
@@ -73,8 +80,8 @@ from probes.store.runs import (
 
 __all__ = [
     "CHECKPOINT", "CHECKPOINT_OUTPUTS", "CHECKPOINT_RUNS_COLUMNS", "CONFIG", "FAMILY_KEYS",
-    "HEATMAP", "MEASURED", "METRICS_COLUMNS", "MODEL", "NEURONS_COLUMNS", "OFFSETS_COLUMNS",
-    "REPORT_FILES", "RUNS_FRONT", "RUNS_TAIL", "RUN_JSON", "SCORES", "STATE", "TRAIN_LOG",
+    "HEATMAP", "LINEAGE_COLUMNS", "MEASURED", "METRICS_COLUMNS", "MODEL", "NEURONS_COLUMNS",
+    "OFFSETS_COLUMNS", "REPORT_FILES", "RUNS_FRONT", "RUNS_TAIL", "RUN_JSON", "SCORES", "STATE", "TRAIN_LOG",
     "TRAIN_LOG_COLUMNS", "OutputError", "RunResult", "atomic_write_text", "check_output_dir",
     "check_replaceable", "checkpoint_series", "finished", "frame", "gather_runs", "load_heatmap",
     "package_version", "publish_reports", "read_csv", "read_run_json", "replace_folder",

@@ -29,12 +29,15 @@ CHECKPOINT_RUNS_COLUMNS = ["run_id", "step", "checkpoint", "format", "model_type
                            "activation_point",
                            "probe_inputs", "n_samples",
                            "wall_s", "package_version"]
-_INT_COLUMNS = ("step", "layer", "head", "n_units", "offset", "count", "unit")
+_INT_COLUMNS = ("step", "layer", "head", "n_units", "offset", "count", "unit",
+                # lineage.csv (blank at a run's first step)
+                "prev_step", "n_groups", "n_condensed", "births", "deaths", "splits", "merges",
+                "continued")
 
 # an experiment's report: the files its output folder holds beside runs/ (replaced as one set)
 REPORT_FILES = {"runs.csv", "metrics.csv", "ood_offsets.csv", "neurons.csv", "correlations.csv",
                 "phase_diagram.csv", "final_condensation.csv", "rd_slopes.csv", "directions.csv",
-                "figures"}
+                "lineage.csv", "lineage_summary.csv", "figures"}
 def package_version() -> str:
     """This package's installed version, or ``unknown`` when it runs from a bare checkout."""
     try:

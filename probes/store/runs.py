@@ -18,7 +18,13 @@ import torch
 
 from models import LM_FAMILIES
 from probes.config import RunConfig, effective_lr, resolved_yaml
-from probes.measure.result import METRICS_COLUMNS, NEURONS_COLUMNS, OFFSETS_COLUMNS, HeatMap
+from probes.measure.result import (
+    LINEAGE_COLUMNS,
+    METRICS_COLUMNS,
+    NEURONS_COLUMNS,
+    OFFSETS_COLUMNS,
+    HeatMap,
+)
 from probes.runtime import hub_progress_bars_off
 from probes.store import files
 from probes.store.output import replace_folder, staging_dir
@@ -27,14 +33,15 @@ MODEL, CONFIG, RUN_JSON, STATE, HEATMAP = "model", "config.yaml", "run.json", "s
 TRAIN_LOG, SCORES = "train_log.csv", "scores.json"
 CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 # what measuring a run writes into its folder (re-measuring replaces exactly these)
-MEASURED = {CONFIG, RUN_JSON, "metrics.csv", "ood_offsets.csv", "neurons.csv", HEATMAP}
+MEASURED = {CONFIG, RUN_JSON, "metrics.csv", "ood_offsets.csv", "neurons.csv", "lineage.csv",
+            HEATMAP}
 
 
 @dataclass
 class RunResult:
     """A measured run, as its folder keeps it: the config, its runs.csv row, the rows of every
-    probe step (``probes.measure.result``), the last step's heat map and, after training, the
-    trained model (on CPU) with its init records."""
+    probe step (``probes.measure.result``), the last step's heat map, after training the
+    trained model (on CPU) with its init records, and the lineage.csv rows."""
 
     cfg: RunConfig
     row: dict
@@ -44,6 +51,7 @@ class RunResult:
     heatmap: HeatMap | None = None
     model: torch.nn.Module | None = None
     init_records: list[dict] = field(default_factory=list)
+    lineage: list[dict] = field(default_factory=list)
 
 
 def run_folder(out_dir: Path, run_id: str) -> Path:
@@ -177,6 +185,8 @@ def save_run(result: RunResult, source: Path) -> dict:
         files.write_csv(files.frame(result.offsets, OFFSETS_COLUMNS), stage / "ood_offsets.csv")
         if result.neurons:
             files.write_csv(files.frame(result.neurons, NEURONS_COLUMNS), stage / "neurons.csv")
+        if result.lineage:
+            files.write_csv(files.frame(result.lineage, LINEAGE_COLUMNS), stage / "lineage.csv")
         if result.heatmap is not None:
             save_heatmap(stage / HEATMAP, result.heatmap)
         files.atomic_write_text(stage / RUN_JSON, json.dumps(row, indent=1, default=float))
@@ -228,13 +238,13 @@ def read_run_json(folder: Path) -> dict | None:
 
 def gather_runs(cfgs: list[RunConfig], out_dir: Path) -> dict[str, pd.DataFrame | None]:
     """Gather the finished runs of ``cfgs`` into the experiment's runs, metrics and ood_offsets
-    CSVs, and neurons.csv when some run has neuron rows (only the runs of this grid, in grid
-    order).
+    CSVs, and neurons.csv and lineage.csv when some run has such rows (only the runs of this
+    grid, in grid order).
 
     Returns:
-        the frames: runs, metrics, offsets, neurons (None when no run has any).
+        the frames: runs, metrics, offsets, neurons, lineage (None when no run has any).
     """
-    rows, metrics, offsets, neurons = [], [], [], []
+    rows, metrics, offsets, neurons, lineage = [], [], [], [], []
     for cfg in cfgs:
         if not finished(cfg):
             continue
@@ -244,17 +254,23 @@ def gather_runs(cfgs: list[RunConfig], out_dir: Path) -> dict[str, pd.DataFrame 
         offsets.append(files.read_csv(folder / "ood_offsets.csv"))
         if (folder / "neurons.csv").is_file():
             neurons.append(files.read_csv(folder / "neurons.csv"))
+        if (folder / "lineage.csv").is_file():
+            lineage.append(files.read_csv(folder / "lineage.csv"))
     scores = [k for k in dict.fromkeys(k for r in rows for k in r)
               if k not in files.RUNS_FRONT and k not in files.RUNS_TAIL]
     runs = pd.DataFrame(rows, columns=files.RUNS_FRONT + scores + files.RUNS_TAIL)
     metrics = pd.concat(metrics, ignore_index=True) if metrics else files.frame([], METRICS_COLUMNS)
     offsets = pd.concat(offsets, ignore_index=True) if offsets else files.frame([], OFFSETS_COLUMNS)
     neurons = pd.concat(neurons, ignore_index=True) if neurons else None
+    lineage = pd.concat(lineage, ignore_index=True) if lineage else None
     files.write_csv(runs, out_dir / "runs.csv")
     files.write_csv(metrics, out_dir / "metrics.csv")
     files.write_csv(offsets, out_dir / "ood_offsets.csv")
     if neurons is not None:
         files.write_csv(neurons, out_dir / "neurons.csv")
-    return {"runs": runs, "metrics": metrics, "offsets": offsets, "neurons": neurons}
+    if lineage is not None:
+        files.write_csv(lineage, out_dir / "lineage.csv")
+    return {"runs": runs, "metrics": metrics, "offsets": offsets, "neurons": neurons,
+            "lineage": lineage}
 
 

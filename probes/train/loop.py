@@ -277,7 +277,7 @@ class Run:
                        device=self.accelerator.device.type)
         s = self.series
         return RunResult(cfg, row, s.metrics, s.offsets, s.neurons, s.heatmap, model.cpu(),
-                         self.init_records)
+                         self.init_records, lineage=s.lineage)
 
 
 def eval_data(cfg: RunConfig, data: dict) -> dict:

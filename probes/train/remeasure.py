@@ -52,8 +52,9 @@ USAGE = f"""usage: condensation-probes measure DIR [--KEY VALUE ...]
        (python probes/run.py measure DIR ...)
 
 Measure every run of the finished experiment in DIR again from its saved checkpoints, without
-training, and rewrite its metrics.csv, correlations.csv and figures. Keys: {", ".join(ANALYSIS_KEYS)}
-(analysis settings; n_probes: a run is measured at the steps it saved) and num_threads.
+training, and rewrite its metrics.csv, lineage.csv, correlations.csv and figures.
+Keys: {", ".join(ANALYSIS_KEYS)} (analysis settings; n_probes: a run is measured at the steps it
+saved) and num_threads.
 """
 MEASURE_KEYS = (*ANALYSIS_KEYS, "num_threads")
 
@@ -121,7 +122,7 @@ def measure_run(cfg: RunConfig, task, data: dict, device) -> RunResult:
         row["fitted"] = bool(objective.fitted(scores))
     done = dataclasses.replace(cfg, n_probes=raw.get("n_probes", cfg.n_probes))
     return RunResult(done, row, probe.metrics, probe.offsets, probe.neurons, probe.heatmap,
-                     None, raw.get("init_records", []))
+                     None, raw.get("init_records", []), lineage=probe.lineage)
 
 
 def measure_all(cfgs: list[RunConfig], data_for, device) -> list[dict]:
