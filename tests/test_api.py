@@ -26,21 +26,13 @@ ROOT = Path(__file__).resolve().parent.parent
 THRESHOLDS = (0.7, 0.9, 0.95, 0.99)
 
 # The README's "Python API" examples, run verbatim (in order, one namespace) by the tests below.
-EXAMPLE_MODULE = """\
-import probes, torch
-net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 2))
-df = probes.measure(net)  # every Linear / Conv1D / conv; component = its module path
-groups = df.query("metric == 'n_groups' and threshold == 0.9")
-"""
-EXAMPLE_TRANSFORMERS = """\
-from transformers import GPT2Config, GPT2LMHeadModel
-model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64))
-cos = probes.measure(model).query("metric == 'mean_abs_cos' and head.isna()")
-"""
-EXAMPLE_FOLDER = """\
-model.save_pretrained("ckpt")  # or a run folder of checkpoint-<step>/ folders
-same = probes.measure("ckpt")  # the same rows, run_id "ckpt"
-"""
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def readme_example() -> str:
+    """The first python block of README's "Python API" section, as it stands."""
+    text = README.read_text().split("## Python API", 1)[1]
+    return text.split("```python\n", 1)[1].split("```", 1)[0]
 
 
 def reference(units, thresholds=THRESHOLDS) -> dict:
@@ -96,8 +88,7 @@ def examples(tmp_path, monkeypatch) -> dict:
     monkeypatch.chdir(tmp_path)
     torch.manual_seed(0)
     ns: dict = {}
-    for code in (EXAMPLE_MODULE, EXAMPLE_TRANSFORMERS, EXAMPLE_FOLDER):
-        exec(compile(code, "README.md", "exec"), ns)
+    exec(compile(readme_example(), "README.md", "exec"), ns)
     return ns
 
 

@@ -141,9 +141,14 @@ def module_file(parts: list[str]) -> Path | None:
 
 
 def defined_names(body: list[ast.stmt]) -> dict[str, ast.AST]:
-    """Names bound at one level of a module or class body: defs, assignments, imports."""
+    """Names bound at one level of a module or class body: defs, assignments, imports, and the
+    names a module's ``__all__`` lists (exported lazily through ``__getattr__``; tests/test_api.py
+    imports each)."""
     out: dict[str, ast.AST] = {}
     for node in body:
+        if (isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets)
+                and isinstance(node.value, (ast.List, ast.Tuple))):
+            out |= {e.value: node for e in node.value.elts if isinstance(e, ast.Constant)}
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             out[node.name] = node
         elif isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign)):
