@@ -122,9 +122,11 @@ def test_covariance_null_discounts_low_rank_but_not_a_shared_direction():
 def test_covariance_null_draws_the_units_covariance_at_low_rank():
     rng = np.random.default_rng(4)
     units = rng.standard_normal((40, 2)) @ rng.standard_normal((2, 30)) + 5.0  # rank 2, mean 5
-    factor = chance._cov_factor(units)  # F^T F: the sample covariance, F of the rank's rows
-    assert factor.shape == (2, 30)
-    assert factor.T @ factor == pytest.approx(np.cov(units.T), abs=1e-9)
+    for x in (units, units[:10], rng.standard_normal((12, 5))):  # n > dim, n < dim, full rank
+        lam = np.linalg.eigvalsh(np.cov(x.T))  # the covariance's spectrum, its rank's top values
+        scales = chance._cov_scales(x)
+        assert scales**2 == pytest.approx(lam[-len(scales):], abs=1e-9)
+        assert len(scales) == min(2 if x.shape[1] == 30 else 5, len(x) - 1)
     # centered rank 1: every draw lies on one line through 0, so |cos| = 1 and the groups are
     # the two signs, whatever the mean does to the observed set
     line = 5.0 + np.outer(rng.standard_normal(40), rng.standard_normal(30))

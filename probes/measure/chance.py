@@ -14,8 +14,9 @@ Nulls:
 - ``isotropic``: standard Gaussian rows, i.e. directions uniform on the sphere S^{dim-1}. Its
   mean |cos| has the closed form ``isotropic_mean_abs_cos``. Its draws depend only on (n, dim),
   so they are drawn once per shape and process (cached).
-- ``covariance``: zero-mean Gaussian rows with the units' own centered covariance (drawn through
-  the centered units' SVD, so a rank-deficient covariance is drawn exactly, in its own span).
+- ``covariance``: zero-mean Gaussian rows with the units' own centered covariance (drawn along
+  its principal axes, from the centered units' singular values, so a rank-deficient covariance
+  is drawn exactly, in its own span).
   Low rank alone then does not count as condensation, while a shared mean direction (all units
   pointing one way) still does: the null keeps the spread around the mean, not the mean.
 """
@@ -25,6 +26,7 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+from scipy.linalg import eigh
 from scipy.special import gammaln
 
 from probes.measure.metrics import THRESHOLDS, Condensation
@@ -106,8 +108,9 @@ class ChanceBaseline:
             0 and ``results`` gives only ``null_draws`` = 0).
 
     Cost: n_draws group counts of an (n_units, dim) set, O(n_draws n^2 dim) time and O(n dim)
-    memory (see ``MAX_UNITS``); the covariance null adds one SVD of the units. Isotropic draws
-    are cached per (n, dim, settings), so a series of same-shaped sets pays for them once.
+    memory (see ``MAX_UNITS``); the covariance null adds one symmetric eigenvalue problem of
+    size min(n, dim) and draws in r = rank <= min(n - 1, dim) dimensions. Isotropic draws are
+    cached per (n, dim, settings), so a series of same-shaped sets pays for them once.
 
     Attributes after ``fit(units, observed)``:
         n_units_ (kept units of the observed fit), dim_, n_draws_ (draws made; 0 if skipped),
@@ -166,10 +169,10 @@ class ChanceBaseline:
         self.n_units_, self.dim_ = observed.n_units_, int(u.shape[1])
         self._observed = observed
         self.skipped_ = self._skip_reason()
-        factor = None
+        scales = None
         if self.skipped_ is None and self.null == "covariance":
-            factor = _cov_factor(_kept(u, observed, dead))
-            if factor is None:
+            scales = _cov_scales(_kept(u, observed, dead))
+            if scales is None:
                 self.skipped_ = "covariance of rank 0 (identical units)"
         if self.skipped_ is not None:
             return self._skipped()
@@ -177,10 +180,14 @@ class ChanceBaseline:
             groups, mac = _isotropic(self.n_units_, self.dim_, self.thresholds, self.antipodal,
                                      self.n_draws, self.seed)
         else:
-            rng = np.random.default_rng(self.seed)
-            groups, mac = _counts(lambda: rng.standard_normal((self.n_units_, len(factor))) @ factor,
-                                  self.n_draws, self.thresholds, self.antipodal)
+            groups, mac = self._covariance_draws(scales)
         return self._compare(groups, mac)
+
+    def _covariance_draws(self, scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``_counts`` of Gaussian sets z diag(scales), z (n, r) standard (see ``_cov_scales``)."""
+        rng, n = np.random.default_rng(self.seed), self.n_units_
+        return _counts(lambda: rng.standard_normal((n, len(scales))) * scales, self.n_draws,
+                       self.thresholds, self.antipodal)
 
     def _skip_reason(self) -> str | None:
         if self.n_units_ > self.max_units:
@@ -245,15 +252,21 @@ def _kept(u: np.ndarray, observed: Condensation, dead) -> np.ndarray:
     return np.asarray(u[keep], dtype=np.float64)
 
 
-def _cov_factor(u: np.ndarray) -> np.ndarray | None:
-    """(r, dim) F with F^T F the centered sample covariance of ``u`` (n, dim), r its numerical
-    rank, from the SVD of the centered rows (exact at any rank); None at rank 0."""
-    centered = u - u.mean(axis=0)
-    _, s, vt = np.linalg.svd(centered, full_matrices=False)
-    if not len(s) or s[0] == 0:
+def _cov_scales(u: np.ndarray) -> np.ndarray | None:
+    """(r,) standard deviations of the centered sample covariance of ``u`` (n, dim) along its r
+    principal axes (square roots of its nonzero eigenvalues, largest last); None at rank 0.
+
+    A zero-mean Gaussian with that covariance is z diag(scales) V^T, V the axes; cosines do not
+    change under the rotation V^T, so the null is drawn as z diag(scales) in r dimensions (no
+    Cholesky: any rank is drawn exactly in its own span). Eigenvalues come from the smaller Gram
+    matrix of the centered rows; those within rounding of 0 are dropped.
+    """
+    x = u - u.mean(axis=0)
+    n, dim = x.shape
+    lam = eigh(x.T @ x if n >= dim else x @ x.T, eigvals_only=True, driver="evr")
+    if lam[-1] <= 0:
         return None
-    rank = int((s > s[0] * max(centered.shape) * np.finfo(np.float64).eps).sum())
-    return s[:rank, None] / np.sqrt(len(u) - 1) * vt[:rank]
+    return np.sqrt(lam[lam > lam[-1] * 10 * len(lam) * np.finfo(np.float64).eps] / (n - 1))
 
 
 def chance_baselines(units, observed: Condensation, nulls, n_draws: int, dead=None,

@@ -39,7 +39,7 @@ from probes.report.figures.merge import merge_loss_vs_width
 from probes.store import load_heatmap, run_folder
 
 LAYER, COMPONENT, _ = HEATMAP_UNITS
-CHANCE_LABEL = "chance: isotropic units (dashed)"
+CHANCE_LABEL = "chance: isotropic random units"
 
 
 def cosine_heatmaps(runs: pd.DataFrame, out_dir: Path, path: Path, threshold: float = 0.9) -> bool:
