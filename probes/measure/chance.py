@@ -6,14 +6,15 @@ ReLU layer) fall into ~55 groups at cosine 0.99 without any condensation. ``Chan
 draws ``n_draws`` unit sets of the same size and dimension from a null distribution and counts
 their groups with the project's own ``Condensation`` (``order=False, spectral=False``), so that
 null and observed sets are counted by the same code. It gives, per threshold, the null's mean and
-sd of n_groups, a one-sided Monte Carlo p-value (Davison and Hinkley 1997, eq. 4.11:
-p = (1 + #{draws at least as condensed}) / (1 + n_draws)) and a z-score, and the null's
-mean |cos| with its p-value.
+sd of n_groups, a one-sided Monte Carlo p-value p = (1 + #{draws at least as condensed}) /
+(1 + n_draws) (never 0: Phipson and Smyth 2010, Stat. Appl. Genet. Mol. Biol. 9:39) and a
+z-score, and the null's mean |cos| with its p-value.
 
 Nulls:
 - ``isotropic``: standard Gaussian rows, i.e. directions uniform on the sphere S^{dim-1}. Its
   mean |cos| has the closed form ``isotropic_mean_abs_cos``. Its draws depend only on (n, dim),
-  so they are drawn once per shape and process (cached).
+  so they are drawn once per shape and process (cached): every set of one shape is compared
+  with the same draws.
 - ``covariance``: zero-mean Gaussian rows with the units' own centered covariance (drawn along
   its principal axes, from the centered units' singular values, so a rank-deficient covariance
   is drawn exactly, in its own span).
@@ -41,10 +42,12 @@ CHANCE_METRICS = tuple(f"{m}_{s}" for s in NULLS.values() for m in (*PER_SET, *P
 # the ones that describe the null alone (not the units against it): no correlation with scores
 NULL_ONLY = tuple(f"{m}_{s}" for s in NULLS.values()
                   for m in ("null_draws", "mean_abs_cos_null", "n_groups_null", "n_groups_null_sd"))
-# One draw costs one group count, O(n^2 dim) (single-thread AMD EPYC, float32 GEMM above 2^31
-# multiply-adds: 4096 x 4096 ~1.2 s, 4096 x 400 ~0.15 s, 192 x 64 ~0.6 ms). 4096 units keep the
-# attention sets of models up to 4096 wide and every set of this project's own families, while
-# the MLPs of 7B-sized models (11008+ units, ~10 s a draw) are skipped (and say so in a row).
+# One draw costs one group count, O(n^2 dim) (one thread of an AMD EPYC, float32 GEMM above 2^31
+# multiply-adds: 4096 x 4096 ~1.1 s, 4096 x 400 ~0.15 s, 192 x 64 ~0.6 ms; the covariance null
+# adds its spectrum once a set, ~9 s at 4096 x 4096). 4096 units keep the attention sets of
+# models up to 4096 wide and every set of this project's own families (the 2-D units of the
+# width-5000 nets of mlp_phase aside), while the MLPs of 7B-sized models (11008+ units, ~8 s a
+# draw) are skipped, and a null_draws row of 0 says so.
 MAX_UNITS = 4096
 
 
