@@ -34,6 +34,7 @@ from probes.checkpoint.gguf import load_gguf
 from probes.checkpoint.merge import check_merge, merge_rows
 from probes.checkpoint.validate import check_batch, check_index, check_weights
 from probes.measure.arch import Layout, UnsupportedModel, discover_layout, layout_for
+from probes.measure.chance import chance_baselines, chance_rows
 from probes.measure.metrics import Condensation, metric_rows
 from probes.measure.result import HeatMap
 from probes.measure.units import ModelTensors, base_prefix, block_units
@@ -60,6 +61,8 @@ class Options:
     spectral_metrics: bool = True  # stable_rank and effective_rank (Condensation's spectral)
     # the bases measured (activation: with probe_inputs only); probes.measure(basis=...) picks one
     bases: tuple[str, ...] = ("weight", "activation")
+    chance_draws: int = 0  # draws of each chance baseline (probes.measure.chance); 0: none
+    chance_nulls: str = "both"  # isotropic | covariance | both
 
     @property
     def heatmap_threshold(self) -> float:
@@ -208,10 +211,13 @@ class Fitter:
     reads the next layer with one torch thread: the metrics' BLAS / LAPACK calls are faster side
     by side than sharing threads on a small machine, and idle threads that spin at barriers
     (OpenBLAS, OpenMP) cost much when another process takes a core. ``torch_threads`` is the
-    caller's torch thread count, for the forward passes of the activation basis."""
+    caller's torch thread count, for the forward passes of the activation basis. ``chance``:
+    (draws, nulls) of each set's chance baselines, fitted in the same task (draws 0: none)."""
 
-    def __init__(self, thresholds, workers: int, spectral: bool = True):
+    def __init__(self, thresholds, workers: int, spectral: bool = True,
+                 chance: tuple[int, str] = (0, "both")):
         self.thresholds, self.workers, self.spectral = thresholds, max(1, workers), spectral
+        self.chance = chance
 
     def __enter__(self) -> Fitter:
         self.limits = threadpool_limits(1, user_api="blas")
@@ -228,10 +234,14 @@ class Fitter:
     def submit(self, units: torch.Tensor, dead: torch.Tensor | None = None, order: bool = True):
         """Fit ``units`` (n_units, dim) float32 CPU in the pool (``dead``: (n_units,) bool units
         to leave out, or None; ``order``: keep the dendrogram order for a heat map); returns the
-        Future of the fit."""
+        Future of (the fitted Condensation, its fitted chance baselines)."""
         dead = None if dead is None else dead.numpy()
-        fit = Condensation(self.thresholds, order=order, spectral=self.spectral).fit
-        return self.pool.submit(fit, units.numpy(), dead)
+        return self.pool.submit(self._fit, units.numpy(), dead, order)
+
+    def _fit(self, units, dead, order: bool):
+        fit = Condensation(self.thresholds, order=order, spectral=self.spectral).fit(units, dead)
+        draws, nulls = self.chance
+        return fit, chance_baselines(units, fit, nulls, draws, dead)
 
 
 @dataclass
@@ -316,7 +326,7 @@ class Prober:
         ckpt = self.plan.ckpt
         for u, future in zip(sets, futures):
             try:
-                fit = future.result()
+                fit, chance = future.result()
             except ValueError as e:  # units with NaN / inf: known only once the tensor is read
                 step = f" (step {ckpt.step})" if ckpt.step is not None else ""
                 raise CheckpointError(f"checkpoint {str(ckpt.path)!r}{step} layer {u.layer} "
@@ -324,7 +334,7 @@ class Prober:
                                       f"weights") from e
             base = dict(run_id=ckpt.run_id, step=ckpt.step, layer=u.layer, component=u.component,
                         head=u.head, basis=basis)
-            self.metrics += metric_rows(fit, base)
+            self.metrics += metric_rows(fit, base) + chance_rows(chance, base)
             if self.drawn(u) and fit.n_units_ > 1:
                 self.maps.append(dict(basis=basis, layer=u.layer, threshold=self.threshold,
                                       map=HeatMap.of(fit)))

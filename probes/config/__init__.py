@@ -16,7 +16,9 @@ from probes.config.load import (
     validate,
 )
 from probes.config.run_config import (
+    ANALYSIS_BEFORE,
     ANALYSIS_KEYS,
+    CHANCE_NULLS,
     DEFAULT_CONFIG,
     EXPERIMENT_KEYS,
     FIELDS,
@@ -36,7 +38,8 @@ from probes.config.run_config import (
     training_keys,
 )
 
-__all__ = ["ANALYSIS_KEYS", "DEFAULT_CONFIG", "EXPERIMENT_KEYS", "FIELDS", "HINTS", "LIST_KEYS",
+__all__ = ["ANALYSIS_BEFORE", "ANALYSIS_KEYS", "CHANCE_NULLS", "DEFAULT_CONFIG", "EXPERIMENT_KEYS",
+           "FIELDS", "HINTS", "LIST_KEYS",
            "LR_SCALINGS", "LR_SCHEDULES", "OPTIMIZERS", "PRECISIONS", "PRESETS",
            "SAVE_CHECKPOINTS", "SHARED_KEYS",
            "ConfigError", "RunConfig", "YamlLoader", "checked", "config_path", "effective_lr", "expand",

@@ -14,6 +14,7 @@ import yaml
 
 from models import ACTIVATIONS, FAMILIES, LM_FAMILIES, check_gamma
 from probes.config.run_config import (
+    CHANCE_NULLS,
     DEFAULT_CONFIG,
     FIELDS,
     HINTS,
@@ -278,7 +279,8 @@ def validate(cfg: RunConfig) -> None:
 # keys that take one of a few names, and the names
 CHOICES = {"activation": ACTIVATIONS, "optimizer": OPTIMIZERS, "lr_schedule": LR_SCHEDULES,
            "mixed_precision": PRECISIONS, "lr_scaling": LR_SCALINGS,
-           "trajectory_axis": TRAJECTORY_AXES, "save_checkpoints": SAVE_CHECKPOINTS}
+           "trajectory_axis": TRAJECTORY_AXES, "save_checkpoints": SAVE_CHECKPOINTS,
+           "chance_nulls": CHANCE_NULLS}
 
 
 def _validate_baselines(cfg: RunConfig, task) -> None:
@@ -290,8 +292,9 @@ def _validate_baselines(cfg: RunConfig, task) -> None:
     for key, accepted in CHOICES.items():
         if getattr(cfg, key) not in accepted:
             raise ConfigError(f"{key}={getattr(cfg, key)!r} is unknown: accepted are {list(accepted)}")
-    if cfg.log_every < 0:
-        raise ConfigError(f"log_every={cfg.log_every} is invalid: accepted is an integer >= 0")
+    for key in ("log_every", "chance_draws"):
+        if getattr(cfg, key) < 0:
+            raise ConfigError(f"{key}={getattr(cfg, key)} is invalid: accepted is an integer >= 0")
     if cfg.lr_scaling != "none" and cfg.model_family != "mlp":
         raise ConfigError(f"lr_scaling={cfg.lr_scaling!r} applies to model_family 'mlp' only: "
                           f"accepted for {cfg.model_family!r} is 'none'")

@@ -102,6 +102,10 @@ class RunConfig:
     n_probes: int = 12  # log-spaced probe steps, step 0 and the last included
     n_eval: int = 2000  # training samples scored for acc_train and train_loss
     merge_probe: bool = False  # at the final probe, merge each layer's condensed groups and score it
+    # null unit sets drawn per unit set and probe for the chance level of n_groups and mean |cos|
+    # (probes.measure.chance; 0: off; 199: p-values down to 0.005)
+    chance_draws: int = 0
+    chance_nulls: str = "both"  # the chance baselines' nulls: isotropic | covariance | both
     # cosine thresholds tau of the group counts (a list by nature: never a grid)
     thresholds: list[float] = field(default_factory=lambda: [0.7, 0.9, 0.95, 0.99])
 
@@ -150,7 +154,10 @@ EXPERIMENT_KEYS = ("experiment", "output_dir", "overwrite", "num_threads", "save
 # what is measured of a trained model: changing one re-measures finished runs from their saved
 # checkpoints (probes.train.remeasure), never retrains them. n_probes also sets which steps a
 # new run saves; a finished run is measured at the steps it saved.
-ANALYSIS_KEYS = ("n_probes", "n_eval", "merge_probe", "thresholds")
+ANALYSIS_KEYS = ("n_probes", "n_eval", "merge_probe", "thresholds", "chance_draws", "chance_nulls")
+# analysis keys added after runs were first saved: the value a run folder or training state
+# saved without the key was measured with
+ANALYSIS_BEFORE = {"chance_draws": 0, "chance_nulls": "both"}
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 # keys every run's training reads, whatever its task and family (task options come from the
 # task's dataclass, the family's from FAMILY_TRAINING_KEYS)
@@ -183,6 +190,7 @@ TRAJECTORY_AXES = ("step", "samples")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 LR_SCHEDULES = ("cosine", "constant")
 LR_SCALINGS = ("none", "ntk")
+CHANCE_NULLS = ("both", "isotropic", "covariance")  # probes.measure.chance.NULLS and both
 HINTS = typing.get_type_hints(RunConfig)
 LIST_KEYS = {"thresholds"}
 

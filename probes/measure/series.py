@@ -3,7 +3,8 @@ measured, live during training (``probes.train.loop``) and again from a saved ch
 (``probes.train.remeasure``). Same model, same settings: the same rows, bit for bit.
 
 At each step ``SeriesProbe.measure`` gives a ``ProbeResult``: condensation of every unit set in
-the weight basis (``probes.measure.metrics.Condensation``; Xu, Zhang, Zhou, arXiv 2504.09484),
+the weight basis (``probes.measure.metrics.Condensation``; Xu, Zhang, Zhou, arXiv 2504.09484)
+and, when asked, its chance level (``probes.measure.chance``),
 the relative distance RD from step 0 (Luo, Xu, Ma, Zhang, JMLR 2021), the task's scores and the
 held-out pair's answer offsets (Zhang, Zhang, Xu et al., arXiv 2405.05409), the merge rows at
 the final step (``merge_probe``), for 1-D two-layer nets each neuron's direction, and the
@@ -16,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from probes.measure.chance import chance_baselines, chance_rows
 from probes.measure.family_units import NO_RD, all_units, neuron_features
 from probes.measure.lineage import LineageTracker
 from probes.measure.merge_probe import merge_rows
@@ -34,14 +36,18 @@ class SeriesProbe:
         merge_step: the step at which the condensed groups are merged and scored (None: never);
         units0: {(layer, component, head): (n_units, dim) tensor} at step 0, for RD; None: taken
             from the model measured at step 0.
+        chance: (draws, nulls): the chance baselines of every unit set (``chance_baselines``;
+            draws 0: none; nulls ``isotropic``, ``covariance`` or ``both``).
 
     After each ``measure``: ``metrics``, ``offsets``, ``lineage`` (all steps so far), ``neurons``
     (step 0, the end of the initial stage and the latest step), ``heatmap`` (the latest step's).
     """
 
     def __init__(self, run_id: str, objective, eval_data: dict, device, thresholds,
-                 merge_step: int | None = None, units0: dict | None = None):
+                 merge_step: int | None = None, units0: dict | None = None,
+                 chance: tuple[int, str] = (0, "both")):
         self.run_id, self.objective, self.eval_data, self.device = run_id, objective, eval_data, device
+        self.chance_draws, self.chance_nulls = chance
         self.thresholds, self.merge_step, self.units0 = list(thresholds), merge_step, units0
         self.metrics: list[dict] = []
         self.offsets: list[dict] = []
@@ -91,11 +97,14 @@ class SeriesProbe:
         return result
 
     def condensation(self, u, step: int, result: ProbeResult) -> list[dict]:
-        """Rows of one unit set: its condensation and its RD from step 0; keeps the heat map."""
+        """Rows of one unit set: its condensation, its chance level and its RD from step 0;
+        keeps the heat map."""
         fit = Condensation(self.thresholds).fit(u.units)
         where = dict(run_id=self.run_id, step=step, layer=u.layer, component=u.component,
                      head=u.head, basis="weight")
         rows = metric_rows(fit, where)
+        rows += chance_rows(chance_baselines(u.units.numpy(), fit, self.chance_nulls,
+                                             self.chance_draws), where)
         if u.component not in NO_RD:  # a set whose membership changes has no lineage either
             result.lineage += self.tracker.rows(fit, len(u.units), where)
         if (u.layer, u.component, u.head) == HEATMAP_UNITS and fit.n_units_ > 1:

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from probes.measure.chance import NULL_ONLY
 from probes.measure.family_units import resnet_stage
 from probes.measure.neurons import INITIAL_LOSS_RATIO, loss_fell
 
@@ -131,11 +132,13 @@ def correlations(runs: pd.DataFrame, metrics: pd.DataFrame, scores: tuple[str, .
 
     Returns:
         correlations.csv frame (CORRELATION_COLUMNS); ``subset`` is "all" (every run that did not
-        diverge) or "fitted" (only fitted runs).
+        diverge) or "fitted" (only fitted runs). The chance rows that describe a null alone
+        (``chance.NULL_ONLY``: its draws, mean and sd) are left out; their p and z stay in.
     """
     ok = runs[~runs["diverged"].astype(bool)]
     subsets = {"all": ok, "fitted": ok[ok["fitted"].astype(bool)]}
     final = final_values(metrics)
+    final = final[~final["metric"].isin(NULL_ONLY)]
     out = []
     for key, group in final.groupby(KEYS, dropna=False, sort=True):
         per_run = group.set_index("run_id")["value"]

@@ -31,7 +31,7 @@ from probes.train.usage import key_help
 USAGE = """usage: accelerate launch probes/run.py [--config FILE] [--output_dir DIR] [--KEY VALUE ...]
        accelerate launch probes/run.py --checkpoint DIR [--checkpoint DIR ...] [--output_dir DIR]
          (probe checkpoints on disk; --checkpoint X --help lists its options)
-       python probes/run.py measure DIR [--thresholds ...] [--merge_probe true] [--n_eval N]
+       python probes/run.py measure DIR [--thresholds ...] [--merge_probe true] [--chance_draws N]
          (measure a finished experiment again from its saved checkpoints, without training)
 
 --config takes a YAML file or a preset's name (default, sweep_small, ...: configs/ in the package).

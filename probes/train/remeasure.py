@@ -1,12 +1,12 @@
 """Measure finished runs again from their checkpoint series, without training.
 
 A run id names a trained model (``RunConfig.identity``); the analysis settings
-(``ANALYSIS_KEYS``: thresholds, merge_probe, n_eval) say what is measured of it. When a finished
-run was measured with other analysis settings than the ones asked for, its saved models
-(``checkpoint-<step>/`` and ``model/``, ``store.checkpoint_series``) are measured again by the
-same ``SeriesProbe`` that measured them during training, and the run folder's measured files are
-replaced. A finished run is measured at the steps it saved: ``n_probes`` changes the steps of new
-runs only.
+(``ANALYSIS_KEYS``: thresholds, merge_probe, n_eval, chance baselines) say what is measured of
+it. When a finished run was measured with other analysis settings than the ones asked for, its
+saved models (``checkpoint-<step>/`` and ``model/``, ``store.checkpoint_series``) are measured
+again by the same ``SeriesProbe`` that measured them during training, and the run folder's
+measured files are replaced. A finished run is measured at the steps it saved: ``n_probes``
+changes the steps of new runs only.
 
 Two ways in: the experiment's own command run again with only analysis settings changed
 (``probes.train.experiment``), or ``condensation-probes measure DIR [--KEY VALUE ...]`` on a
@@ -24,6 +24,7 @@ import torch
 
 from models import build_for_run
 from probes.config import (
+    ANALYSIS_BEFORE,
     ANALYSIS_KEYS,
     FIELDS,
     ConfigError,
@@ -61,9 +62,10 @@ MEASURE_KEYS = (*ANALYSIS_KEYS, "num_threads")
 
 def recorded(folder: Path) -> dict:
     """The resolved config a run folder holds (``config.yaml``), less the keys that are not
-    RunConfig fields (run_id, init records)."""
+    RunConfig fields (run_id, init records); an analysis key the folder predates reads as the
+    value it was measured with (``ANALYSIS_BEFORE``)."""
     raw = load_yaml((Path(folder) / CONFIG).read_text()) or {}
-    return {k: v for k, v in raw.items() if k in FIELDS}
+    return ANALYSIS_BEFORE | {k: v for k, v in raw.items() if k in FIELDS}
 
 
 def stale(cfg: RunConfig) -> bool:
@@ -108,7 +110,8 @@ def measure_run(cfg: RunConfig, task, data: dict, device) -> RunResult:
                           f"trained with save_checkpoints: probes (retrain it with --overwrite true)")
     objective = objective_for(task, cfg.last_position_only)
     probe = SeriesProbe(cfg.run_id, objective, eval_data(cfg, data), device, cfg.thresholds,
-                        merge_step=cfg.steps if cfg.merge_probe else None)
+                        merge_step=cfg.steps if cfg.merge_probe else None,
+                        chance=(cfg.chance_draws, cfg.chance_nulls))
     model_class = type(build_for_run(cfg, task)[0])  # built once: only its class is needed
     for step, path in series:
         probe.measure(load_model(model_class, path).to(device), step)

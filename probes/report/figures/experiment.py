@@ -4,7 +4,8 @@
 - ``cosine_<component>_layer<L>.png``: cosine heat maps of the runs' heat-map unit set
   (``store.HEATMAP_UNITS``) for each gamma (lowest seed), units ordered by complete-linkage
   groups so that groups sit together;
-- ``groups_over_training.png``: condensed groups (at 0.9) of layer-0 W_Q against step, per run;
+- ``groups_over_training.png``: condensed groups (at 0.9) of layer-0 W_Q against step, per run,
+  with the isotropic chance level dashed when measured (``chance_draws``);
 - ``ood_over_training.png``: the first two ood shares and id accuracy against step, one panel per
   gamma and a line per seed: answers on the held-out pair drift after id accuracy plateaus, so a
   final share alone can hide a passing state; with ``reference_trajectories`` (e.g. the authors'
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from probes.measure.chance import chance_metric
 from probes.measure.result import HEATMAP_UNITS
 from probes.report import tables
 from probes.report.figures.common import (
@@ -37,6 +39,7 @@ from probes.report.figures.merge import merge_loss_vs_width
 from probes.store import load_heatmap, run_folder
 
 LAYER, COMPONENT, _ = HEATMAP_UNITS
+CHANCE_LABEL = "chance: isotropic random units"
 
 
 def cosine_heatmaps(runs: pd.DataFrame, out_dir: Path, path: Path, threshold: float = 0.9) -> bool:
@@ -61,14 +64,23 @@ def cosine_heatmaps(runs: pd.DataFrame, out_dir: Path, path: Path, threshold: fl
 
 def groups_over_training(runs: pd.DataFrame, metrics: pd.DataFrame, path: Path,
                          threshold: float = 0.9) -> None:
-    """Groups at ``threshold`` of the layer-0 W_Q rows against step, one line per run."""
+    """Groups at ``threshold`` of the layer-0 W_Q rows against step, one line per run; dashed,
+    the mean groups of the same number of isotropic random units (``n_groups_null_iso``) where
+    metrics.csv has it."""
     m = tables.select(metrics, "n_groups", component=COMPONENT, layer=LAYER, threshold=threshold)
+    null = tables.select(metrics, chance_metric("n_groups_null", "isotropic"),
+                         component=COMPONENT, layer=LAYER, threshold=threshold)
     colors = gamma_colors(runs["gamma"])
     series = []
     for _, run in runs.iterrows():
         r = m[m["run_id"] == run["run_id"]].sort_values("step")
         series.append(dict(steps=r["step"], values=r["value"], style={"color": colors[run["gamma"]]},
                            label=f"gamma {run['gamma']:g} seed {run['seed']}"))
+        r = null[null["run_id"] == run["run_id"]].sort_values("step")
+        if len(r):  # "_" labels stay out of the legend: one entry for every chance line
+            label = "_chance" if any(s["label"] == CHANCE_LABEL for s in series) else CHANCE_LABEL
+            series.append(dict(steps=r["step"], values=r["value"], label=label, style={
+                "color": colors[run["gamma"]], "ls": "--", "marker": None, "lw": 1, "alpha": 0.7}))
     lines_over_training(series, path, f"groups at cosine {threshold}",
                         f"Condensation of layer {LAYER} W_Q over training")
 
