@@ -32,8 +32,10 @@ from probes.checkpoint.discover import (
 )
 from probes.checkpoint.gguf import load_gguf
 from probes.checkpoint.merge import check_merge, merge_rows
-from probes.checkpoint.validate import check_batch, check_index, check_weights
+from probes.checkpoint.validate import check_batch, check_index, check_reference, check_weights
 from probes.measure.arch import Layout, UnsupportedModel, discover_layout, layout_for
+from probes.measure.drift import drift, drift_rows
+from probes.measure.family_units import NO_RD
 from probes.measure.metrics import Condensation, metric_rows
 from probes.measure.result import HeatMap
 from probes.measure.units import ModelTensors, base_prefix, block_units
@@ -60,6 +62,7 @@ class Options:
     spectral_metrics: bool = True  # stable_rank and effective_rank (Condensation's spectral)
     # the bases measured (activation: with probe_inputs only); probes.measure(basis=...) picks one
     bases: tuple[str, ...] = ("weight", "activation")
+    reference: str | None = None  # --reference: weight-basis rd and angles from this checkpoint
 
     @property
     def heatmap_threshold(self) -> float:
@@ -86,6 +89,7 @@ class Plan:
     draw_layers: list[int] = field(default_factory=list)  # chosen layers (heat maps, series plot)
     component: str = ""  # chosen component
     draw: bool = True  # heat maps of this checkpoint (only the last step of a series)
+    reference: Plan | None = None  # the checked --reference checkpoint (set_reference)
 
 
 def _layout(config, meta) -> Layout:
@@ -151,9 +155,10 @@ def plan_checkpoint(ckpt: Checkpoint, opts: Options, notes: list[str]) -> Plan:
     return plan
 
 
-def plan_all(opts: Options) -> tuple[list[Plan], list[str]]:
-    """Discover and check every checkpoint named on the command line (see ``plan_checkpoint``);
-    only the last step of a series is drawn as heat maps."""
+def plan_all(opts: Options, reference: Plan | None = None) -> tuple[list[Plan], list[str]]:
+    """Discover and check every checkpoint named on the command line (see ``plan_checkpoint``)
+    and their reference (``reference``, else ``opts.reference`` planned here); only the last
+    step of a series is drawn as heat maps."""
     ckpts = unique_run_ids([c for arg in opts.checkpoints for c in discover(arg)])
     notes: list[str] = []
     plans = [plan_checkpoint(c, opts, notes) for c in ckpts]
@@ -161,12 +166,40 @@ def plan_all(opts: Options) -> tuple[list[Plan], list[str]]:
         nxt = plans[i + 1].ckpt if i + 1 < len(plans) else None
         if nxt is not None and nxt.series is not None and nxt.series == plan.ckpt.series:
             plan.draw = False
+    if reference is not None or opts.reference is not None:
+        spec = opts.reference or str(reference.ckpt.path)
+        set_reference(plans, reference or plan_reference(spec, opts), opts, spec)
+    else:
+        notes += [f"{p.ckpt.run_id}: its step 0 is in the series: --reference {p.ckpt.path} "
+                  f"(reference= in probes.measure) would add each step's rd and unit angles"
+                  for p in plans if p.ckpt.series is not None and p.ckpt.step == 0]
     if opts.probe_inputs:
         for plan in plans:
             notes += check_inputs(plan, opts)
             if opts.merge_probe:
                 check_merge(plan, opts.trust_remote_code)
     return plans, list(dict.fromkeys(notes))
+
+
+def plan_reference(spec: str, opts: Options) -> Plan:
+    """The planned ``--reference`` checkpoint: one checkpoint, checked as any other. Raises
+    CheckpointError: as ``plan_checkpoint`` (named as the reference), or a series of steps."""
+    try:
+        found = discover(spec)
+        if len(found) == 1:
+            return plan_checkpoint(found[0], opts, [])
+    except CheckpointError as e:
+        raise CheckpointError(f"--reference: {e}") from e
+    raise CheckpointError(f"--reference {spec!r} holds {len(found)} step checkpoints (steps "
+                          f"{', '.join(str(c.step) for c in found[:6])}): accepted is one "
+                          f"checkpoint, e.g. {found[0].path}")
+
+
+def set_reference(plans: list[Plan], reference: Plan, opts: Options, spec: str) -> None:
+    """Give every plan its reference, after ``check_reference`` (raises CheckpointError)."""
+    for plan in plans:
+        check_reference(plan, reference, opts.fold_norms, spec)
+        plan.reference = reference
 
 
 def check_inputs(plan: Plan, opts: Options) -> list[str]:
@@ -252,6 +285,7 @@ class Prober:
         self.progress = progress or (lambda: None)
         self.warn = warn or (lambda text: None)
         self.metrics, self.maps, self.n_samples = [], [], None
+        self.drift = {}  # (layer, component, head) -> drift() of the weight set, until collected
         self.threshold = opts.heatmap_threshold
 
     def run(self) -> Result:
@@ -275,17 +309,29 @@ class Prober:
                    spectral_metrics=self.opts.spectral_metrics,
                    activation_point=self.opts.activation_point if self.opts.probe_inputs else "",
                    probe_inputs=self.opts.probe_inputs or "",
+                   reference=str(plan.reference.ckpt.path) if plan.reference else "",
                    n_samples=self.n_samples, wall_s=round(time.perf_counter() - start, 2),
                    package_version=package_version())
         return Result(self.metrics, row, self.maps)
 
     def weight_sets(self, block) -> list:
-        """The weight-basis unit sets of one block; a tensor the checks could not foresee (a
-        discovered layout) becomes a CheckpointError."""
+        """The weight-basis unit sets of one block (and, with a reference, their ``drift`` from
+        the reference's same sets, kept until collected); a tensor the checks could not foresee
+        (a discovered layout) becomes a CheckpointError."""
+        sets = self.read(self.plan, block)
+        ref = self.plan.reference
+        if ref is not None:  # its block of the same layer: check_reference saw the same sets
+            same = next(b for b in ref.layout.blocks if b.layer == block.layer)
+            self.drift |= {(u.layer, u.component, u.head): drift(u.units.numpy(), r.units.numpy())
+                           for u, r in zip(sets, self.read(ref, same)) if u.component not in NO_RD}
+        return sets
+
+    def read(self, plan: Plan, block) -> list:
+        """``block_units`` of ``plan``'s block; a read error becomes a CheckpointError."""
         try:
-            return block_units(self.plan.source, self.plan.prefix, block, self.opts.fold_norms)
+            return block_units(plan.source, plan.prefix, block, self.opts.fold_norms)
         except (KeyError, ValueError) as e:
-            raise CheckpointError(f"checkpoint {str(self.plan.ckpt.path)!r} layer {block.layer}: "
+            raise CheckpointError(f"checkpoint {str(plan.ckpt.path)!r} layer {block.layer}: "
                                   f"{str(e).strip(chr(39))}") from e
 
     # The next layer is read while this one is fitted only when the layers in flight hold less
@@ -325,6 +371,9 @@ class Prober:
             base = dict(run_id=ckpt.run_id, step=ckpt.step, layer=u.layer, component=u.component,
                         head=u.head, basis=basis)
             self.metrics += metric_rows(fit, base)
+            if basis == "weight" and (u.layer, u.component, u.head) in self.drift:
+                self.metrics += drift_rows(self.drift.pop((u.layer, u.component, u.head)), base,
+                                           fit.n_units_)
             if self.drawn(u) and fit.n_units_ > 1:
                 self.maps.append(dict(basis=basis, layer=u.layer, threshold=self.threshold,
                                       map=HeatMap.of(fit)))
