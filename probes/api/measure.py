@@ -19,7 +19,7 @@ from torch import nn
 
 from probes.api.live import eval_mode, live_plan, model_device
 from probes.checkpoint.activations import ACTIVATION_POINTS
-from probes.checkpoint.probe import Fitter, Options, Prober, plan_all
+from probes.checkpoint.probe import Fitter, Options, Prober, plan_all, plan_reference, set_reference
 from probes.measure.metrics import THRESHOLDS
 from probes.store import METRICS_COLUMNS, frame
 
@@ -31,7 +31,8 @@ def measure(model_or_path, *, thresholds=THRESHOLDS, basis: str = "weight", inpu
             probe_samples: int = 1024, activation_point: str = "pre", fold_norms: bool = True,
             merge: bool = False, spectral: bool = True, run_id: str | None = None,
             step: int | None = None, num_threads: int | None = None, device=None,
-            allow_pickle: bool = False, trust_remote_code: bool = False) -> pd.DataFrame:
+            allow_pickle: bool = False, trust_remote_code: bool = False,
+            reference=None) -> pd.DataFrame:
     """Condensation of every unit set of a model: cosine similarity of its units and the groups
     they condense into (complete linkage cut at each threshold; Xu, Zhang, Zhou, arXiv
     2504.09484), ranks and, with ``merge``, the loss after merging each condensed group.
@@ -69,6 +70,11 @@ def measure(model_or_path, *, thresholds=THRESHOLDS, basis: str = "weight", inpu
         device: a path only: where its forward passes run (default: the accelerator when there is
             one, else CPU). A live model runs where it is (move it first to run it elsewhere).
         allow_pickle, trust_remote_code: as ``--allow_pickle`` / ``--trust_remote_code``.
+        reference: a step-0 or base model of the same architecture and unit-set shapes (an
+            ``nn.Module`` or a checkpoint path, as ``--reference``): adds, per weight-basis unit
+            set, ``rd`` = ||W - W_ref||_F / ||W_ref||_F (Luo, Xu, Ma, Zhang, JMLR 2021) and
+            ``angle_mean`` / ``angle_median`` / ``angle_max``, each unit's angle in degrees to
+            its direction in the reference (``probes.measure.drift``). None: no such rows.
 
     Returns:
         DataFrame with exactly ``METRICS_COLUMNS`` (run_id, step, layer, component, head, basis,
@@ -87,6 +93,9 @@ def measure(model_or_path, *, thresholds=THRESHOLDS, basis: str = "weight", inpu
                         f"accepted are an nn.Module or a path (str or os.PathLike)")
     opts = _options(thresholds, basis, inputs, probe_samples, activation_point, fold_norms,
                     merge, spectral, num_threads, allow_pickle, trust_remote_code)
+    if reference is not None and not isinstance(reference, (nn.Module, str, os.PathLike)):
+        raise TypeError(f"reference of type {type(reference).__name__} is not accepted: accepted "
+                        f"are an nn.Module, a path (str or os.PathLike) or None")
     if live:
         if run_id is not None and not isinstance(run_id, str):
             raise TypeError(f"run_id={run_id!r} is not accepted: accepted is a str")
@@ -97,7 +106,7 @@ def measure(model_or_path, *, thresholds=THRESHOLDS, basis: str = "weight", inpu
                              f"own device (accepted: device=None; move the model first)")
         with eval_mode(model_or_path) if inputs is not None else contextlib.nullcontext():
             return _measure_live(model_or_path, opts, run_id or type(model_or_path).__name__,
-                                 step, inputs)
+                                 step, inputs, reference)
     if run_id is not None or step is not None:
         raise ValueError(f"run_id={run_id!r} / step={step!r} apply to a model in memory only: a "
                          f"path's run_id and steps are read from its folders")
@@ -106,14 +115,21 @@ def measure(model_or_path, *, thresholds=THRESHOLDS, basis: str = "weight", inpu
                         f"accepted are a task name, a text file or a folder of images")
     opts.checkpoints = [str(model_or_path)]
     opts.probe_inputs = None if inputs is None else str(inputs)
-    plans, notes = plan_all(opts)
+    live_ref = isinstance(reference, nn.Module)
+    opts.reference = None if reference is None or live_ref else str(reference)
+    plans, notes = plan_all(opts, live_plan(reference, opts, "reference", None)[0] if live_ref
+                            else None)
     return _run(plans, notes, opts, device or _default_device())
 
 
-def _measure_live(model, opts: Options, run_id: str, step, inputs) -> pd.DataFrame:
+def _measure_live(model, opts: Options, run_id: str, step, inputs, reference) -> pd.DataFrame:
     plan, notes = live_plan(model, opts, run_id, step, inputs)
     if inputs is not None:
         opts.probe_inputs = "inputs"  # the runs row's label; the batch is already on the plan
+    if isinstance(reference, nn.Module):
+        set_reference([plan], live_plan(reference, opts, "reference", None)[0], opts, "reference")
+    elif reference is not None:
+        set_reference([plan], plan_reference(str(reference), opts), opts, str(reference))
     return _run([plan], notes, opts, model_device(model))
 
 

@@ -8,7 +8,10 @@ outputs over the probe batch (``basis=activation``). The main process writes ``O
 (same schema as the experiments), ``OUT/runs.csv`` (one row per checkpoint) and ``OUT/figures/``
 (``probes.report.checkpoint``).
 
-``rd`` is not reported: it needs the weights at initialization, which a foreign checkpoint lacks.
+With ``--reference DIR`` (a step-0 or base checkpoint of the same architecture and unit-set
+shapes, checked before any work) every weight-basis unit set also gets ``rd`` and the angles of
+its units from the reference's (``probes.measure.drift``); without it no ``rd`` is reported, as a
+foreign checkpoint lacks its initialization.
 Bad input prints one ``error:`` line and exits with code 2 before anything is written.
 """
 
@@ -47,12 +50,15 @@ DEFAULT_OUTPUT = "reports/checkpoints"
 OPTIONS = ("--checkpoint", "--output_dir", "--probe_inputs", "--probe_samples", "--allow_pickle",
            "--trust_remote_code", "--thresholds", "--heatmap_layers", "--heatmap_component",
            "--num_threads", "--fold_norms", "--spectral_metrics", "--activation_point",
-           "--merge_probe", "--chance_draws", "--chance_nulls")
+           "--merge_probe", "--chance_draws", "--chance_nulls", "--reference")
 USAGE = """usage: accelerate launch probes/run.py --checkpoint DIR [--checkpoint DIR2 ...] [options]
 
   --checkpoint PATH        a save_pretrained folder, a folder of checkpoint-N / step_N folders
                            (probed as a series), gguf:FILE or gguf:smollm2, or a hub id when online
   --output_dir DIR         where metrics.csv, runs.csv and figures/ go (default reports/checkpoints)
+  --reference DIR          a step-0 or base checkpoint of the same architecture: adds rd (relative
+                           distance of each unit set from it) and angle_mean / _median / _max
+                           (degrees between each unit and its reference direction)
   --probe_inputs SPEC      activation basis too: a task name (this project's models), a text file
                            of lines (language models) or a folder of images (vision models)
   --probe_samples N        samples (tokens, pixel positions, rows) in the probe batch (default 1024)
@@ -84,7 +90,7 @@ class _Parser(argparse.ArgumentParser):
         raise CheckpointError(f"{message}: accepted with --checkpoint are {', '.join(OPTIONS)}")
 
 
-def _number_list(text: str, name: str, kind) -> list:
+def number_list(text: str, name: str, kind) -> list:
     """A YAML list ("[0, 5]") or comma list ("0,5") of numbers."""
     try:
         value = load_yaml(text if text.strip().startswith("[") else f"[{text}]")
@@ -97,7 +103,7 @@ def _number_list(text: str, name: str, kind) -> list:
     return items
 
 
-def _bool(args, key: str) -> bool:
+def flag(args, key: str) -> bool:
     """The value of flag ``--key`` read as a YAML bool. Raises CheckpointError otherwise."""
     text = getattr(args, key)
     value = load_yaml(text) if text.strip() else None
@@ -129,8 +135,9 @@ def parse_args(argv: list[str]) -> Options:
     p.add_argument("--merge_probe", default="false")
     p.add_argument("--chance_draws", default="0")
     p.add_argument("--chance_nulls", default="both")
+    p.add_argument("--reference")
     a = p.parse_args(argv)
-    fold, spectral, merge = (_bool(a, key) for key in ("fold_norms", "spectral_metrics",
+    fold, spectral, merge = (flag(a, key) for key in ("fold_norms", "spectral_metrics",
                                                        "merge_probe"))
     if merge and not a.probe_inputs:
         raise CheckpointError("--merge_probe true needs --probe_inputs: accepted are a text file of "
@@ -150,15 +157,15 @@ def parse_args(argv: list[str]) -> Options:
         if text is not None and not (text.isdigit() and int(text) >= 1):
             raise CheckpointError(f"--{key} {text!r} is invalid: accepted is an integer >= 1")
         positive[key] = int(text) if text is not None else None
-    thresholds = _number_list(a.thresholds, "--thresholds", float) if a.thresholds else list(THRESHOLDS)
+    thresholds = number_list(a.thresholds, "--thresholds", float) if a.thresholds else list(THRESHOLDS)
     if not all(0 < t < 1 for t in thresholds):
         raise CheckpointError(f"--thresholds {a.thresholds!r} is invalid: accepted are numbers in (0, 1)")
-    layers = _number_list(a.heatmap_layers, "--heatmap_layers", int) if a.heatmap_layers else None
+    layers = number_list(a.heatmap_layers, "--heatmap_layers", int) if a.heatmap_layers else None
     return Options(a.checkpoint, Path(a.output_dir), a.probe_inputs, positive["probe_samples"],
                    a.allow_pickle, a.trust_remote_code, thresholds, layers, a.heatmap_component,
                    positive["num_threads"], fold, a.activation_point, merge_probe=merge,
                    spectral_metrics=spectral, chance_draws=int(a.chance_draws),
-                   chance_nulls=a.chance_nulls)
+                   chance_nulls=a.chance_nulls, reference=a.reference)
 
 
 def main(argv: list[str]) -> int:

@@ -10,12 +10,8 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
-from threadpoolctl import threadpool_limits
 
 from probes.checkpoint import inputs as probe_inputs
 from probes.checkpoint.activations import activation_units
@@ -30,12 +26,15 @@ from probes.checkpoint.discover import (
     open_weights,
     unique_run_ids,
 )
+from probes.checkpoint.fitting import Fitter, unit_bytes  # noqa: F401 (unit_bytes: re-exported)
 from probes.checkpoint.gguf import load_gguf
 from probes.checkpoint.merge import check_merge, merge_rows
-from probes.checkpoint.validate import check_batch, check_index, check_weights
+from probes.checkpoint.validate import check_batch, check_index, check_reference, check_weights
 from probes.measure.arch import Layout, UnsupportedModel, discover_layout, layout_for
-from probes.measure.chance import chance_baselines, chance_rows
-from probes.measure.metrics import Condensation, metric_rows
+from probes.measure.chance import chance_rows
+from probes.measure.drift import drift, drift_rows
+from probes.measure.family_units import NO_RD
+from probes.measure.metrics import metric_rows
 from probes.measure.result import HeatMap
 from probes.measure.units import ModelTensors, base_prefix, block_units
 from probes.store import package_version
@@ -63,6 +62,7 @@ class Options:
     bases: tuple[str, ...] = ("weight", "activation")
     chance_draws: int = 0  # draws of each chance baseline (probes.measure.chance); 0: none
     chance_nulls: str = "both"  # isotropic | covariance | both
+    reference: str | None = None  # --reference: weight-basis rd and angles from this checkpoint
 
     @property
     def heatmap_threshold(self) -> float:
@@ -89,6 +89,7 @@ class Plan:
     draw_layers: list[int] = field(default_factory=list)  # chosen layers (heat maps, series plot)
     component: str = ""  # chosen component
     draw: bool = True  # heat maps of this checkpoint (only the last step of a series)
+    reference: Plan | None = None  # the checked --reference checkpoint (set_reference)
 
 
 def _layout(config, meta) -> Layout:
@@ -154,9 +155,10 @@ def plan_checkpoint(ckpt: Checkpoint, opts: Options, notes: list[str]) -> Plan:
     return plan
 
 
-def plan_all(opts: Options) -> tuple[list[Plan], list[str]]:
-    """Discover and check every checkpoint named on the command line (see ``plan_checkpoint``);
-    only the last step of a series is drawn as heat maps."""
+def plan_all(opts: Options, reference: Plan | None = None) -> tuple[list[Plan], list[str]]:
+    """Discover and check every checkpoint named on the command line (see ``plan_checkpoint``)
+    and their reference (``reference``, else ``opts.reference`` planned here); only the last
+    step of a series is drawn as heat maps."""
     ckpts = unique_run_ids([c for arg in opts.checkpoints for c in discover(arg)])
     notes: list[str] = []
     plans = [plan_checkpoint(c, opts, notes) for c in ckpts]
@@ -164,12 +166,40 @@ def plan_all(opts: Options) -> tuple[list[Plan], list[str]]:
         nxt = plans[i + 1].ckpt if i + 1 < len(plans) else None
         if nxt is not None and nxt.series is not None and nxt.series == plan.ckpt.series:
             plan.draw = False
+    if reference is not None or opts.reference is not None:
+        spec = opts.reference or str(reference.ckpt.path)
+        set_reference(plans, reference or plan_reference(spec, opts), opts, spec)
+    else:
+        notes += [f"{p.ckpt.run_id}: its step 0 is in the series: --reference {p.ckpt.path} "
+                  f"(reference= in probes.measure) would add each step's rd and unit angles"
+                  for p in plans if p.ckpt.series is not None and p.ckpt.step == 0]
     if opts.probe_inputs:
         for plan in plans:
             notes += check_inputs(plan, opts)
             if opts.merge_probe:
                 check_merge(plan, opts.trust_remote_code)
     return plans, list(dict.fromkeys(notes))
+
+
+def plan_reference(spec: str, opts: Options) -> Plan:
+    """The planned ``--reference`` checkpoint: one checkpoint, checked as any other. Raises
+    CheckpointError: as ``plan_checkpoint`` (named as the reference), or a series of steps."""
+    try:
+        found = discover(spec)
+        if len(found) == 1:
+            return plan_checkpoint(found[0], opts, [])
+    except CheckpointError as e:
+        raise CheckpointError(f"--reference: {e}") from e
+    raise CheckpointError(f"--reference {spec!r} holds {len(found)} step checkpoints (steps "
+                          f"{', '.join(str(c.step) for c in found[:6])}): accepted is one "
+                          f"checkpoint, e.g. {found[0].path}")
+
+
+def set_reference(plans: list[Plan], reference: Plan, opts: Options, spec: str) -> None:
+    """Give every plan its reference, after ``check_reference`` (raises CheckpointError)."""
+    for plan in plans:
+        check_reference(plan, reference, opts.fold_norms, spec)
+        plan.reference = reference
 
 
 def check_inputs(plan: Plan, opts: Options) -> list[str]:
@@ -195,55 +225,6 @@ def check_inputs(plan: Plan, opts: Options) -> list[str]:
 
 # --- probing ----------------------------------------------------------------------------------
 
-def unit_bytes(sets) -> int:
-    """Bytes of memory that the unit sets ``sets`` (UnitSet list) hold: each storage once, since
-    per-head sets are views of their component's rows."""
-    held = {}
-    for u in sets:
-        for t in (u.units, u.dead):
-            if t is not None:
-                held[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-    return sum(held.values())
-
-
-class Fitter:
-    """Fits unit sets on ``workers`` threads, each with one BLAS thread, while the main thread
-    reads the next layer with one torch thread: the metrics' BLAS / LAPACK calls are faster side
-    by side than sharing threads on a small machine, and idle threads that spin at barriers
-    (OpenBLAS, OpenMP) cost much when another process takes a core. ``torch_threads`` is the
-    caller's torch thread count, for the forward passes of the activation basis. ``chance``:
-    (draws, nulls) of each set's chance baselines, fitted in the same task (draws 0: none)."""
-
-    def __init__(self, thresholds, workers: int, spectral: bool = True,
-                 chance: tuple[int, str] = (0, "both")):
-        self.thresholds, self.workers, self.spectral = thresholds, max(1, workers), spectral
-        self.chance = chance
-
-    def __enter__(self) -> Fitter:
-        self.limits = threadpool_limits(1, user_api="blas")
-        self.torch_threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        self.pool = ThreadPoolExecutor(self.workers)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.pool.shutdown()
-        torch.set_num_threads(self.torch_threads)
-        self.limits.restore_original_limits()
-
-    def submit(self, units: torch.Tensor, dead: torch.Tensor | None = None, order: bool = True):
-        """Fit ``units`` (n_units, dim) float32 CPU in the pool (``dead``: (n_units,) bool units
-        to leave out, or None; ``order``: keep the dendrogram order for a heat map); returns the
-        Future of (the fitted Condensation, its fitted chance baselines)."""
-        dead = None if dead is None else dead.numpy()
-        return self.pool.submit(self._fit, units.numpy(), dead, order)
-
-    def _fit(self, units, dead, order: bool):
-        fit = Condensation(self.thresholds, order=order, spectral=self.spectral).fit(units, dead)
-        draws, nulls = self.chance
-        return fit, chance_baselines(units, fit, nulls, draws, dead)
-
-
 @dataclass
 class Result:
     """What one checkpoint hands to the report: metrics rows, its runs row, heat-map panels."""
@@ -262,6 +243,7 @@ class Prober:
         self.progress = progress or (lambda: None)
         self.warn = warn or (lambda text: None)
         self.metrics, self.maps, self.n_samples = [], [], None
+        self.drift = {}  # (layer, component, head) -> drift() of the weight set, until collected
         self.threshold = opts.heatmap_threshold
 
     def run(self) -> Result:
@@ -285,17 +267,29 @@ class Prober:
                    spectral_metrics=self.opts.spectral_metrics,
                    activation_point=self.opts.activation_point if self.opts.probe_inputs else "",
                    probe_inputs=self.opts.probe_inputs or "",
+                   reference=str(plan.reference.ckpt.path) if plan.reference else "",
                    n_samples=self.n_samples, wall_s=round(time.perf_counter() - start, 2),
                    package_version=package_version())
         return Result(self.metrics, row, self.maps)
 
     def weight_sets(self, block) -> list:
-        """The weight-basis unit sets of one block; a tensor the checks could not foresee (a
-        discovered layout) becomes a CheckpointError."""
+        """The weight-basis unit sets of one block (and, with a reference, their ``drift`` from
+        the reference's same sets, kept until collected); a tensor the checks could not foresee
+        (a discovered layout) becomes a CheckpointError."""
+        sets = self.read(self.plan, block)
+        ref = self.plan.reference
+        if ref is not None:  # its block of the same layer: check_reference saw the same sets
+            same = next(b for b in ref.layout.blocks if b.layer == block.layer)
+            self.drift |= {(u.layer, u.component, u.head): drift(u.units.numpy(), r.units.numpy())
+                           for u, r in zip(sets, self.read(ref, same)) if u.component not in NO_RD}
+        return sets
+
+    def read(self, plan: Plan, block) -> list:
+        """``block_units`` of ``plan``'s block; a read error becomes a CheckpointError."""
         try:
-            return block_units(self.plan.source, self.plan.prefix, block, self.opts.fold_norms)
+            return block_units(plan.source, plan.prefix, block, self.opts.fold_norms)
         except (KeyError, ValueError) as e:
-            raise CheckpointError(f"checkpoint {str(self.plan.ckpt.path)!r} layer {block.layer}: "
+            raise CheckpointError(f"checkpoint {str(plan.ckpt.path)!r} layer {block.layer}: "
                                   f"{str(e).strip(chr(39))}") from e
 
     # The next layer is read while this one is fitted only when the layers in flight hold less
@@ -335,6 +329,9 @@ class Prober:
             base = dict(run_id=ckpt.run_id, step=ckpt.step, layer=u.layer, component=u.component,
                         head=u.head, basis=basis)
             self.metrics += metric_rows(fit, base) + chance_rows(chance, base)
+            if basis == "weight" and (u.layer, u.component, u.head) in self.drift:
+                self.metrics += drift_rows(self.drift.pop((u.layer, u.component, u.head)), base,
+                                           fit.n_units_)
             if self.drawn(u) and fit.n_units_ > 1:
                 self.maps.append(dict(basis=basis, layer=u.layer, threshold=self.threshold,
                                       map=HeatMap.of(fit)))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from itertools import zip_longest
 from pathlib import Path
 
 from probes.checkpoint.discover import SAFETENSORS_INDEX, CheckpointError
@@ -210,3 +211,63 @@ def check_batch(batch, config, run_id: str) -> list[str]:
         notes.append(f"{run_id}: {cut} probe input(s) cut to {limit} tokens, the length of its "
                      f"position table")
     return notes
+
+
+def unit_shapes(config, layout, source, prefix: str, fold: bool) -> list[tuple[str, object]]:
+    """(what, value) pairs that fix a checkpoint's weight-basis unit sets, in layout order: its
+    model type, reader and layers, then per part the heads it splits into, the neurons it
+    selects and the stored shapes of its weight and bias (and, with ``fold``, of the norm folded
+    into it). Read from the headers: no tensor data. Names are below the base prefix, so a base
+    model and its task-head model compare equal.
+
+    Args:
+        config: transformers config (or None); layout: the reader; source: tensor source
+            (``__contains__``, ``shape``); prefix: key prefix of the layout's paths; fold: as
+            ``--fold_norms``.
+    """
+    def shape(name: str):
+        return list(source.shape(prefix + name)) if prefix + name in source else None
+
+    out = [("model_type", getattr(config, "model_type", None)), ("unit reader", layout.reader),
+           ("layers", [b.layer for b in layout.blocks])]
+    for b in layout.blocks:
+        for p in b.parts:
+            where, module = f"layer {b.layer} {p.component}", b.module(p)
+            select = p.select
+            if select is not None and not isinstance(select, slice):
+                select = [int(i) for i in select]
+            out += [(f"{where} heads", p.heads), (f"{where} selected neurons", select),
+                    (f"{module}.weight", shape(f"{module}.weight")),
+                    (f"{module}.bias", shape(f"{module}.bias"))]
+            norm = b.norms.get(p.module) if fold else None
+            if norm is not None:
+                out += [(f"{norm}.weight", shape(f"{norm}.weight")),
+                        (f"{norm}.bias", shape(f"{norm}.bias"))]
+        out.append((f"layer {b.layer} head forms", b.qk_heads))
+    return out
+
+
+def check_reference(plan, reference, fold: bool, spec: str) -> None:
+    """A ``--reference`` checkpoint against one probed checkpoint: the same ``unit_shapes``, so
+    that every unit set has a partner of the same shape, row for row.
+
+    Args:
+        plan, reference: the two ``probes.checkpoint.probe.Plan`` s; fold: as ``--fold_norms``;
+        spec: the ``--reference`` value (for the message).
+
+    Raises:
+        CheckpointError: naming the first difference, both values and what is accepted.
+    """
+    mine = unit_shapes(plan.config, plan.layout, plan.source, plan.prefix, fold)
+    theirs = unit_shapes(reference.config, reference.layout, reference.source, reference.prefix, fold)
+    for (what, value), (what_ref, value_ref) in zip_longest(mine, theirs,
+                                                            fillvalue=("nothing more", None)):
+        if what == what_ref and value == value_ref:
+            continue
+        differ = (f"{what} is {value_ref} in the reference and {value} in the checkpoint"
+                  if what == what_ref else f"the reference has {what_ref} where the checkpoint "
+                  f"has {what}")
+        raise CheckpointError(f"--reference {spec!r} does not match checkpoint "
+                              f"{str(plan.ckpt.path)!r}: {differ}: accepted is a checkpoint of the "
+                              f"same architecture and unit-set shapes (its step 0, or the base "
+                              f"model it was tuned from)")

@@ -17,5 +17,6 @@ function of its name). Keep this file free of imports, so that ``import probes``
 - ``lineage``: how condensed groups are born, split, merge and die from one probe step to the
   next, and the trend of the group count over training;
 - ``alignment``: Hungarian matching of group centroids, and linear CKA (biased and debiased)
-  between activations.
+  between activations;
+- ``drift``: how far a unit set moved from a reference: ``rd`` and each unit's angle.
 """

@@ -14,6 +14,9 @@ and scipy:
   debiased: HSIC replaced by its unbiased estimator (Song, Smola, Gretton, Bedo, Borgwardt,
   JMLR 2012, eq. 5), as in Nguyen, Raghu, Kornblith (ICLR 2021, arXiv 2010.15327). Invariant
   to orthogonal maps and isotropic scaling of either side, not to other invertible linear maps.
+
+``group_alignment`` gives the rows of one unit set pair for ``align.csv``; the metric names are
+``ALIGN_METRICS``.
 """
 
 from __future__ import annotations
@@ -22,6 +25,10 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
+
+MATCHED_SHARE, MEAN_MATCHED_COS = "matched_share", "mean_matched_cos"
+N_CONDENSED_A, N_CONDENSED_B, CKA = "n_condensed_a", "n_condensed_b", "cka"
+ALIGN_METRICS = (MATCHED_SHARE, MEAN_MATCHED_COS, N_CONDENSED_A, N_CONDENSED_B, CKA)
 
 
 def _matrix(a, name: str) -> np.ndarray:
@@ -222,3 +229,35 @@ def align_groups(units_a, labels_a, units_b, labels_b, threshold: float = 0.9,
     cent_b, ids_b = group_centroids(units_b, labels_b, min_size, antipodal)
     found = match_groups(cent_a, cent_b, threshold, antipodal)
     return found, np.stack([ids_a[found.pairs[:, 0]], ids_b[found.pairs[:, 1]]], axis=1)
+
+
+def group_alignment(units_a, labels_a: dict, units_b, labels_b: dict,
+                    antipodal: bool = False) -> list[tuple[str, float, float]]:
+    """The condensed groups of two unit sets matched at each threshold (``align_groups``, the
+    threshold tau both cutting the groups and deciding a match).
+
+    Args:
+        units_a: (n_a, dim) kept units of a; labels_a: {tau: (n_a,) group ids} (e.g.
+            ``Condensation.labels_``, whose rows are ``units[fit.kept_]``); units_b, labels_b:
+            likewise for b (n_b may differ, dim may not), with the same thresholds;
+            antipodal: as ``match_groups``.
+
+    Returns:
+        (metric, tau, value) for each tau: ``matched_share`` (groups matched with centroid
+        cosine >= tau / the larger number of condensed groups; NaN when neither side has one),
+        ``mean_matched_cos`` (over the matched pairs; NaN without pairs), ``n_condensed_a``,
+        ``n_condensed_b`` (groups of >= 2 units).
+
+    Raises:
+        ValueError: thresholds that differ, or as ``align_groups``.
+    """
+    if set(labels_a) != set(labels_b):
+        raise ValueError(f"thresholds {sorted(labels_a)} and {sorted(labels_b)}: accepted are the "
+                         f"same thresholds on both sides")
+    out = []
+    for tau in labels_a:
+        found, _ = align_groups(units_a, labels_a[tau], units_b, labels_b[tau], threshold=tau,
+                                antipodal=antipodal)
+        out += [(MATCHED_SHARE, tau, found.matched_share), (MEAN_MATCHED_COS, tau, found.mean_cosine),
+                (N_CONDENSED_A, tau, float(found.k_a)), (N_CONDENSED_B, tau, float(found.k_b))]
+    return out

@@ -40,8 +40,9 @@ class Condensation:
             it both are None and ``results`` leaves them out.
 
     Attributes after ``fit(units)``:
-        n_units_ (kept units), n_dropped_ (units left out: zero norm, or dead), n_dead_ (dead
-        units, None when no mask was given),
+        n_units_ (kept units), n_dropped_ (units left out: zero norm, or dead), kept_ (n_in,)
+        bool mask of the kept units among the rows given (``labels_`` are theirs, in row
+        order), n_dead_ (dead units, None when no mask was given),
         mean_abs_cos_ (mean |C_ij| over i != j), labels_ {tau: (n,) int group ids from 1,
         numbered in order of each group's first unit}, n_groups_ {tau: int},
         group_ratio_ {tau: n_groups / n_units},
@@ -118,7 +119,7 @@ class Condensation:
             keep &= ~dead
         if not keep.all():  # (a copy only when something is dropped)
             u, norms = u[keep], norms[keep]
-        self.n_units_, self.n_dropped_ = int(len(u)), int((~keep).sum())
+        self.n_units_, self.n_dropped_, self.kept_ = int(len(u)), int((~keep).sum()), keep
         n = self.n_units_
         self._unit = None
         if n == 0:

@@ -21,6 +21,8 @@ LINEAGE_COLUMNS = ["run_id", "step", "prev_step", "layer", "component", "head", 
                    "n_units", "n_groups", "n_condensed", "births", "deaths", "splits", "merges",
                    "continued"]
 LINEAGE_EVENTS = ("births", "deaths", "splits", "merges", "continued")
+# align.csv: one unit set of two checkpoints (a, b) compared (probes.measure.alignment)
+ALIGN_COLUMNS = ["a_run", "b_run", "layer", "component", "head", "threshold", "metric", "value"]
 # the unit set (layer, component, head) whose cosine matrix a run keeps for the heat maps
 HEATMAP_UNITS = (0, "attn.q", None)
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from probes.measure.chance import chance_baselines, chance_rows
+from probes.measure.drift import RD
 from probes.measure.family_units import NO_RD, all_units, neuron_features
 from probes.measure.lineage import LineageTracker
 from probes.measure.merge_probe import merge_rows
@@ -111,7 +112,7 @@ class SeriesProbe:
             result.heatmap = HeatMap.of(fit)
         if u.component not in NO_RD:
             rd = relative_distance(u.units, self.units0[(u.layer, u.component, u.head)])
-            rows.append(metric_row(**where, metric="rd", value=rd, n_units=fit.n_units_))
+            rows.append(metric_row(**where, metric=RD, value=rd, n_units=fit.n_units_))
         return rows
 
     def directions(self, model, step: int) -> tuple[list[dict], list[dict]]:

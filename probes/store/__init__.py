@@ -19,16 +19,19 @@ Layout of an experiment's output folder (schema: reports/README.md)::
 ``runs/<run_id>/run.json`` is written last: a run folder with it is finished, and a rerun of the
 same command reads it back instead of training again (re-measuring it when only analysis
 settings changed: ``probes.train.remeasure``). A checkpoint probe's output folder holds
-``metrics.csv`` (same columns), ``runs.csv`` (CHECKPOINT_RUNS_COLUMNS) and ``figures/``.
+``metrics.csv`` (same columns), ``runs.csv`` (CHECKPOINT_RUNS_COLUMNS) and ``figures/``; an
+``align`` command's, ``align.csv`` (ALIGN_COLUMNS).
 """
 
 from probes.measure.result import (
+    ALIGN_COLUMNS,
     LINEAGE_COLUMNS,
     METRICS_COLUMNS,
     NEURONS_COLUMNS,
     OFFSETS_COLUMNS,
 )
 from probes.store.files import (
+    ALIGN_OUTPUTS,
     CHECKPOINT_OUTPUTS,
     CHECKPOINT_RUNS_COLUMNS,
     FAMILY_KEYS,
@@ -79,7 +82,8 @@ from probes.store.runs import (
 )
 
 __all__ = [
-    "CHECKPOINT", "CHECKPOINT_OUTPUTS", "CHECKPOINT_RUNS_COLUMNS", "CONFIG", "FAMILY_KEYS",
+    "ALIGN_COLUMNS", "ALIGN_OUTPUTS", "CHECKPOINT", "CHECKPOINT_OUTPUTS", "CHECKPOINT_RUNS_COLUMNS",
+    "CONFIG", "FAMILY_KEYS",
     "HEATMAP", "LINEAGE_COLUMNS", "MEASURED", "METRICS_COLUMNS", "MODEL", "NEURONS_COLUMNS",
     "OFFSETS_COLUMNS", "REPORT_FILES", "RUNS_FRONT", "RUNS_TAIL", "RUN_JSON", "SCORES", "STATE", "TRAIN_LOG",
     "TRAIN_LOG_COLUMNS", "OutputError", "RunResult", "atomic_write_text", "check_output_dir",

@@ -24,10 +24,11 @@ FAMILY_KEYS = {"mlp": ("width", "activation", "gamma_prime", "in_dim", "optimize
                "resnet": ("image_source", "image_size", "optimizer")}
 # what a --checkpoint probe writes into its output folder (replaced whole on the next probe)
 CHECKPOINT_OUTPUTS = {"metrics.csv", "runs.csv", "figures"}
+ALIGN_OUTPUTS = {"align.csv"}  # what ``condensation-probes align`` writes (replaced whole)
 CHECKPOINT_RUNS_COLUMNS = ["run_id", "step", "checkpoint", "format", "model_type", "architecture",
                            "n_params", "n_layers", "unit_reader", "fold_norms", "spectral_metrics",
                            "activation_point",
-                           "probe_inputs", "n_samples",
+                           "probe_inputs", "reference", "n_samples",
                            "wall_s", "package_version"]
 _INT_COLUMNS = ("step", "layer", "head", "n_units", "offset", "count", "unit",
                 # lineage.csv (blank at a run's first step)

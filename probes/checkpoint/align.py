@@ -1,0 +1,298 @@
+"""``condensation-probes align A B [options]``: did two checkpoints find the same directions?
+
+A and B are checkpoint folders (as ``--checkpoint`` accepts, one checkpoint each) or
+``RUN_DIR@STEP``, one step of a folder of step checkpoints. Both are planned and checked by the
+checkpoint probe's own code (``probes.checkpoint.probe.plan_checkpoint``: config against
+weights, before any work). For every weight-basis unit set present in both (same layer,
+component and head, units of the same dimension), the condensed groups of each side at each
+threshold are matched one to one by the Hungarian algorithm on their centroids' cosine
+(``probes.measure.alignment.group_alignment``). With ``--probe_inputs`` both models run on the
+same probe batch and every activation-basis unit set present in both gets the debiased linear
+CKA of the two sides' activations (``probes.measure.alignment.linear_cka``).
+
+Centroid cosines compare directions in one coordinate system: two steps of one run, or layers
+that read the same fixed inputs; two independent transformer runs have different embeddings,
+so their weight rows do not share one (CKA does not need it). A note says so when A and B are
+not steps of one series. Writes ``OUT/align.csv`` (``ALIGN_COLUMNS``), staged then renamed;
+bad input prints one ``error:`` line and exits with code 2 before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from probes.checkpoint.activations import ACTIVATION_POINTS, activation_units
+from probes.checkpoint.cli import flag, number_list
+from probes.checkpoint.discover import CheckpointError, discover, load_model, unique_run_ids
+from probes.checkpoint.probe import Fitter, Options, check_inputs, plan_checkpoint
+from probes.measure.alignment import CKA, group_alignment, linear_cka
+from probes.measure.metrics import THRESHOLDS
+from probes.measure.units import block_units
+from probes.runtime import configure_threads
+from probes.store import (
+    ALIGN_COLUMNS,
+    ALIGN_OUTPUTS,
+    OutputError,
+    check_output_dir,
+    check_replaceable,
+    frame,
+    replace_folder,
+    staging_dir,
+    write_csv,
+)
+
+DEFAULT_OUTPUT = "reports/align"
+OPTIONS = ("--output_dir", "--thresholds", "--probe_inputs", "--probe_samples",
+           "--activation_point", "--fold_norms", "--allow_pickle", "--trust_remote_code",
+           "--num_threads")
+USAGE = """usage: condensation-probes align A B [options]   (python probes/run.py align A B ...)
+
+  A, B                     two checkpoints: save_pretrained folders, or RUN_DIR@STEP (step STEP
+                           of a folder of checkpoint-N / step_N folders)
+  --output_dir DIR         where align.csv goes (default reports/align)
+  --thresholds LIST        cosine thresholds: groups cut and matched at each (default
+                           [0.7, 0.9, 0.95, 0.99])
+  --probe_inputs SPEC      adds the debiased linear CKA of each unit set's activations on these
+                           inputs (as --checkpoint: a task name, a text file, a folder of images)
+  --probe_samples N        samples in the probe batch (default 1024)
+  --activation_point P     pre (default) or post, as --checkpoint
+  --fold_norms BOOL        fold norm gains into the weight rows first (default true)
+  --allow_pickle, --trust_remote_code   as --checkpoint
+  --num_threads N          threads (default: all cores)"""
+AT_STEP = re.compile(r"^(.+)@(\d+)$")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line and code 2, as the other commands
+        raise CheckpointError(f"{message}: accepted with align are A B and {', '.join(OPTIONS)}")
+
+
+def parse_args(argv: list[str]) -> Options:
+    """The command line as the checkpoint probe's ``Options`` (``checkpoints`` = [A, B]).
+
+    Raises:
+        CheckpointError: not two checkpoints, an unknown flag, or a value outside what is accepted.
+    """
+    p = _Parser(prog="condensation-probes align", add_help=False, allow_abbrev=False)
+    p.add_argument("a")
+    p.add_argument("b")
+    p.add_argument("--output_dir", default=DEFAULT_OUTPUT)
+    p.add_argument("--thresholds")
+    p.add_argument("--probe_inputs")
+    p.add_argument("--probe_samples", default="1024")
+    p.add_argument("--activation_point", default="pre")
+    p.add_argument("--fold_norms", default="true")
+    p.add_argument("--allow_pickle", action="store_true")
+    p.add_argument("--trust_remote_code", action="store_true")
+    p.add_argument("--num_threads")
+    a = p.parse_args(argv)
+    counts = {}
+    for key in ("probe_samples", "num_threads"):
+        text = getattr(a, key)
+        if text is not None and not (text.isdigit() and int(text) >= 1):
+            raise CheckpointError(f"--{key} {text!r} is invalid: accepted is an integer >= 1")
+        counts[key] = int(text) if text is not None else None
+    thresholds = number_list(a.thresholds, "--thresholds", float) if a.thresholds else list(THRESHOLDS)
+    if not all(0 < t < 1 for t in thresholds):
+        raise CheckpointError(f"--thresholds {a.thresholds!r} is invalid: accepted are numbers in (0, 1)")
+    if a.activation_point not in ACTIVATION_POINTS:
+        raise CheckpointError(f"--activation_point {a.activation_point!r} is invalid: accepted are "
+                              f"{', '.join(ACTIVATION_POINTS)}")
+    return Options([a.a, a.b], Path(a.output_dir), a.probe_inputs, counts["probe_samples"],
+                   a.allow_pickle, a.trust_remote_code, thresholds, None, None,
+                   counts["num_threads"], flag(a, "fold_norms"), a.activation_point,
+                   spectral_metrics=False)
+
+
+def resolve(spec: str):
+    """The one checkpoint ``spec`` names (``discover``): a folder, or ``RUN_DIR@STEP``.
+
+    Raises:
+        CheckpointError: nothing there, a series without ``@STEP``, or a step the series lacks.
+    """
+    m = AT_STEP.match(spec)
+    if m and not Path(spec).exists():
+        series = discover(m.group(1))
+        found = [c for c in series if c.step == int(m.group(2))]
+        if not found:
+            raise CheckpointError(f"{m.group(1)!r} has no step {m.group(2)}: accepted are its steps "
+                                  f"{', '.join(str(c.step) for c in series)}")
+        return found[0]
+    found = discover(spec)
+    if len(found) != 1:
+        raise CheckpointError(f"{spec!r} holds {len(found)} step checkpoints: accepted is one "
+                              f"checkpoint, or {spec}@STEP (steps "
+                              f"{', '.join(str(c.step) for c in found[:6])})")
+    return found[0]
+
+
+def label(ckpt) -> str:
+    """The a_run / b_run of a checkpoint: its run_id, with ``@step`` when it has one."""
+    return ckpt.run_id if ckpt.step is None else f"{ckpt.run_id}@{ckpt.step}"
+
+
+def plan_pair(opts: Options):
+    """Plan and check A and B (and their probe batch) before any work; returns (plans, notes).
+
+    Raises:
+        CheckpointError: as ``resolve`` and ``plan_checkpoint``; no (layer, component) in
+            both; probe batches that differ (their tokenizers or task settings differ: CKA
+            needs the same inputs).
+    """
+    notes: list[str] = []
+    ckpts = unique_run_ids([resolve(s) for s in opts.checkpoints])
+    plans = [plan_checkpoint(c, opts, notes) for c in ckpts]
+    a, b = ckpts
+    if not set.intersection(*({(blk.layer, p.component) for blk in plan.layout.blocks
+                               for p in blk.parts} for plan in plans)):
+        raise CheckpointError(f"{label(a)} and {label(b)} have no unit set in common: accepted are "
+                              f"two checkpoints whose layers have components alike")
+    if a.path.resolve() != b.path.resolve() and (a.series is None or a.series != b.series):
+        notes.append(f"{label(a)} and {label(b)} are not steps of one run: their weight rows may "
+                     f"live in different coordinate systems (their embeddings differ), so the "
+                     f"group matching means something only for layers that read the same input "
+                     f"features; CKA (--probe_inputs) needs no shared coordinates")
+    if opts.probe_inputs:
+        for plan in plans:
+            notes += check_inputs(plan, opts)
+        pa, pb = (p.batch.passes for p in plans)
+        if len(pa) != len(pb) or any(x.keys() != y.keys() or any(not torch.equal(x[k], y[k])
+                                                                 for k in x) for x, y in zip(pa, pb)):
+            raise CheckpointError(f"--probe_inputs {opts.probe_inputs!r} gives {label(a)} and "
+                                  f"{label(b)} different inputs (different tokenizers or task "
+                                  f"settings): accepted are two checkpoints that read them alike")
+    return plans, list(dict.fromkeys(notes))
+
+
+def _sets(plan, block, fold: bool) -> dict:
+    try:
+        return {(u.layer, u.component, u.head): u.units
+                for u in block_units(plan.source, plan.prefix, block, fold)}
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {str(plan.ckpt.path)!r} layer {block.layer}: "
+                              f"{str(e).strip(chr(39))}") from e
+
+
+def _fit(future, plan, key):
+    try:
+        return future.result()[0]  # (fit, chance baselines): the fit
+    except ValueError as e:  # NaN / inf, known once read
+        raise CheckpointError(f"checkpoint {str(plan.ckpt.path)!r} layer {key[0]} {key[1]}: {e}: "
+                              f"accepted are finite weights") from e
+
+
+def weight_rows(plans, opts: Options, fitter: Fitter, notes: list[str]) -> list[dict]:
+    """align.csv rows of the weight basis: ``group_alignment`` of each unit set in both, one
+    layer at a time (both sides' sets fitted in ``fitter``'s pool)."""
+    a, b = plans
+    ids = dict(a_run=label(a.ckpt), b_run=label(b.ckpt))
+    b_blocks = {blk.layer: blk for blk in b.layout.blocks}
+    rows, other_dim = [], []
+    for block in a.layout.blocks:
+        if block.layer not in b_blocks:
+            continue
+        sa, sb = _sets(a, block, opts.fold_norms), _sets(b, b_blocks[block.layer], opts.fold_norms)
+        keys = [k for k in sa if k in sb]
+        other_dim += [k for k in keys if sa[k].shape[1] != sb[k].shape[1]]
+        keys = [k for k in keys if sa[k].shape[1] == sb[k].shape[1]]
+        fits = {k: (fitter.submit(sa[k], order=False), fitter.submit(sb[k], order=False)) for k in keys}
+        for k, (fa, fb) in fits.items():
+            fa, fb = _fit(fa, a, k), _fit(fb, b, k)
+            found = group_alignment(sa[k].numpy()[fa.kept_], fa.labels_, sb[k].numpy()[fb.kept_],
+                                    fb.labels_)
+            rows += [dict(**ids, layer=k[0], component=k[1], head=k[2], threshold=t, metric=m,
+                          value=v) for m, t, v in found]
+    if other_dim:
+        notes.append(f"{len(other_dim)} unit set(s) in both have units of other dimensions (e.g. "
+                     f"layer {other_dim[0][0]} {other_dim[0][1]}): no group matching there")
+    return rows
+
+
+def _activations(plan, opts: Options, device, threads: int, notes: list[str]) -> dict:
+    model = plan.model or load_model(plan.ckpt.path, plan.config, opts.allow_pickle,
+                                     opts.trust_remote_code)
+    layers, _, found = activation_units(model, plan.layout, plan.batch, opts.probe_samples,
+                                        opts.activation_point, device, threads, plan.ckpt.run_id)
+    notes += found
+    # (n_samples, n_units): rows are the probe samples, in the same order on both sides
+    return {(u.layer, u.component, u.head): u.units.T for sets in layers for u in sets}
+
+
+def activation_rows(plans, opts: Options, device, threads: int, notes: list[str]) -> list[dict]:
+    """align.csv rows of the activation basis: the debiased linear CKA of each unit set in
+    both, on the same probe batch (the activations of A are held while B runs).
+
+    Raises:
+        CheckpointError: a unit set whose two sides saw different numbers of samples, or < 4.
+    """
+    a, b = plans
+    acts_a = _activations(a, opts, device, threads, notes)
+    acts_b = _activations(b, opts, device, threads, notes)
+    rows = []
+    for k in (k for k in acts_a if k in acts_b):
+        try:
+            cka = linear_cka(acts_a[k].numpy(), acts_b[k].numpy())
+        except ValueError as e:
+            raise CheckpointError(f"layer {k[0]} {k[1]} activations: {e}: give more probe "
+                                  f"inputs") from e
+        rows.append(dict(a_run=label(a.ckpt), b_run=label(b.ckpt), layer=k[0], component=k[1],
+                         head=k[2], threshold=None, metric=CKA, value=cka))
+    return rows
+
+
+def summary(table: pd.DataFrame) -> str:
+    """Per component, the median over whole-layer sets of each metric (0.9 for thresholded
+    ones when measured, else the first threshold)."""
+    t = table[table["head"].isna()]
+    taus = sorted(t["threshold"].dropna().unique())
+    if taus:
+        tau = 0.9 if 0.9 in taus else taus[0]
+        t = t[t["threshold"].isna() | (t["threshold"] == tau)]
+    wide = t.groupby(["component", "metric"])["value"].median().unstack("metric")
+    head = f"medians over layers (thresholded metrics at {tau:g})" if taus else "medians over layers"
+    return f"{head}:\n{wide.round(3).to_string()}"
+
+
+def main(argv: list[str]) -> int:
+    """Entry of ``condensation-probes align``; returns the exit code (2 on bad input)."""
+    if any(a in ("-h", "--help") for a in argv):
+        print(USAGE)
+        return 0
+    try:
+        opts = parse_args(argv)
+        check_output_dir(opts.output_dir)
+        check_replaceable(opts.output_dir, ALIGN_OUTPUTS)
+        plans, notes = plan_pair(opts)
+        for note in notes:
+            print(f"warning: {note}", file=sys.stderr)
+        notes = []
+        threads = configure_threads(opts.num_threads, 1)
+        device = (torch.accelerator.current_accelerator() if torch.accelerator.is_available()
+                  else torch.device("cpu"))
+        with Fitter(opts.thresholds, threads, spectral=False) as fitter:
+            rows = weight_rows(plans, opts, fitter, notes)
+            if opts.probe_inputs:
+                rows += activation_rows(plans, opts, device, fitter.torch_threads, notes)
+    except (CheckpointError, OutputError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for note in dict.fromkeys(notes):
+        print(f"warning: {note}", file=sys.stderr)
+    table = frame(rows, ALIGN_COLUMNS)
+    stage = staging_dir(opts.output_dir)  # all or nothing: the folder is replaced whole
+    try:
+        write_csv(table, stage / "align.csv")
+        replace_folder(stage, opts.output_dir)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    print(summary(table))
+    print(f"{len(table)} rows -> {opts.output_dir}/align.csv")
+    return 0

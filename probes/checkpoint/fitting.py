@@ -1,0 +1,63 @@
+"""Fitting unit sets off the reading thread: ``Fitter`` (a thread pool with one BLAS thread a
+worker) and ``unit_bytes`` (what a layer's unit sets hold in memory), shared by checkpoint
+probing, ``align`` and the Python API.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+from threadpoolctl import threadpool_limits
+
+from probes.measure.chance import chance_baselines
+from probes.measure.metrics import Condensation
+
+
+def unit_bytes(sets) -> int:
+    """Bytes of memory that the unit sets ``sets`` (UnitSet list) hold: each storage once, since
+    per-head sets are views of their component's rows."""
+    held = {}
+    for u in sets:
+        for t in (u.units, u.dead):
+            if t is not None:
+                held[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    return sum(held.values())
+
+
+class Fitter:
+    """Fits unit sets on ``workers`` threads, each with one BLAS thread, while the main thread
+    reads the next layer with one torch thread: the metrics' BLAS / LAPACK calls are faster side
+    by side than sharing threads on a small machine, and idle threads that spin at barriers
+    (OpenBLAS, OpenMP) cost much when another process takes a core. ``torch_threads`` is the
+    caller's torch thread count, for the forward passes of the activation basis. ``chance``:
+    (draws, nulls) of each set's chance baselines, fitted in the same task (draws 0: none)."""
+
+    def __init__(self, thresholds, workers: int, spectral: bool = True,
+                 chance: tuple[int, str] = (0, "both")):
+        self.thresholds, self.workers, self.spectral = thresholds, max(1, workers), spectral
+        self.chance = chance
+
+    def __enter__(self) -> Fitter:
+        self.limits = threadpool_limits(1, user_api="blas")
+        self.torch_threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        self.pool = ThreadPoolExecutor(self.workers)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.pool.shutdown()
+        torch.set_num_threads(self.torch_threads)
+        self.limits.restore_original_limits()
+
+    def submit(self, units: torch.Tensor, dead: torch.Tensor | None = None, order: bool = True):
+        """Fit ``units`` (n_units, dim) float32 CPU in the pool (``dead``: (n_units,) bool units
+        to leave out, or None; ``order``: keep the dendrogram order for a heat map); returns the
+        Future of (the fitted Condensation, its fitted chance baselines)."""
+        dead = None if dead is None else dead.numpy()
+        return self.pool.submit(self._fit, units.numpy(), dead, order)
+
+    def _fit(self, units, dead, order: bool):
+        fit = Condensation(self.thresholds, order=order, spectral=self.spectral).fit(units, dead)
+        draws, nulls = self.chance
+        return fit, chance_baselines(units, fit, nulls, draws, dead)
