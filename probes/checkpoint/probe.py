@@ -37,7 +37,7 @@ from probes.measure.arch import Layout, UnsupportedModel, discover_layout, layou
 from probes.measure.metrics import Condensation, metric_rows
 from probes.measure.result import HeatMap
 from probes.measure.units import ModelTensors, base_prefix, block_units
-from probes.store import package_version
+from probes.store import provenance
 
 
 @dataclass
@@ -276,7 +276,7 @@ class Prober:
                    activation_point=self.opts.activation_point if self.opts.probe_inputs else "",
                    probe_inputs=self.opts.probe_inputs or "",
                    n_samples=self.n_samples, wall_s=round(time.perf_counter() - start, 2),
-                   package_version=package_version())
+                   **provenance())
         return Result(self.metrics, row, self.maps)
 
     def weight_sets(self, block) -> list:

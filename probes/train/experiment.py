@@ -23,7 +23,16 @@ from tqdm.auto import tqdm
 from probes.config import ConfigError, expand, load_config, parse_overrides
 from probes.report.experiment import write_all
 from probes.runtime import bf16_native, configure_threads
-from probes.store import OutputError, check_output_dir, finished, run_dir, save_run, work_dir
+from probes.store import (
+    OutputError,
+    check_output_dir,
+    finished,
+    other_version,
+    read_run_json,
+    run_dir,
+    save_run,
+    work_dir,
+)
 from probes.train.loop import Run, build_data
 from probes.train.remeasure import measurable, measure_all, recorded, stale
 from probes.train.usage import key_help
@@ -43,11 +52,20 @@ Keys (type, default, meaning):
 def train_all(cfgs, accelerator) -> None:
     """Train the unfinished runs of ``cfgs`` (``train_rounds``), then measure again, from their
     checkpoints, every finished run measured with other analysis settings than ``cfgs`` ask for
-    (main process; nothing is trained for them)."""
+    (main process; nothing is trained for them).
+
+    A finished run is reused whatever code made it; one made by another package version or git
+    commit (``store.other_version``) is named in a note, and keeps its own provenance in
+    runs.csv."""
     todo = [c for c in cfgs if c.overwrite or not finished(c)]
     kept = [c for c in cfgs if c not in todo]
     if kept:
         accelerator.print(f"{len(kept)} finished run(s) kept; --overwrite true retrains them")
+    older = other_version({c.run_id: read_run_json(run_dir(c)) or {} for c in kept})
+    if older:
+        accelerator.print(f"note: {len(older)} finished run(s) were made by another code version "
+                          f"(commit {', '.join(dict.fromkeys(older.values()))}): pass --overwrite "
+                          f"true to retrain them: {', '.join(list(older)[:3])}")
     moved = sorted({c.run_id for c in kept if recorded(run_dir(c)).get("n_probes") != c.n_probes})
     if moved:
         accelerator.print(f"note: {len(moved)} finished run(s) keep the probe steps they saved "
