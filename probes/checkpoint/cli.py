@@ -30,9 +30,10 @@ from probes.checkpoint.activations import ACTIVATION_POINTS
 from probes.checkpoint.discover import CheckpointError
 from probes.checkpoint.probe import Fitter, Options, Prober, plan_all
 from probes.config import load_yaml
+from probes.logs import OPTIONS_HELP, bar_disabled
 from probes.measure.metrics import THRESHOLDS
 from probes.report.checkpoint import summary, write_outputs
-from probes.runtime import configure_threads
+from probes.runtime import configure_threads, main_process_logger
 from probes.store import (
     CHECKPOINT_OUTPUTS,
     OutputError,
@@ -43,6 +44,8 @@ from probes.store import (
     staging_dir,
 )
 
+# messages of the main process only (probes.runtime; shown by probes.logs)
+logger = main_process_logger(__name__)
 DEFAULT_OUTPUT = "reports/checkpoints"
 OPTIONS = ("--checkpoint", "--output_dir", "--probe_inputs", "--probe_samples", "--allow_pickle",
            "--trust_remote_code", "--thresholds", "--heatmap_layers", "--heatmap_component",
@@ -71,7 +74,8 @@ USAGE = """usage: accelerate launch probes/run.py --checkpoint DIR [--checkpoint
                            condensed group into one unit, per layer and all at once, at each
                            threshold, and report the next-token loss (default false)
   --heatmap_component C    component drawn (default attn.q, else the first component)
-  --num_threads N          threads (default: all cores / processes)"""
+  --num_threads N          threads (default: all cores / processes)
+""" + OPTIONS_HELP
 
 
 class _Parser(argparse.ArgumentParser):
@@ -164,26 +168,20 @@ def main(argv: list[str]) -> int:
     accelerator = Accelerator(cpu=not torch.accelerator.is_available())
     main_process = accelerator.is_main_process
     threads = configure_threads(opts.num_threads, accelerator.num_processes)
-    if main_process:
-        for note in notes:
-            print(f"warning: {note}", file=sys.stderr)
+    for note in notes:
+        logger.warning(note)
     with accelerator.split_between_processes(list(range(len(plans)))) as mine:
         mine = list(mine)
     bases = 2 if opts.probe_inputs else 1
     bar = tqdm(total=sum(len(plans[i].layout.blocks) for i in mine) * bases, unit="layer",
-               disable=not main_process, dynamic_ncols=True)
-
-    def warn(text: str) -> None:
-        if main_process:
-            bar.write(f"warning: {text}", file=sys.stderr)
-
+               disable=bar_disabled(main_process), dynamic_ncols=True)
     results, error = [], None
     try:
         with Fitter(opts.thresholds, threads, opts.spectral_metrics) as fitter:
             for i in mine:
                 bar.set_description(plans[i].ckpt.run_id)
                 results.append(Prober(plans[i], opts, fitter, bar.update, accelerator.device,
-                                      warn).run())
+                                      logger.warning).run())
     except CheckpointError as e:
         error = str(e)
     bar.close()
@@ -203,6 +201,7 @@ def main(argv: list[str]) -> int:
             shutil.rmtree(stage, ignore_errors=True)
             raise
         print(summary(read_csv(opts.output_dir / "metrics.csv"), opts.heatmap_threshold))
-        print(f"{len(plans)} checkpoint(s) probed -> {opts.output_dir}/ (metrics.csv, runs.csv, figures/)")
+        logger.info(f"{len(plans)} checkpoint(s) probed -> {opts.output_dir}/ (metrics.csv, runs.csv, "
+                    f"figures/)")
     accelerator.wait_for_everyone()
     return 0
