@@ -27,9 +27,9 @@ LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.W
               "error": logging.ERROR}
 PREFIX = {logging.DEBUG: "debug: ", logging.WARNING: "warning: ", logging.ERROR: "error: ",
           logging.CRITICAL: "error: "}
-OPTIONS_HELP = """  --log_level LEVEL  messages shown on stderr: debug | info (default) | warning | error (the
-                     error: line of bad input is shown at every level)
-  --progress BOOL    progress bars: true | false (default: on a terminal only)"""
+OPTIONS_HELP = """  --log_level LEVEL        messages shown on stderr: debug | info (default) | warning |
+                           error (the error: line of bad input is shown at every level)
+  --progress BOOL          progress bars: true | false (default: on a terminal only)"""
 
 
 class OptionError(ValueError):

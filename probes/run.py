@@ -6,10 +6,15 @@ its saved checkpoints (``probes.train.remeasure``), otherwise it runs an experim
 (``probes.train.experiment``, default ``configs/default.yaml``). Both write their reports under
 ``reports/`` (or ``--output_dir``); bad input prints one ``error:`` line and exits with code 2.
 ``--log_level`` and ``--progress`` are taken here, for all three (``probes.logs``).
+
+A command's module (and with it torch) is imported only when the command runs: ``--help`` reads
+the help modules alone (``probes.train.usage``, ``probes.checkpoint.usage``), which import
+neither torch nor transformers.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -18,8 +23,23 @@ if __package__ in (None, ""):  # run as a script: import the project, not probes
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from probes import logs  # noqa: E402
-from probes.checkpoint import cli  # noqa: E402
-from probes.train import experiment, remeasure  # noqa: E402
+from probes.checkpoint import usage as checkpoint_usage  # noqa: E402
+from probes.train import usage as train_usage  # noqa: E402
+
+# each command's module (its main(argv) runs it) and its help text
+COMMANDS = {"measure": "probes.train.remeasure", "checkpoint": "probes.checkpoint.cli",
+            "experiment": "probes.train.experiment"}
+HELP = {"measure": lambda: train_usage.MEASURE_USAGE, "checkpoint": lambda: checkpoint_usage.USAGE,
+        "experiment": train_usage.experiment_help}
+
+
+def command(argv: list[str]) -> tuple[str, list[str]]:
+    """(the command of ``argv``: measure, checkpoint or experiment; the arguments its main takes)."""
+    if argv and argv[0] == "measure":
+        return "measure", argv[1:]
+    if any(a == "--checkpoint" or a.startswith("--checkpoint=") for a in argv):
+        return "checkpoint", argv
+    return "experiment", argv
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,12 +51,12 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("RANK", "0") == "0":  # every process fails alike; the main one says so
             print(f"error: {e}", file=sys.stderr)
         return 2
+    name, args = command(argv)
+    if any(a in ("-h", "--help") for a in args):
+        print(HELP[name]())
+        return 0
     logs.configure(level, progress)
-    if argv and argv[0] == "measure":
-        return remeasure.main(argv[1:])
-    if any(a == "--checkpoint" or a.startswith("--checkpoint=") for a in argv):
-        return cli.main(argv)
-    return experiment.main(argv)
+    return importlib.import_module(COMMANDS[name]).main(args)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from probes.config import ConfigError, expand, load_config, parse_overrides
-from probes.logs import OPTIONS_HELP, bar_disabled
+from probes.logs import bar_disabled
 from probes.report.experiment import write_all
 from probes.runtime import bf16_native, configure_threads, main_process_logger
 from probes.store import (
@@ -37,23 +37,10 @@ from probes.store import (
 )
 from probes.train.loop import Run, build_data
 from probes.train.remeasure import measurable, measure_all, recorded, stale
-from probes.train.usage import key_help
+from probes.train.usage import experiment_help
 
 # messages of the main process only (probes.runtime; shown by probes.logs)
 logger = main_process_logger(__name__)
-
-USAGE = """usage: accelerate launch probes/run.py [--config FILE] [--output_dir DIR] [--KEY VALUE ...]
-       accelerate launch probes/run.py --checkpoint DIR [--checkpoint DIR ...] [--output_dir DIR]
-         (probe checkpoints on disk; --checkpoint X --help lists its options)
-       python probes/run.py measure DIR [--thresholds ...] [--merge_probe true] [--n_eval N]
-         (measure a finished experiment again from its saved checkpoints, without training)
-
---config takes a YAML file or a preset's name (default, sweep_small, ...: configs/ in the package).
-Any config key can be overridden; a YAML list value (e.g. --gamma "[0.3, 1.0]") makes a grid.
-Messages and progress (all three commands):
-""" + OPTIONS_HELP + """
-Keys (type, default, meaning):
-"""
 
 
 def train_all(cfgs, accelerator) -> None:
@@ -128,9 +115,9 @@ def train_rounds(todo, accelerator) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """Run the experiment of ``argv`` (see USAGE); returns the exit code (2 on bad input)."""
+    """Run the experiment of ``argv`` (see ``usage.USAGE``); returns the exit code (2 on bad input)."""
     if any(a in ("-h", "--help") for a in argv):
-        print(USAGE + key_help())
+        print(experiment_help())
         return 0
     try:
         path, overrides = parse_overrides(argv)
