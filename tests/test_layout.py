@@ -1,6 +1,6 @@
 """The package layout: one room per role, imports that go one way, no circles.
 
-    api  ->  run  ->  {train, checkpoint}  ->  report  ->  store  ->  {measure, config, runtime}
+    api  ->  run  ->  {train, checkpoint}  ->  report  ->  store  ->  {measure, config, runtime, logs}
 
 (and everything may use ``tasks`` and ``models``, which never import ``probes``). A module may
 import its own room and any room below it; two rooms on one level never import each other.
@@ -18,7 +18,7 @@ LEVELS = {
     "train": 4, "checkpoint": 4,
     "report": 3,
     "store": 2,
-    "measure": 1, "config": 1, "runtime": 1,
+    "measure": 1, "config": 1, "runtime": 1, "logs": 1,
 }
 MAX_LINES = 400
 

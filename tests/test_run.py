@@ -88,7 +88,7 @@ def test_checkpoint_reproduces_reported_scores(tiny_out):
 def test_rerun_skips_finished_and_same_seed_is_identical(tiny_out, tmp_path, capsys):
     before = (tiny_out / "metrics.csv").read_text()
     assert main(["--config", TINY, "--output_dir", str(tiny_out)]) == 0
-    assert "2 finished run(s) kept" in capsys.readouterr().out
+    assert "2 finished run(s) kept" in capsys.readouterr().err  # a message: the log, on stderr
     assert (tiny_out / "metrics.csv").read_text() == before
     assert main(["--config", TINY, "--output_dir", str(tmp_path)]) == 0
     assert (tmp_path / "metrics.csv").read_text() == before

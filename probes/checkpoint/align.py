@@ -32,6 +32,8 @@ from probes.checkpoint.activations import ACTIVATION_POINTS, activation_units
 from probes.checkpoint.cli import flag, number_list
 from probes.checkpoint.discover import CheckpointError, discover, load_model, unique_run_ids
 from probes.checkpoint.probe import Fitter, Options, check_inputs, plan_checkpoint
+from probes.checkpoint.usage import ALIGN_OPTIONS as OPTIONS
+from probes.checkpoint.usage import ALIGN_USAGE as USAGE
 from probes.measure.alignment import CKA, group_alignment, linear_cka
 from probes.measure.metrics import THRESHOLDS
 from probes.measure.units import block_units
@@ -49,23 +51,6 @@ from probes.store import (
 )
 
 DEFAULT_OUTPUT = "reports/align"
-OPTIONS = ("--output_dir", "--thresholds", "--probe_inputs", "--probe_samples",
-           "--activation_point", "--fold_norms", "--allow_pickle", "--trust_remote_code",
-           "--num_threads")
-USAGE = """usage: condensation-probes align A B [options]   (python probes/run.py align A B ...)
-
-  A, B                     two checkpoints: save_pretrained folders, or RUN_DIR@STEP (step STEP
-                           of a folder of checkpoint-N / step_N folders)
-  --output_dir DIR         where align.csv goes (default reports/align)
-  --thresholds LIST        cosine thresholds: groups cut and matched at each (default
-                           [0.7, 0.9, 0.95, 0.99])
-  --probe_inputs SPEC      adds the debiased linear CKA of each unit set's activations on these
-                           inputs (as --checkpoint: a task name, a text file, a folder of images)
-  --probe_samples N        samples in the probe batch (default 1024)
-  --activation_point P     pre (default) or post, as --checkpoint
-  --fold_norms BOOL        fold norm gains into the weight rows first (default true)
-  --allow_pickle, --trust_remote_code   as --checkpoint
-  --num_threads N          threads (default: all cores)"""
 AT_STEP = re.compile(r"^(.+)@(\d+)$")
 
 

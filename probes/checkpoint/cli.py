@@ -32,10 +32,12 @@ from tqdm.auto import tqdm
 from probes.checkpoint.activations import ACTIVATION_POINTS
 from probes.checkpoint.discover import CheckpointError
 from probes.checkpoint.probe import Fitter, Options, Prober, plan_all
+from probes.checkpoint.usage import OPTIONS, USAGE
 from probes.config import CHANCE_NULLS, load_yaml
+from probes.logs import bar_disabled
 from probes.measure.metrics import THRESHOLDS
 from probes.report.checkpoint import summary, write_outputs
-from probes.runtime import configure_threads
+from probes.runtime import configure_threads, main_process_logger
 from probes.store import (
     CHECKPOINT_OUTPUTS,
     OutputError,
@@ -46,43 +48,9 @@ from probes.store import (
     staging_dir,
 )
 
+# messages of the main process only (probes.runtime; shown by probes.logs)
+logger = main_process_logger(__name__)
 DEFAULT_OUTPUT = "reports/checkpoints"
-OPTIONS = ("--checkpoint", "--output_dir", "--probe_inputs", "--probe_samples", "--allow_pickle",
-           "--trust_remote_code", "--thresholds", "--heatmap_layers", "--heatmap_component",
-           "--num_threads", "--fold_norms", "--spectral_metrics", "--activation_point",
-           "--merge_probe", "--chance_draws", "--chance_nulls", "--reference")
-USAGE = """usage: accelerate launch probes/run.py --checkpoint DIR [--checkpoint DIR2 ...] [options]
-
-  --checkpoint PATH        a save_pretrained folder, a folder of checkpoint-N / step_N folders
-                           (probed as a series), gguf:FILE or gguf:smollm2, or a hub id when online
-  --output_dir DIR         where metrics.csv, runs.csv and figures/ go (default reports/checkpoints)
-  --reference DIR          a step-0 or base checkpoint of the same architecture: adds rd (relative
-                           distance of each unit set from it) and angle_mean / _median / _max
-                           (degrees between each unit and its reference direction)
-  --probe_inputs SPEC      activation basis too: a task name (this project's models), a text file
-                           of lines (language models) or a folder of images (vision models)
-  --probe_samples N        samples (tokens, pixel positions, rows) in the probe batch (default 1024)
-  --allow_pickle           accept pytorch_model.bin weights (pickle can run code: trusted files only)
-  --trust_remote_code      run the model code a checkpoint ships (trusted checkpoints only)
-  --thresholds LIST        cosine thresholds for groups (default [0.7, 0.9, 0.95, 0.99])
-  --heatmap_layers LIST    layers drawn as heat maps (default: first, middle and last)
-  --fold_norms BOOL        weight basis: fold the gain (and bias) of the norm a projection reads
-                           into its rows, as TransformerLens's fold_ln (default true)
-  --spectral_metrics BOOL  stable_rank and effective_rank (default true); false leaves them out
-                           of metrics.csv and saves most of the time on large layers (their
-                           float64 singular values), the group metrics unchanged
-  --activation_point P     activation basis: pre (projection outputs, default) or post (MLP
-                           neurons after their nonlinearity); dead units are counted either way
-  --merge_probe BOOL       with --probe_inputs (text or token task) and a causal LM: merge each
-                           condensed group into one unit, per layer and all at once, at each
-                           threshold, and report the next-token loss (default false)
-  --chance_draws N         chance level of each unit set's n_groups and mean |cos|: N null sets
-                           of the same size and dimension drawn and counted (default 0: off; one
-                           draw costs one group count, ~1 s for 4096 x 4096 units; sets over 4096
-                           units are skipped, with a null_draws_* row of 0)
-  --chance_nulls NULLS     isotropic, covariance (the units' own covariance) or both (default)
-  --heatmap_component C    component drawn (default attn.q, else the first component)
-  --num_threads N          threads (default: all cores / processes)"""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -185,19 +153,13 @@ def main(argv: list[str]) -> int:
     accelerator = Accelerator(cpu=not torch.accelerator.is_available())
     main_process = accelerator.is_main_process
     threads = configure_threads(opts.num_threads, accelerator.num_processes)
-    if main_process:
-        for note in notes:
-            print(f"warning: {note}", file=sys.stderr)
+    for note in notes:
+        logger.warning(note)
     with accelerator.split_between_processes(list(range(len(plans)))) as mine:
         mine = list(mine)
     bases = 2 if opts.probe_inputs else 1
     bar = tqdm(total=sum(len(plans[i].layout.blocks) for i in mine) * bases, unit="layer",
-               disable=not main_process, dynamic_ncols=True)
-
-    def warn(text: str) -> None:
-        if main_process:
-            bar.write(f"warning: {text}", file=sys.stderr)
-
+               disable=bar_disabled(main_process), dynamic_ncols=True)
     results, error = [], None
     try:
         with Fitter(opts.thresholds, threads, opts.spectral_metrics,
@@ -205,7 +167,7 @@ def main(argv: list[str]) -> int:
             for i in mine:
                 bar.set_description(plans[i].ckpt.run_id)
                 results.append(Prober(plans[i], opts, fitter, bar.update, accelerator.device,
-                                      warn).run())
+                                      logger.warning).run())
     except CheckpointError as e:
         error = str(e)
     bar.close()
@@ -225,6 +187,7 @@ def main(argv: list[str]) -> int:
             shutil.rmtree(stage, ignore_errors=True)
             raise
         print(summary(read_csv(opts.output_dir / "metrics.csv"), opts.heatmap_threshold))
-        print(f"{len(plans)} checkpoint(s) probed -> {opts.output_dir}/ (metrics.csv, runs.csv, figures/)")
+        logger.info(f"{len(plans)} checkpoint(s) probed -> {opts.output_dir}/ (metrics.csv, runs.csv, "
+                    f"figures/)")
     accelerator.wait_for_everyone()
     return 0

@@ -37,7 +37,7 @@ from probes.measure.family_units import NO_RD
 from probes.measure.metrics import metric_rows
 from probes.measure.result import HeatMap
 from probes.measure.units import ModelTensors, base_prefix, block_units
-from probes.store import package_version
+from probes.store import provenance
 
 
 @dataclass
@@ -269,7 +269,7 @@ class Prober:
                    probe_inputs=self.opts.probe_inputs or "",
                    reference=str(plan.reference.ckpt.path) if plan.reference else "",
                    n_samples=self.n_samples, wall_s=round(time.perf_counter() - start, 2),
-                   package_version=package_version())
+                   **provenance())
         return Result(self.metrics, row, self.maps)
 
     def weight_sets(self, block) -> list:

@@ -2,46 +2,40 @@
 
 Any key given a list (in the YAML file or as ``--key "[a, b]"``) expands into a grid: the runs are
 the product of all lists, in key order. ``thresholds`` is a list by nature and never expands.
+
+- ``keys``: every key with its type, default, section and help (``RunKeys``; standard library
+  only, so that ``--help`` loads neither torch nor the tasks);
+- ``run_config``: ``RunConfig`` (the keys with the run's identity and run id) and the key groups;
+- ``load``: YAML, presets, command-line overrides, grid expansion and validation.
+
+Each name below is imported from its module on first use (PEP 562), so that importing
+``probes.config.keys`` does not import ``run_config`` and ``load`` (which import the tasks and
+models, and so torch).
 """
 
-from probes.config.load import (
-    YamlLoader,
-    checked,
-    config_path,
-    expand,
-    load_config,
-    load_yaml,
-    parse_overrides,
-    preset_names,
-    validate,
-)
-from probes.config.run_config import (
-    ANALYSIS_BEFORE,
-    ANALYSIS_KEYS,
-    CHANCE_NULLS,
-    DEFAULT_CONFIG,
-    EXPERIMENT_KEYS,
-    FIELDS,
-    HINTS,
-    LIST_KEYS,
-    LR_SCALINGS,
-    LR_SCHEDULES,
-    OPTIMIZERS,
-    PRECISIONS,
-    PRESETS,
-    SAVE_CHECKPOINTS,
-    SHARED_KEYS,
-    ConfigError,
-    RunConfig,
-    effective_lr,
-    resolved_yaml,
-    training_keys,
-)
+import importlib
+
+# where a name is looked for, in this order (each module imports the ones before it)
+_MODULES = ("probes.config.keys", "probes.config.run_config", "probes.config.load")
 
 __all__ = ["ANALYSIS_BEFORE", "ANALYSIS_KEYS", "CHANCE_NULLS", "DEFAULT_CONFIG", "EXPERIMENT_KEYS",
            "FIELDS", "HINTS", "LIST_KEYS",
            "LR_SCALINGS", "LR_SCHEDULES", "OPTIMIZERS", "PRECISIONS", "PRESETS",
            "SAVE_CHECKPOINTS", "SHARED_KEYS",
-           "ConfigError", "RunConfig", "YamlLoader", "checked", "config_path", "effective_lr", "expand",
-           "load_config", "load_yaml", "parse_overrides", "preset_names", "resolved_yaml",
-           "training_keys", "validate"]
+           "ConfigError", "RunConfig", "RunKeys", "YamlLoader", "checked", "config_path",
+           "effective_lr", "expand", "load_config", "load_yaml", "parse_overrides", "preset_names",
+           "resolved_yaml", "training_keys", "validate"]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        for module in _MODULES:
+            found = importlib.import_module(module)
+            if hasattr(found, name):
+                globals()[name] = value = getattr(found, name)  # looked up once
+                return value
+    raise AttributeError(f"module 'probes.config' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

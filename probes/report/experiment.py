@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -25,6 +26,8 @@ from probes.report.figures import experiment as figures
 from probes.report.lineage import write_lineage
 from probes.store import gather_runs, publish_reports, staging_dir, write_csv
 from tasks import TASKS
+
+logger = logging.getLogger(__name__)
 
 
 def write_all(cfgs) -> None:
@@ -55,9 +58,9 @@ def write_all(cfgs) -> None:
         shutil.rmtree(stage, ignore_errors=True)
         raise
     written = sorted(p.name for p in out_dir.glob("*.csv"))
-    print(text)
-    print(f"reports written to {out_dir}/: {', '.join(written)}"
-          + (", figures/" if (out_dir / "figures").is_dir() else ""))
+    print(text)  # the result: stdout; messages go to the log (stderr)
+    logger.info(f"reports written to {out_dir}/: {', '.join(written)}"
+                + (", figures/" if (out_dir / "figures").is_dir() else ""))
 
 
 def write_reasoning(stage: Path, out_dir: Path, frames: dict, task,

@@ -21,6 +21,10 @@ same command reads it back instead of training again (re-measuring it when only 
 settings changed: ``probes.train.remeasure``). A checkpoint probe's output folder holds
 ``metrics.csv`` (same columns), ``runs.csv`` (CHECKPOINT_RUNS_COLUMNS) and ``figures/``; an
 ``align`` command's, ``align.csv`` (ALIGN_COLUMNS).
+
+Provenance (``provenance``: suite version, git commit and dirty flag, library versions) lives in
+the rows: each run's ``run.json`` (so a reused run keeps the commit that trained it, and runs.csv
+shows a mix of versions row by row) and each row of a checkpoint probe's runs.csv.
 """
 
 from probes.measure.result import (
@@ -35,6 +39,7 @@ from probes.store.files import (
     CHECKPOINT_OUTPUTS,
     CHECKPOINT_RUNS_COLUMNS,
     FAMILY_KEYS,
+    PROVENANCE_COLUMNS,
     REPORT_FILES,
     RUNS_FRONT,
     RUNS_TAIL,
@@ -53,6 +58,7 @@ from probes.store.output import (
     replace_folder,
     staging_dir,
 )
+from probes.store.provenance import other_version, provenance
 from probes.store.runs import (
     CHECKPOINT,
     CONFIG,
@@ -85,10 +91,11 @@ __all__ = [
     "ALIGN_COLUMNS", "ALIGN_OUTPUTS", "CHECKPOINT", "CHECKPOINT_OUTPUTS", "CHECKPOINT_RUNS_COLUMNS",
     "CONFIG", "FAMILY_KEYS",
     "HEATMAP", "LINEAGE_COLUMNS", "MEASURED", "METRICS_COLUMNS", "MODEL", "NEURONS_COLUMNS",
-    "OFFSETS_COLUMNS", "REPORT_FILES", "RUNS_FRONT", "RUNS_TAIL", "RUN_JSON", "SCORES", "STATE", "TRAIN_LOG",
-    "TRAIN_LOG_COLUMNS", "OutputError", "RunResult", "atomic_write_text", "check_output_dir",
-    "check_replaceable", "checkpoint_series", "finished", "frame", "gather_runs", "load_heatmap",
-    "package_version", "publish_reports", "read_csv", "read_run_json", "replace_folder",
-    "run_dir", "run_folder", "run_of_model", "runs_row", "save_checkpoint", "save_heatmap",
-    "save_run", "staging_dir", "state_dir", "work_dir", "write_csv", "write_train_log",
+    "OFFSETS_COLUMNS", "PROVENANCE_COLUMNS", "REPORT_FILES", "RUNS_FRONT", "RUNS_TAIL", "RUN_JSON",
+    "SCORES", "STATE", "TRAIN_LOG", "TRAIN_LOG_COLUMNS", "OutputError", "RunResult",
+    "atomic_write_text", "check_output_dir", "check_replaceable", "checkpoint_series", "finished",
+    "frame", "gather_runs", "load_heatmap", "other_version", "package_version", "provenance",
+    "publish_reports", "read_csv", "read_run_json", "replace_folder", "run_dir", "run_folder",
+    "run_of_model", "runs_row", "save_checkpoint", "save_heatmap", "save_run", "staging_dir",
+    "state_dir", "work_dir", "write_csv", "write_train_log",
 ]

@@ -16,8 +16,13 @@ TRAIN_LOG_COLUMNS = ["step", "loss", "lr", "grad_norm"]
 RUNS_FRONT = ["run_id", "experiment", "task", "model_family", "gamma", "n_layer", "n_embd",
               "n_head", "lr", "weight_decay", "dropout", "seed", "batch_size", "steps", "epochs",
               "train_loss"]
+# the code that made a row (probes.store.provenance): the suite's version, the git commit of a
+# checkout and whether its tracked files had uncommitted changes (blank outside a checkout), and the
+# versions of the libraries the numbers depend on
+PROVENANCE_COLUMNS = ["package_version", "git_commit", "git_dirty", "torch_version",
+                      "transformers_version", "accelerate_version", "numpy_version"]
 RUNS_TAIL = ["fitted", "diverged", "wall_s", "num_threads", "device", "mixed_precision", "checkpoint",
-             "package_version"]
+             *PROVENANCE_COLUMNS]
 # runs.csv settings columns of each baseline family, after RUNS_FRONT's (the transformer sizes
 # are blank for the baselines, which have none)
 FAMILY_KEYS = {"mlp": ("width", "activation", "gamma_prime", "in_dim", "optimizer", "lr_scaling"),
@@ -29,7 +34,7 @@ CHECKPOINT_RUNS_COLUMNS = ["run_id", "step", "checkpoint", "format", "model_type
                            "n_params", "n_layers", "unit_reader", "fold_norms", "spectral_metrics",
                            "activation_point",
                            "probe_inputs", "reference", "n_samples",
-                           "wall_s", "package_version"]
+                           "wall_s", *PROVENANCE_COLUMNS]
 _INT_COLUMNS = ("step", "layer", "head", "n_units", "offset", "count", "unit",
                 # lineage.csv (blank at a run's first step)
                 "prev_step", "n_groups", "n_condensed", "births", "deaths", "splits", "merges",
@@ -39,13 +44,14 @@ _INT_COLUMNS = ("step", "layer", "head", "n_units", "offset", "count", "unit",
 REPORT_FILES = {"runs.csv", "metrics.csv", "ood_offsets.csv", "neurons.csv", "correlations.csv",
                 "phase_diagram.csv", "final_condensation.csv", "rd_slopes.csv", "directions.csv",
                 "lineage.csv", "lineage_summary.csv", "figures"}
+
+
 def package_version() -> str:
     """This package's installed version, or ``unknown`` when it runs from a bare checkout."""
     try:
         return version("condensation-probes")
     except PackageNotFoundError:
         return "unknown"
-
 
 
 # --- writing and reading ----------------------------------------------------------------------

@@ -28,6 +28,7 @@ from probes.measure.result import (
 from probes.runtime import hub_progress_bars_off
 from probes.store import files
 from probes.store.output import replace_folder, staging_dir
+from probes.store.provenance import provenance
 
 MODEL, CONFIG, RUN_JSON, STATE, HEATMAP = "model", "config.yaml", "run.json", "state", "heatmap.npz"
 TRAIN_LOG, SCORES = "train_log.csv", "scores.json"
@@ -122,7 +123,8 @@ def checkpoint_series(folder: Path) -> list[tuple[int, Path]]:
 
 def runs_row(cfg: RunConfig, scores: dict, *, step: int, n_train: int, fitted: bool,
              diverged: bool, wall_s: float, num_threads: int, device: str = "") -> dict:
-    """One run's runs.csv row (without ``checkpoint`` and ``package_version``, added on saving).
+    """One run's runs.csv row (without ``checkpoint``, added on saving), with the provenance of
+    the code that trains it (``files.PROVENANCE_COLUMNS``: measuring the run again keeps it).
 
     Args:
         cfg: the run's config; scores: train_loss and the task's scores at the last step;
@@ -147,6 +149,7 @@ def runs_row(cfg: RunConfig, scores: dict, *, step: int, n_train: int, fitted: b
         "steps": step, "epochs": round(epochs, 3) if not math.isnan(epochs) else epochs,
         **scores, "fitted": fitted, "diverged": diverged, "wall_s": round(wall_s, 2),
         "num_threads": num_threads, "device": device, "mixed_precision": cfg.mixed_precision,
+        **provenance(),
     }
 
 
@@ -178,7 +181,6 @@ def save_run(result: RunResult, source: Path) -> dict:
             with hub_progress_bars_off():
                 result.model.save_pretrained(stage / MODEL)
             row["checkpoint"] = str(folder / MODEL)
-        row["package_version"] = files.package_version()
         init = {"init_method": "init_rate (std = d_in^-gamma)", "init_records": result.init_records}
         files.atomic_write_text(stage / CONFIG, resolved_yaml(cfg, init))
         files.write_csv(files.frame(result.metrics, METRICS_COLUMNS), stage / "metrics.csv")

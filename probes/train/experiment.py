@@ -21,48 +21,60 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from probes.config import ConfigError, expand, load_config, parse_overrides
+from probes.logs import bar_disabled
 from probes.report.experiment import write_all
-from probes.runtime import bf16_native, configure_threads
-from probes.store import OutputError, check_output_dir, finished, run_dir, save_run, work_dir
+from probes.runtime import bf16_native, configure_threads, main_process_logger
+from probes.store import (
+    OutputError,
+    check_output_dir,
+    finished,
+    other_version,
+    provenance,
+    read_run_json,
+    run_dir,
+    save_run,
+    work_dir,
+)
 from probes.train.loop import Run, build_data
 from probes.train.remeasure import measurable, measure_all, recorded, stale
-from probes.train.usage import key_help
+from probes.train.usage import experiment_help
 
-USAGE = """usage: accelerate launch probes/run.py [--config FILE] [--output_dir DIR] [--KEY VALUE ...]
-       accelerate launch probes/run.py --checkpoint DIR [--checkpoint DIR ...] [--output_dir DIR]
-         (probe checkpoints on disk; --checkpoint X --help lists its options)
-       python probes/run.py measure DIR [--thresholds ...] [--merge_probe true] [--chance_draws N]
-         (measure a finished experiment again from its saved checkpoints, without training)
-
---config takes a YAML file or a preset's name (default, sweep_small, ...: configs/ in the package).
-Any config key can be overridden; a YAML list value (e.g. --gamma "[0.3, 1.0]") makes a grid.
-Keys (type, default, meaning):
-"""
+# messages of the main process only (probes.runtime; shown by probes.logs)
+logger = main_process_logger(__name__)
 
 
 def train_all(cfgs, accelerator) -> None:
     """Train the unfinished runs of ``cfgs`` (``train_rounds``), then measure again, from their
     checkpoints, every finished run measured with other analysis settings than ``cfgs`` ask for
-    (main process; nothing is trained for them)."""
+    (main process; nothing is trained for them).
+
+    A finished run is reused whatever code made it; one made by another package version or git
+    commit (``store.other_version``) is named in a note, and keeps its own provenance in
+    runs.csv."""
     todo = [c for c in cfgs if c.overwrite or not finished(c)]
     kept = [c for c in cfgs if c not in todo]
     if kept:
-        accelerator.print(f"{len(kept)} finished run(s) kept; --overwrite true retrains them")
+        logger.info(f"{len(kept)} finished run(s) kept; --overwrite true retrains them")
+    older = other_version({c.run_id: read_run_json(run_dir(c)) or {} for c in kept})
+    if older:
+        logger.info(f"note: {len(older)} finished run(s) were made by another code version "
+                          f"(commit {', '.join(dict.fromkeys(older.values()))}): pass --overwrite "
+                          f"true to retrain them: {', '.join(list(older)[:3])}")
     moved = sorted({c.run_id for c in kept if recorded(run_dir(c)).get("n_probes") != c.n_probes})
     if moved:
-        accelerator.print(f"note: {len(moved)} finished run(s) keep the probe steps they saved "
+        logger.info(f"note: {len(moved)} finished run(s) keep the probe steps they saved "
                           f"(n_probes applies to new runs): {', '.join(moved[:3])}")
     if todo:
         train_rounds(todo, accelerator)
     again = [c for c in cfgs if finished(c) and stale(c)]
     bare = [c.run_id for c in again if not measurable(c)]
     if bare:
-        accelerator.print(f"note: {len(bare)} finished run(s) saved no checkpoint series and keep "
+        logger.info(f"note: {len(bare)} finished run(s) saved no checkpoint series and keep "
                           f"the analysis settings they were measured with (their config.yaml; "
                           f"--overwrite true retrains them): {', '.join(bare[:3])}")
     again = [c for c in again if c.run_id not in bare]
     if again:
-        accelerator.print(f"{len(again)} run(s) measured again from their checkpoints with the "
+        logger.info(f"{len(again)} run(s) measured again from their checkpoints with the "
                           f"analysis settings asked for")
         if accelerator.is_main_process:
             measure_all(again, build_data(again), accelerator.device)
@@ -77,7 +89,7 @@ def train_rounds(todo, accelerator) -> None:
         mine = list(mine)
     data_for = build_data(mine)
     n_rounds = math.ceil(len(todo) / accelerator.num_processes)
-    bar = tqdm(total=sum(c.steps for c in mine), disable=not accelerator.is_main_process,
+    bar = tqdm(total=sum(c.steps for c in mine), disable=bar_disabled(accelerator.is_main_process),
                unit="step", dynamic_ncols=True)
     for i in range(n_rounds):
         result = None
@@ -103,9 +115,9 @@ def train_rounds(todo, accelerator) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """Run the experiment of ``argv`` (see USAGE); returns the exit code (2 on bad input)."""
+    """Run the experiment of ``argv`` (see ``usage.USAGE``); returns the exit code (2 on bad input)."""
     if any(a in ("-h", "--help") for a in argv):
-        print(USAGE + key_help())
+        print(experiment_help())
         return 0
     try:
         path, overrides = parse_overrides(argv)
@@ -125,15 +137,16 @@ def main(argv: list[str]) -> int:
                               mixed_precision=cfgs[0].mixed_precision)
     threads = configure_threads(cfgs[0].num_threads, accelerator.num_processes)
     if accelerator.mixed_precision == "bf16" and accelerator.device.type == "cpu" and not bf16_native():
-        accelerator.print("warning: this CPU has no native bf16 matmul (no AVX512-BF16 or AMX): "
-                          "bf16 autocast runs far slower than float32 here (~1% of its rate)")
+        logger.warning("this CPU has no native bf16 matmul (no AVX512-BF16 or AMX): bf16 autocast "
+                       "runs far slower than float32 here (~1% of its rate)")
     for cfg in {(c.warmup_steps, c.steps): c for c in cfgs}.values():
         if cfg.warmup_steps >= cfg.steps:
-            accelerator.print(f"warning: warmup_steps={cfg.warmup_steps} >= steps={cfg.steps}: "
-                              f"the learning rate never reaches lr={cfg.lr:g}")
-    accelerator.print(f"{len(cfgs)} run(s) -> {cfgs[0].out_dir}/ on {accelerator.num_processes} "
-                      f"process(es), {threads} thread(s) each, device {accelerator.device}, "
-                      f"mixed precision {accelerator.mixed_precision}")
+            logger.warning(f"warmup_steps={cfg.warmup_steps} >= steps={cfg.steps}: the learning "
+                           f"rate never reaches lr={cfg.lr:g}")
+    logger.info(f"{len(cfgs)} run(s) -> {cfgs[0].out_dir}/ on {accelerator.num_processes} "
+                f"process(es), {threads} thread(s) each, device {accelerator.device}, "
+                f"mixed precision {accelerator.mixed_precision}")
+    logger.debug("code: " + ", ".join(f"{k}={v}" for k, v in provenance().items()))
     if not cfgs[0].report_only:
         train_all(cfgs, accelerator)
     if accelerator.is_main_process:

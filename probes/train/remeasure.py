@@ -47,17 +47,8 @@ from probes.store import (
     save_run,
 )
 from probes.train.loop import build_data, eval_data
+from probes.train.usage import MEASURE_KEYS, MEASURE_USAGE
 from tasks.objective import objective_for
-
-USAGE = f"""usage: condensation-probes measure DIR [--KEY VALUE ...]
-       (python probes/run.py measure DIR ...)
-
-Measure every run of the finished experiment in DIR again from its saved checkpoints, without
-training, and rewrite its metrics.csv, lineage.csv, correlations.csv and figures.
-Keys: {", ".join(ANALYSIS_KEYS)} (analysis settings; n_probes: a run is measured at the steps it
-saved) and num_threads.
-"""
-MEASURE_KEYS = (*ANALYSIS_KEYS, "num_threads")
 
 
 def recorded(folder: Path) -> dict:
@@ -167,9 +158,10 @@ def experiment_configs(out_dir: Path, overrides: dict) -> list[RunConfig]:
 
 
 def main(argv: list[str]) -> int:
-    """``measure DIR [--KEY VALUE ...]`` (see USAGE); returns the exit code (2 on bad input)."""
+    """``measure DIR [--KEY VALUE ...]`` (see ``usage.MEASURE_USAGE``); returns the exit code (2
+    on bad input)."""
     if not argv or argv[0] in ("-h", "--help") or argv[0].startswith("--"):
-        print(USAGE)
+        print(MEASURE_USAGE)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     try:
         _, overrides = parse_overrides(argv[1:])

@@ -1,62 +1,54 @@
-"""The ``--help`` text of an experiment, generated from ``probes.config.RunConfig``'s own source:
-every key with its type, default and one line of meaning, so that there is no second list to keep
-in sync with the dataclass."""
+"""The ``--help`` texts of an experiment and of ``measure``, built from the fields of
+``probes.config.keys.RunKeys`` (each key's type, default, section and help are its field's), so
+that there is no second list to keep in sync with the dataclass. Imports neither torch nor the
+tasks: ``probes/run.py --help`` reads this module alone."""
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import inspect
-import io
 import json
-import tokenize
 
-from probes.config import RunConfig
+from probes.config.keys import ANALYSIS_KEYS, RunKeys
+from probes.logs import OPTIONS_HELP
+
+USAGE = """usage: accelerate launch probes/run.py [--config FILE] [--output_dir DIR] [--KEY VALUE ...]
+       accelerate launch probes/run.py --checkpoint DIR [--checkpoint DIR ...] [--output_dir DIR]
+         (probe checkpoints on disk; --checkpoint X --help lists its options)
+       python probes/run.py measure DIR [--thresholds ...] [--merge_probe true] [--chance_draws N]
+         (measure a finished experiment again from its saved checkpoints, without training)
+       python probes/run.py align A B [--probe_inputs SPEC] [--output_dir DIR]
+         (match the condensed groups of two checkpoints; align --help lists its options)
+
+--config takes a YAML file or a preset's name (default, sweep_small, ...: configs/ in the package).
+Any config key can be overridden; a YAML list value (e.g. --gamma "[0.3, 1.0]") makes a grid.
+Messages and progress (every command):
+""" + OPTIONS_HELP + """
+Keys (type, default, meaning):
+"""
+# what ``measure`` takes: the analysis settings and the thread count
+MEASURE_KEYS = (*ANALYSIS_KEYS, "num_threads")
+MEASURE_USAGE = f"""usage: condensation-probes measure DIR [--KEY VALUE ...]
+       (python probes/run.py measure DIR ...)
+
+Measure every run of the finished experiment in DIR again from its saved checkpoints, without
+training, and rewrite its metrics.csv, lineage.csv, correlations.csv and figures.
+Keys: {", ".join(ANALYSIS_KEYS)} (analysis settings; n_probes: a run is measured at the steps it
+saved) and num_threads.
+{OPTIONS_HELP}
+"""
 
 
 def key_docs() -> list[tuple[str, str, str, str, str]]:
-    """Every RunConfig key with its section, type, default and meaning, read from the class's
-    own source so that the help never drifts from it: a key's meaning is the comment on its line,
-    else the comment lines right above it; other full-line comments open a section.
+    """Every RunConfig key with its section, type, default and meaning, from its field.
 
     Returns:
-        (section, key, type, default as YAML text, meaning) in field order; the meanings are
-        empty when the source cannot be read (a build without .py files).
+        (section, key, type, default as YAML text, meaning) in field order.
     """
-    try:
-        source = inspect.getsource(RunConfig)
-    except (OSError, TypeError):
-        source = ""
-    node = ast.parse(source).body[0] if source else None
-    key_at = {n.lineno: n.target.id for n in (node.body if node else [])
-              if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}
-    trailing, above, section, sections, pending = {}, {}, "", {}, []
-    lines = source.splitlines()
-    for tok in tokenize.generate_tokens(io.StringIO(source).readline) if source else []:
-        if tok.type != tokenize.COMMENT:
-            continue
-        row, text = tok.start[0], tok.string.lstrip("#").strip()
-        if row in key_at:
-            trailing[key_at[row]] = text
-        else:
-            pending.append((row, text))
-    for row, text in pending:  # a block of full-line comments right above a key
-        end = row
-        while end + 1 <= len(lines) and lines[end].strip().startswith("#"):
-            end += 1
-        key = key_at.get(end + 1)
-        if key is not None and key not in trailing:
-            above[key] = f"{above[key]} {text}" if key in above else text
-        else:
-            sections[row] = text
     out = []
-    for f in dataclasses.fields(RunConfig):
-        row = next((r for r, k in key_at.items() if k == f.name), 0)
-        section = next((sections[r] for r in sorted(sections, reverse=True) if r < row), section)
+    for f in dataclasses.fields(RunKeys):
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         shown = json.dumps(default) if isinstance(default, (bool, list, type(None))) else str(default)
-        out.append((section, f.name, str(f.type), shown,
-                    trailing.get(f.name) or above.get(f.name, "")))
+        out.append((f.metadata["section"], f.name, str(f.type), shown, f.metadata["help"]))
     return out
 
 
@@ -68,7 +60,12 @@ def key_help() -> str:
     text, section = [], None
     for sec, key, tp, default, meaning in docs:
         if sec != section:
-            text.append(f"  {sec}:" if sec else "")
+            text.append(f"  {sec}:")
             section = sec
         text.append(f"    --{key:<{width[0]}}  {tp:<{width[1]}}  {default:<{width[2]}}  {meaning}".rstrip())
     return "\n".join(text)
+
+
+def experiment_help() -> str:
+    """The whole ``--help`` text of an experiment: ``USAGE`` and every key (``key_help``)."""
+    return USAGE + key_help()

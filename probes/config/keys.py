@@ -1,0 +1,142 @@
+"""Every key of a run, with its type, default, section and one line of help: the fields of
+``RunKeys``, which ``probes.config.run_config.RunConfig`` extends with the run's identity.
+
+This module uses the standard library only, so that ``--help`` (built from these fields'
+metadata by ``probes.train.usage``) and the key lists read here load neither torch nor the
+tasks. A key's help is ``field.metadata["help"]`` and its section ``field.metadata["section"]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+EXPERIMENT = "experiment level (not part of a run's identity)"
+TASK = "task"
+TASK_OPTIONS = 'options of the other tasks (None: the task\'s own default); lists are strings like "34,43"'
+MODEL = "model"
+INIT = "initialization rate: std = d_in^-gamma; a part's own gamma overrides when set"
+OPTIMIZATION = "optimization"
+PROBES = "probes"  # what is measured of a trained model: the analysis keys
+
+
+def _keys_of(section: str):
+    """A maker of the fields of ``section``: ``make(default, help)``, or ``make(None, help,
+    factory=f)`` for a mutable default (``f()`` is called for each RunKeys)."""
+
+    def make(default: Any, help_text: str, *, factory=None) -> Any:
+        meta = {"section": section, "help": help_text}
+        if factory is not None:
+            return dataclasses.field(default_factory=factory, metadata=meta)
+        return dataclasses.field(default=default, metadata=meta)
+
+    return make
+
+
+_experiment, _task, _task_option, _model, _init, _optimization, _probes = (
+    _keys_of(s) for s in (EXPERIMENT, TASK, TASK_OPTIONS, MODEL, INIT, OPTIMIZATION, PROBES))
+
+
+@dataclass
+class RunKeys:
+    """Every setting of one run and the experiment-level keys, each with its help (field
+    metadata). Instantiate ``RunConfig``, which adds the run id and the task's options."""
+
+    experiment: str = _experiment("default", "the experiment's name: its output folder and runs.csv column")
+    output_dir: str | None = _experiment(None, "default: reports/<experiment>")
+    overwrite: bool = _experiment(False, "retrain runs whose results exist")
+    num_threads: int | None = _experiment(None, "torch threads per process; default: all cores / processes")
+    save_checkpoints: str = _experiment("probes", "probes (the model at each probe step) | final | none")
+    save_every: int = _experiment(500, "steps between resumable training states (0: none)")
+    report_only: bool = _experiment(False, "write the reports of the finished runs, train nothing")
+    log_every: int = _experiment(10, "steps between rows of runs/<run_id>/train_log.csv (0: no log)")
+    reference_trajectories: str | None = _experiment(
+        None, "CSV (gamma, step, scores) drawn beside the runs; in a config file, a relative path is found "
+              "beside the file first")
+    trajectory_axis: str = _experiment("step", "ood_over_training's x axis: step | samples (step x batch)")
+    task: str = _task("composite", "the task (tasks.TASKS): composite, identity, sine, images, ...")
+    seq_len: int = _task(9, "tokens per sequence")
+    split_modulus: int = _task(7, "composite: key/position split modulus (7 = n - 2 as in the paper)")
+    n_train: int = _task(20000, "training samples (a fixed set, trained for epochs)")
+    n_test_id: int = _task(2000, "in-distribution test samples")
+    n_ood: int = _task(2000, "out-of-distribution (held-out) samples")
+    data_seed: int = _task(0, "seed of the task's data (the model's is seed)")
+    fresh_samples: bool = _task(False, "draw a new training batch every step instead of epochs")
+    in_dim: int = _task(1, "regression tasks: input dimension (four_points: 1)")
+    image_source: str = _task("digits", "images task: digits | mnist5k | path to an .npz file")
+    image_size: int = _task(32, "images task: side of the resized square images")
+    test_fraction: float = _task(0.2, "images task: held-out share")
+    key_low: int = _task(20, "keys and noise are drawn from [key_low, key_high]")
+    key_high: int = _task(99, "upper end of the key range")
+    held_out: str | int | None = _task_option(
+        None, "composite_no_twist / multi_anchor: held-out anchor pairs")
+    ood_key_position: int | None = _task_option(None, "identity: the key position kept for ood")
+    ood_hops: str | int | None = _task_option(None, "chain_search: step sizes held out for ood")
+    n_chains: int = _task_option(2, "chain_search")
+    chain_len: int = _task_option(8, "chain_search")
+    n_hop_anchors: int = _task_option(3, "chain_search")
+    ood_scoring: str = _task_option(
+        "authors", "composite, composite_no_twist, multi_anchor: authors | pooled")
+    hops: int | None = _task_option(None, "chain_search_authors: hops k from start to target (None: 2)")
+    chain_nodes: int | None = _task_option(None, "chain_search_authors: nodes of the chain (None: 7)")
+    model_family: str = _model("paper", "paper | gpt2 | mlp | resnet")
+    n_layer: int = _model(2, "transformer blocks")
+    n_head: int = _model(1, "attention heads (must divide n_embd)")
+    n_embd: int = _model(64, "model width d_model")
+    d_ff: int | None = _model(None, "MLP width (None: 3 n_embd for paper, 4 n_embd for gpt2)")
+    vocab_size: int = _model(128, "token vocabulary size")
+    dropout: float = _model(0.0, "dropout probability")
+    head_bias: bool = _model(False, "paper: a bias on the output head (PyTorch's default init, kept)")
+    width: int = _model(100, "mlp: hidden neurons m")
+    activation: str = _model("relu", "mlp: relu | tanh | sigmoid | softplus | xtanh")
+    gamma: float = _init(0.5, "init rate: every weight drawn with std = d_in^-gamma, in (0, 3]")
+    gamma_embedding: float | None = _init(None, "the embeddings' own init rate (None: gamma)")
+    gamma_attention: float | None = _init(None, "the attention's own init rate (None: gamma)")
+    gamma_mlp: float | None = _init(None, "the MLPs' own init rate (None: gamma)")
+    gamma_head: float | None = _init(None, "the output head's own init rate (None: gamma)")
+    gamma_prime: float = _init(
+        0.0, "mlp: std of a = m^-(gamma+gamma')/2, of (w, b) = m^-(gamma-gamma')/2")
+    optimizer: str = _optimization(
+        "adamw", "adamw | adam | sgd (full-batch GD: sgd with batch_size >= n_train)")
+    lr_schedule: str = _optimization(
+        "cosine", "cosine | constant (both after warmup_steps of linear warm-up)")
+    lr_scaling: str = _optimization(
+        "none", "mlp: none | ntk (lr divided by max(1, the tangent kernel's scale))")
+    steps: int = _optimization(2000, "optimizer steps")
+    batch_size: int = _optimization(512, "samples per step")
+    lr: float = _optimization(1e-3, "peak learning rate")
+    weight_decay: float = _optimization(0.01, "weight decay (decoupled for adamw, L2 otherwise)")
+    warmup_steps: int = _optimization(100, "steps of linear learning-rate warm-up")
+    lr_warmup_start: float = _optimization(
+        0.0, "warm-up starts at this fraction of lr, in [0, 1] (authors: 0.05)")
+    lr_min: float = _optimization(
+        0.0, "cosine: the floor the learning rate decays to, in [0, lr) (authors: 1e-5)")
+    grad_clip: float = _optimization(1.0, "clip the gradient norm to this (0: no clipping)")
+    mixed_precision: str = _optimization("no", "no | fp16 | bf16; unset: accelerate launch --mixed_precision")
+    last_position_only: bool = _optimization(
+        False, "paper/gpt2: loss and answers from the last position only")
+    seed: int = _optimization(0, "seed of the model's init and the batch order")
+    n_probes: int = _probes(12, "log-spaced probe steps, step 0 and the last included")
+    n_eval: int = _probes(2000, "training samples scored for acc_train and train_loss")
+    merge_probe: bool = _probes(False, "at the final probe, merge each layer's condensed groups and score it")
+    thresholds: list[float] = _probes(
+        None, "cosine thresholds tau of the group counts (a list by nature: never a grid)",
+        factory=lambda: [0.7, 0.9, 0.95, 0.99])
+    chance_draws: int = _probes(
+        0, "null unit sets drawn per unit set and probe for the chance level of n_groups and mean |cos| "
+           "(probes.measure.chance; 0: off; 199: p-values down to 0.005)")
+    chance_nulls: str = _probes("both", "the chance baselines' nulls: isotropic | covariance | both")
+
+
+def keys_in(section: str) -> tuple[str, ...]:
+    """The keys of ``section`` (one of the section names above), in field order."""
+    return tuple(f.name for f in dataclasses.fields(RunKeys) if f.metadata["section"] == section)
+
+
+# keys of the experiment, not of a run: never part of a run's identity
+EXPERIMENT_KEYS = keys_in(EXPERIMENT)
+# what is measured of a trained model: changing one re-measures finished runs from their saved
+# checkpoints (probes.train.remeasure), never retrains them. n_probes also sets which steps a
+# new run saves; a finished run is measured at the steps it saved.
+ANALYSIS_KEYS = keys_in(PROBES)
