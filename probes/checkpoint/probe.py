@@ -218,13 +218,14 @@ class Fitter:
         torch.set_num_threads(self.torch_threads)
         self.limits.restore_original_limits()
 
-    def submit(self, units: torch.Tensor, dead: torch.Tensor | None = None, order: bool = True):
+    def submit(self, units: torch.Tensor, dead: torch.Tensor | None = None, order: bool = True,
+               bias_columns: int | None = None):
         """Fit ``units`` (n_units, dim) float32 CPU in the pool (``dead``: (n_units,) bool units
-        to leave out, or None; ``order``: keep the dendrogram order for a heat map); returns the
-        Future of the fit."""
+        to leave out, or None; ``order``: keep the dendrogram order for a heat map;
+        ``bias_columns``: as ``Condensation.fit``); returns the Future of the fit."""
         dead = None if dead is None else dead.numpy()
         fit = Condensation(self.thresholds, order=order, spectral=self.spectral).fit
-        return self.pool.submit(fit, units.numpy(), dead)
+        return self.pool.submit(fit, units.numpy(), dead, bias_columns)
 
 
 @dataclass
@@ -291,7 +292,8 @@ class Prober:
         second is read only while the first holds less than ``prefetch_bytes`` of units."""
         pending = deque()
         for sets in layers:
-            pending.append((sets, [self.fitter.submit(u.units, u.dead, self.drawn(u)) for u in sets]))
+            pending.append((sets, [self.fitter.submit(u.units, u.dead, self.drawn(u), u.bias_columns)
+                                   for u in sets]))
             while pending and (len(pending) > 1 or unit_bytes(pending[0][0]) >= self.prefetch_bytes):
                 self.collect(basis, *pending.popleft())
             del sets  # else the loop variable keeps a collected layer alive while the next is read
