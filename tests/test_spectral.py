@@ -1,7 +1,9 @@
-"""Spectral metrics: the float32 route against float64 SVDs to its stated tolerances (effective
-rank 1e-5, stable rank 1e-6 relative), its fallback where float32 Gram matrices cannot resolve the
-spectrum (planted low rank, near-square shapes), the weight-only columns and the power-law alpha
-against independent computations. The 4096 x 4096 and 11008 x 4096 sets are marked slow."""
+"""Spectral metrics against float64 SVDs to their stated tolerances (effective rank 1e-5, stable
+rank 1e-6 relative) on the default route (float64 Gram, SVD only past 1e-5) and the opt-in float32
+route, the float32 route's fallback where float32 Gram matrices cannot resolve the spectrum
+(planted low rank, near-square shapes), its error model, and the weight-only columns and the
+power-law alpha against independent computations. The 4096 x 4096 and 11008 x 4096 sets are
+marked slow."""
 
 import numpy as np
 import pytest
@@ -27,9 +29,10 @@ def svd_ranks(u):
     return (s**2).sum() / s[0] ** 2, np.exp(-(p * np.log(p)).sum())
 
 
-def fast(**kw):
-    """A Condensation whose float32 route applies from any size (as on large layers)."""
-    fit = Condensation(order=False, **kw)
+def float32_fit():
+    """A Condensation(spectral="float32") whose float32 route applies from any size (as on large
+    layers)."""
+    fit = Condensation(order=False, spectral="float32")
     fit.float32_gram_work = 0
     return fit
 
@@ -47,7 +50,7 @@ def random_units(n, dim, seed=0):
 @pytest.mark.parametrize("shape", [(1200, 400), (400, 1200)])
 def test_float32_route_meets_its_tolerances(shape):
     u = random_units(*shape)
-    fit = fast().fit(u)
+    fit = float32_fit().fit(u)
     assert fit.spectral_route_ == "float32"
     stable, effective = svd_ranks(u)
     assert fit.stable_rank_ == pytest.approx(stable, rel=FAST_TOP_TOL)
@@ -60,16 +63,34 @@ def test_float32_route_meets_its_tolerances(shape):
 def test_float32_route_falls_back_where_float32_cannot_resolve():
     # planted rank 16 + noise 1e-3: most singular values lie below float32's Gram resolution
     u = planted_low_rank(1200, 400, 16, 1e-3)
-    fit = fast().fit(u)
+    fit = float32_fit().fit(u)
     assert fit.spectral_route_ in ("float64", "svd")
     stable, effective = svd_ranks(u)
     assert fit.effective_rank_ == pytest.approx(effective, rel=1e-9)
     assert fit.stable_rank_ == pytest.approx(stable, rel=1e-9)
-    # near-square and float64 units never take it
-    assert fast().fit(random_units(500, 400)).spectral_route_ == "float64"
-    assert fast().fit(random_units(1200, 400).astype(np.float64)).spectral_route_ == "float64"
-    assert Condensation(order=False, spectral="exact").fit(random_units(1200, 400)).spectral_route_ \
-        == "float64"
+    # near-square and float64 units never take it, nor do the other settings
+    assert float32_fit().fit(random_units(500, 400)).spectral_route_ == "float64"
+    assert float32_fit().fit(random_units(1200, 400).astype(np.float64)).spectral_route_ == "float64"
+    for setting in (True, "fast", "exact"):
+        fit = Condensation(order=False, spectral=setting)
+        fit.float32_gram_work = 0
+        assert fit.fit(random_units(1200, 400)).spectral_route_ == "float64"
+
+
+def test_default_tolerance_spares_the_svd():
+    """Singular values from 1 down to 1e-6: float64 Gram rounding could move the effective rank by
+    more than 1e-8 (spectral="exact" takes the SVD) but not by 1e-5 (the default keeps the Gram)."""
+    rng = np.random.default_rng(7)
+    q1, q2 = np.linalg.qr(rng.normal(size=(90, 90)))[0], np.linalg.qr(rng.normal(size=(60, 60)))[0]
+    u = q1[:, :60] @ np.diag(np.logspace(0, -6, 60)) @ q2
+    exact, default = (Condensation(order=False, spectral=s).fit(u) for s in ("exact", True))
+    assert (exact.spectral_route_, default.spectral_route_) == ("svd", "float64")
+    stable, effective = svd_ranks(u)
+    assert exact.effective_rank_ == pytest.approx(effective, rel=1e-12)
+    bound = default._spectrum(u).rank_error
+    assert 0 < bound <= FAST_RANK_TOL
+    assert abs(np.log(default.effective_rank_ / effective)) <= bound
+    assert default.stable_rank_ == pytest.approx(stable, rel=1e-12)
 
 
 def test_top_eigenvalue_certificate_holds():
@@ -174,11 +195,29 @@ def test_reader_marks_linear_weight_rows():
 @pytest.mark.parametrize("kind", ["random", "planted"])
 def test_large_sets_within_tolerance(shape, kind):
     u = random_units(*shape) if kind == "random" else planted_low_rank(*shape, 256, 1e-2)
-    new = Condensation(order=False)
-    got = new._spectrum(u)
     ref = Condensation(order=False, spectral="exact")._spectrum(u)
     assert ref.route in ("float64", "svd")
-    assert got.stable_rank == pytest.approx(ref.stable_rank, rel=FAST_TOP_TOL)
-    assert got.effective_rank == pytest.approx(ref.effective_rank, rel=FAST_RANK_TOL)
-    # the random rectangular set is where float32 applies; square and planted sets fall back
-    assert (got.route == "float32") == (kind == "random" and shape[0] > shape[1])
+    for setting in (True, "float32"):
+        got = Condensation(order=False, spectral=setting)._spectrum(u)
+        assert got.stable_rank == pytest.approx(ref.stable_rank, rel=FAST_TOP_TOL)
+        assert got.effective_rank == pytest.approx(ref.effective_rank, rel=FAST_RANK_TOL)
+        # float32 Gram matrices only for the random rectangular set; the others fall back
+        assert (got.route == "float32") == (setting == "float32" and kind == "random"
+                                            and shape[0] > shape[1])
+
+
+@pytest.mark.parametrize("kind", ["random", "planted exact rank", "spike", "column scales"])
+def test_float32_gram_error_model(kind):
+    """The model behind the float32 route: every eigenvalue of the float32 Gram matrix is within
+    sqrt(N) eps32 max_j |u_j|^2 of the float64 one (measured: <= 0.34 of it)."""
+    rng = np.random.default_rng(6)
+    n, dim = 1200, 400
+    u = {"random": lambda: rng.standard_normal((n, dim)),
+         "planted exact rank": lambda: rng.standard_normal((n, 8)) @ rng.standard_normal((8, dim)),
+         "spike": lambda: 0.1 * rng.standard_normal((n, dim)) + rng.standard_normal(dim),
+         "column scales": lambda: rng.standard_normal((n, dim)) * np.logspace(-2, 1, dim)}[kind]()
+    u = u.astype(np.float32)
+    g32, g64 = u.T @ u, u.T.astype(np.float64) @ u.astype(np.float64)
+    noise = np.sqrt(dim) * np.finfo(np.float32).eps * np.diag(g64).max()
+    gap = np.abs(np.linalg.eigvalsh(g32.astype(np.float64)) - np.linalg.eigvalsh(g64)).max()
+    assert gap <= 0.5 * noise

@@ -20,13 +20,14 @@ from scipy.cluster.hierarchy import leaves_list, linkage
 from probes.measure import pairs
 from probes.measure.result import metric_row
 from probes.measure.spectral import (
+    FAST_RANK_TOL,
     PRECISIONS,
     RANK_METRICS,
     WEIGHT_METRICS,
     Spectrum,
-    exact_spectrum,
     float32_route,
     float32_spectrum,
+    float64_spectrum,
 )
 
 THRESHOLDS = (0.7, 0.9, 0.95, 0.99)
@@ -45,11 +46,12 @@ class Condensation:
             one full linkage. Without it ``order_`` and ``cosine_`` are None.
         spectral: also compute ``stable_rank_`` and ``effective_rank_`` (and, for ``fit`` with
             ``bias_columns``, ``stable_rank_weight_`` and ``alpha_``) from the singular values
-            (most of the time on large layers). True or ``"fast"``: float32 Gram matrices where
-            they meet the stated tolerances (stable rank 1e-6, effective rank 1e-5 relative; see
-            probes.measure.spectral), else float64; ``"exact"``: float64 Gram matrices always
-            (rounding ~1e-8 of log effective rank, else an SVD). False: all are None and
-            ``results`` leaves them out.
+            (most of the time on large layers). True or ``"fast"``: float64 Gram matrices, an
+            SVD only where their rounding could move the effective rank by more than 1e-5
+            (relative, first order); ``"float32"``: float32 Gram matrices first where they meet
+            1e-5 (effective rank) and 1e-6 (stable rank), for rectangular float32 units;
+            ``"exact"``: an SVD already from ``rank_tol`` (1e-8). See probes.measure.spectral.
+            False: all are None and ``results`` leaves them out.
 
     Attributes after ``fit(units)``:
         n_units_ (kept units), n_dropped_ (units left out: zero norm, or dead), n_dead_ (dead
@@ -80,12 +82,14 @@ class Condensation:
     float32_work = 2**31
     block_rows = 256
     # Singular values come from the eigenvalues of the smaller Gram matrix (a fraction of an
-    # SVD's time); eigenvalues at rounding level count as exact zeros. On the float64 route, when
-    # the rounding of the others could move the effective rank by more than ``rank_tol``
-    # (relative; a first-order bound, see spectral.entropy_error), an SVD decides. The float32
-    # route is tried for float32 units from ``float32_gram_work`` multiply-adds (n dim min(n,
-    # dim)) on, ``float32_aspect`` times longer than wide (spectral.float32_route).
+    # SVD's time); eigenvalues at rounding level count as exact zeros. When the rounding of the
+    # others could move the effective rank by more than ``fast_rank_tol`` (``rank_tol`` with
+    # spectral="exact"; relative, a first-order bound, see spectral.entropy_error), an SVD
+    # decides. spectral="float32" tries float32 Gram matrices for float32 units from
+    # ``float32_gram_work`` multiply-adds (n dim min(n, dim)) on, ``float32_aspect`` times
+    # longer than wide (spectral.float32_route).
     rank_tol = 1e-8
+    fast_rank_tol = FAST_RANK_TOL
     gram_rows = 2048
     float32_gram_work = 2**31
     float32_aspect = 2.0
@@ -202,19 +206,23 @@ class Condensation:
         return _cosines(self._unit)
 
     def _spectrum(self, u: np.ndarray) -> Spectrum:
-        """Singular values of ``u`` (n, dim): the float32 route where it applies and meets its
-        tolerances, else the float64 one (``spectral="exact"``: always)."""
-        if self.spectral != "exact" and float32_route(u, self.float32_gram_work,
-                                                       self.float32_aspect):
-            found = float32_spectrum(u, self.torch_eig_from, rows=self.gram_rows)
+        """Singular values of ``u`` (n, dim): with ``spectral="float32"`` the float32 route where
+        it applies and meets its tolerances, else the float64 one (to ``fast_rank_tol``;
+        ``rank_tol`` with ``spectral="exact"``)."""
+        exact = self.spectral == "exact"
+        if self.spectral == "float32" and float32_route(u, self.float32_gram_work,
+                                                         self.float32_aspect):
+            found = float32_spectrum(u, self.torch_eig_from, self.fast_rank_tol,
+                                     rows=self.gram_rows)
             if found is not None:
                 return found
-        return exact_spectrum(u, self.rank_tol, self.torch_eig_from, self.gram_rows)
+        tol = self.rank_tol if exact else self.fast_rank_tol
+        return float64_spectrum(u, tol, self.torch_eig_from, self.gram_rows)
 
     def _singular_values(self, u: np.ndarray) -> np.ndarray:
         """Singular values of ``u`` (n, dim) on the float64 route, descending, float64 (see
         ``rank_tol``)."""
-        return exact_spectrum(u, self.rank_tol, self.torch_eig_from, self.gram_rows).s
+        return float64_spectrum(u, self.rank_tol, self.torch_eig_from, self.gram_rows).s
 
     def _empty(self) -> Condensation:
         nan = float("nan")

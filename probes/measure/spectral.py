@@ -7,21 +7,32 @@ Metrics (names in ``SPECTRAL_METRICS``):
   of the eigenvalues s(W)^2 of W^T W (Martin and Mahoney, JMLR 2021; weightwatcher 0.7.7), of the
   weight matrix W alone (the bias columns left out), for rows of a Linear / Conv1D weight.
 
-Two routes give the singular values, both from the eigenvalues lam = s^2 of the smaller Gram
-matrix (U^T U or U U^T) computed by a float64 eigensolver:
-- ``exact``: a float64 Gram matrix (rounding ~1e-16 of lam_max); an SVD decides when the rounding
-  could move log(effective rank) by more than 1e-8 (``entropy_error``);
-- ``float32``: for float32 units of a clearly rectangular shape, a float32 Gram matrix (its
-  products and sums in float32: 2-3x faster). Its rounding moves each eigenvalue by at most
-  ``gram_noise`` = sqrt(N) eps32 max_j |u_j|^2 (N the Gram's size, |u_j| its largest column norm:
-  entries err by ~eps32 |u_j| |u_k| with random signs, so the error matrix has a spectral norm
-  ~sqrt(N) eps32 max |u_j|^2 (Weyl); measured <= 0.3 of that on random, planted low-rank,
-  power-law and spiked sets). The route is kept only when, under that model, the first-order
-  change of log(effective rank) is <= ``FAST_RANK_TOL`` (1e-5) and s_max is certified to
-  ``FAST_TOP_TOL`` (1e-6, ``top_eigenvalue``); else the exact route decides. Near-square units
-  skip it: their smallest singular values (~s_max / N for a random matrix) lie below float32's
-  resolution sqrt(eps32) s_max of a Gram matrix (squared condition number), so the estimate would
-  fail and the attempt only cost time.
+The singular values come from the eigenvalues lam = s^2 of the smaller Gram matrix (U^T U or
+U U^T), computed by a float64 eigensolver, on one of two routes (``Condensation(spectral=...)``):
+- ``float64`` (``True`` / ``"fast"``, the default, and ``"exact"``): a float64 Gram matrix
+  (rounding ~1e-16 of lam_max); where that rounding could move log(effective rank) by more than
+  the tolerance (``entropy_error``, first order: ``FAST_RANK_TOL`` = 1e-5 by default, 1e-8 for
+  ``"exact"``), an SVD decides. The default's tolerance is what spares the SVD on spectra that
+  reach down to rounding level (planted low rank, norm-folded weights): 2.6-2.9x on such
+  Llama-7B-sized sets (reports/measured/benchmarks/spectral_7b_shapes_1thread.txt).
+- ``float32`` (``"float32"``, opt-in), for float32 units of a clearly rectangular shape: a float32
+  Gram matrix (float32 products and sums, BLAS syrk: 2-3x faster than float64's). Its rounding
+  moves each eigenvalue by at most ``noise`` = sqrt(N) eps32 max_j |u_j|^2 (N the Gram's size,
+  |u_j| its largest column norm): entries err by ~eps32 |u_j| |u_k| with random signs, so the
+  error matrix has a spectral norm ~sqrt(N) eps32 max |u_j|^2 (Weyl's bound on each eigenvalue);
+  measured <= 0.34 of that on random, planted low-rank, power-law, spiked and column-scaled sets.
+  It is a model, not a proof: the route is kept only when, under it, the first-order change of
+  log(effective rank) is <= ``FAST_RANK_TOL``, and when s_max^2 is certified to ``FAST_TOP_TOL``
+  (1e-6) by a residual on the units themselves (``top_eigenvalue``, no model); else the float64
+  route decides. Near-square units skip it: their smallest singular values (~s_max / N for a
+  random matrix) lie below a float32 Gram matrix's resolution sqrt(eps32) s_max (the squared
+  condition number). It is not the default because it pays only where the spectrum stays well
+  above that resolution: on random 11008 x 4096 units it saves ~15% (the float64 eigensolver
+  remains), while norm-folded real weights (SmolLM2's MLP: smallest/largest eigenvalue 1e-8 to
+  1e-11) fail its estimate and then cost the attempt on top of the float64 route. A float32
+  eigensolver is no way out: its errors (~eps32 lam_max on every eigenvalue, ~250 eps32 relative
+  on the largest) moved the effective rank of random 4096 x 4096 units by 3-5e-6, too close to
+  1e-5 to be certified.
 """
 
 from __future__ import annotations
@@ -36,14 +47,14 @@ from scipy.sparse.linalg import eigsh
 RANK_METRICS = ("stable_rank", "effective_rank")
 WEIGHT_METRICS = ("stable_rank_weight", "alpha")
 SPECTRAL_METRICS = RANK_METRICS + WEIGHT_METRICS
-PRECISIONS = ("fast", "exact")
+PRECISIONS = ("fast", "float32", "exact")
 
 EPS32 = float(np.finfo(np.float32).eps)
-FAST_RANK_TOL = 1e-5  # relative error of effective_rank on the float32 route (estimated, first order)
+FAST_RANK_TOL = 1e-5  # relative error of effective_rank by default (first-order bound)
 FAST_TOP_TOL = 1e-6  # relative error of s_max^2, so of stable_rank, on the float32 route (certified)
 # Lanczos stops when its residual on the float32 Gram is below this (relative): the Gram's own
 # rounding (~1e-7) then dominates the residual that ``top_eigenvalue`` measures on the units
-LANCZOS_TOL = 1e-8
+LANCZOS_TOL = 1e-7
 # WeightWatcher 0.7.7 (CPU): eigenvalues <= 1e-5 are left out of the fit (EVALS_THRESH; it is
 # 1e-4 when CUDA is present); we fit only where >= 50 remain (its small-sample estimator, below 20,
 # then never applies)
@@ -144,7 +155,7 @@ def entropy_error(lam: np.ndarray, noise: float) -> float:
     return float((dp * (np.abs(np.log(np.maximum(p, dp)) + entropy) + rough)).sum())
 
 
-def exact_spectrum(u: np.ndarray, rank_tol: float, torch_from: int, rows: int) -> Spectrum:
+def float64_spectrum(u: np.ndarray, rank_tol: float, torch_from: int, rows: int) -> Spectrum:
     """Singular values of ``u`` (n, dim) from its float64 Gram matrix, or from an SVD when the
     Gram's rounding could move log(effective rank) by more than ``rank_tol``.
 
