@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+import models
 from probes.measure.arch import layout_for
+from probes.measure.family_units import all_units
 from probes.measure.metrics import Condensation
 from probes.measure.spectral import (
     FAST_RANK_TOL,
@@ -19,7 +21,7 @@ from probes.measure.spectral import (
     powerlaw_alpha,
     top_eigenvalue,
 )
-from probes.measure.units import ModelTensors, base_prefix, block_units
+from probes.measure.units import ModelTensors, base_prefix, block_units, read_units
 
 
 def svd_ranks(u):
@@ -174,18 +176,25 @@ def test_powerlaw_alpha_matches_its_definition_and_recovers_a_planted_exponent()
     assert np.isnan(powerlaw_alpha(np.r_[np.ones(49) * 2.0 ** np.arange(49), np.zeros(100)]))
 
 
-def test_reader_marks_linear_weight_rows():
+def test_reader_marks_linear_and_conv1d_weight_rows():
+    """Linear (BERT) and Conv1D (GPT-2) rows carry their bias column count; head forms and
+    convolution kernels (ResNet) carry None; the ResNet classifier is a Linear."""
     import transformers as T
 
     torch.manual_seed(0)
-    model = T.BertModel(T.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1,
-                                     num_attention_heads=2, intermediate_size=64))
-    layout = layout_for(model.config)
-    source = ModelTensors(model)
+    bert = T.BertModel(T.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1,
+                                    num_attention_heads=2, intermediate_size=64))
+    layout = layout_for(bert.config)
+    source = ModelTensors(bert)
     sets = block_units(source, base_prefix(source.names(), layout), layout.blocks[0])
     marks = {(u.component, u.head): u.bias_columns for u in sets}
     assert marks[("attn.q", None)] == marks[("attn.q", 1)] == marks[("mlp.in", None)] == 1
     assert marks[("attn.qk_heads", None)] is None
+    gpt2 = models.build_model("gpt2", vocab_size=50, n_positions=8, n_embd=32, n_layer=1, n_head=2)
+    marks = {(u.component, u.head): (u.bias_columns, u.units.shape[1]) for u in read_units(gpt2)}
+    assert marks[("attn.k", None)] == marks[("mlp.in", None)] == (1, 33)
+    resnet = {u.component: u.bias_columns for u in all_units(models.build_resnet())}
+    assert resnet.pop("classifier") == 1 and set(resnet.values()) == {None}
 
 
 # --- Llama-7B-sized sets: the tolerances where they are meant to hold -------------------------
