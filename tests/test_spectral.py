@@ -143,7 +143,7 @@ def test_weight_columns_leave_out_the_bias():
     small = Condensation(order=False).fit(w[:40], bias_columns=0)
     assert np.isnan(small.alpha_) and "alpha" not in [m for m, _, _ in small.results()]
     assert "stable_rank_weight" not in [m for m, _, _ in Condensation().fit(w).results()]
-    for bad in (80 + 1, -1, 1.5):
+    for bad in (80 + 1, -1, 1.5, True):
         with pytest.raises(ValueError, match="bias_columns"):
             Condensation().fit(np.c_[w, b], bias_columns=bad)
     with pytest.raises(ValueError, match="spectral"):

@@ -70,7 +70,7 @@ class Condensation:
 
     Raises:
         ValueError: thresholds outside (0, 1), ``spectral`` not one of False, True, "fast",
-            "exact", or ``units`` not a finite 2-D array.
+            "float32", "exact", or ``units`` not a finite 2-D array.
     """
 
     # Cosines are computed once per pair in blocks of ``block_rows`` rows against the rows after
@@ -136,8 +136,9 @@ class Condensation:
             raise ValueError(f"units must be 2-D (n_units, dim), got shape {u.shape}")
         if not np.isfinite(u).all():
             raise ValueError("units contain NaN or inf")
-        if bias_columns is not None and not (isinstance(bias_columns, (int, np.integer))
-                                             and 0 <= bias_columns < max(u.shape[1], 1)):
+        if bias_columns is not None and (isinstance(bias_columns, bool)
+                                         or not isinstance(bias_columns, (int, np.integer))
+                                         or not 0 <= bias_columns < max(u.shape[1], 1)):
             raise ValueError(f"bias_columns={bias_columns!r} is invalid: accepted is an int in "
                              f"[0, {u.shape[1]}) (the units' trailing bias columns) or None")
         self._weight = bias_columns is not None
