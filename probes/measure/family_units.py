@@ -55,7 +55,8 @@ def _mlp_active_units(model, n_layers: int) -> list[UnitSet]:
 
 def _classifier_units(model, n_layers: int) -> list[UnitSet]:
     linear = model.classifier[-1]
-    return [UnitSet(n_layers, "classifier", None, unit_rows(linear.weight, linear.bias, "linear")[0])]
+    rows, d_in = unit_rows(linear.weight, linear.bias, "linear")
+    return [UnitSet(n_layers, "classifier", None, rows, bias_columns=rows.shape[1] - d_in)]
 
 
 EXTRA_UNITS = {"resnet": _classifier_units, "condensation_mlp": _mlp_active_units}

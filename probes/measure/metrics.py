@@ -7,19 +7,28 @@ Follows the measurements of the condensation papers (sources in docs/science.md)
   at 1 - tau, so that every pair inside a group has cosine >= tau;
 - relative distance RD = |theta(t) - theta(0)| / |theta(0)| (Luo, Xu, Ma, Zhang, JMLR 2021);
 - stable rank sum(s^2) / max(s)^2 and effective rank exp(H(s / sum s)) (Roy and Vetterli 2007)
-  of the units matrix.
+  of the units matrix, and of a Linear layer's weight alone its stable rank and WeightWatcher's
+  power-law exponent alpha (probes.measure.spectral: routes and tolerances).
 Units whose norm is below ``zero_tol`` times the median norm are dropped and counted.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import torch
 from scipy.cluster.hierarchy import leaves_list, linkage
-from scipy.linalg import eigh
 
 from probes.measure import pairs
 from probes.measure.result import metric_row
+from probes.measure.spectral import (
+    FAST_RANK_TOL,
+    PRECISIONS,
+    RANK_METRICS,
+    WEIGHT_METRICS,
+    Spectrum,
+    float32_route,
+    float32_spectrum,
+    float64_spectrum,
+)
 
 THRESHOLDS = (0.7, 0.9, 0.95, 0.99)
 
@@ -35,9 +44,14 @@ class Condensation:
         order: also build the whole dendrogram (``order_``) and keep the unit rows for
             ``cosine_`` and ``ordered_cosine`` (heat maps): n (n - 1) / 2 float64 more memory and
             one full linkage. Without it ``order_`` and ``cosine_`` are None.
-        spectral: also compute ``stable_rank_`` and ``effective_rank_`` (the singular values: a
-            float64 Gram matrix and its eigenvalues, most of the time on large layers). Without
-            it both are None and ``results`` leaves them out.
+        spectral: also compute ``stable_rank_`` and ``effective_rank_`` (and, for ``fit`` with
+            ``bias_columns``, ``stable_rank_weight_`` and ``alpha_``) from the singular values
+            (most of the time on large layers). True or ``"fast"``: float64 Gram matrices, an
+            SVD only where their rounding could move the effective rank by more than 1e-5
+            (relative, first order); ``"float32"``: float32 Gram matrices first where they meet
+            1e-5 (effective rank) and 1e-6 (stable rank), for rectangular float32 units;
+            ``"exact"``: an SVD already from ``rank_tol`` (1e-8). See probes.measure.spectral.
+            False: all are None and ``results`` leaves them out.
 
     Attributes after ``fit(units)``:
         n_units_ (kept units), n_dropped_ (units left out: zero norm, or dead), kept_ (n_in,)
@@ -49,11 +63,15 @@ class Condensation:
         largest_group_share_ {tau: size of the largest group / n_units},
         order_ (n,) unit order that puts groups next to each other (dendrogram leaves),
         cosine_ (n, n) cosine matrix, computed when read (float64; float32 for large sets),
-        stable_rank_, effective_rank_ (of the kept units matrix; None without ``spectral``).
+        stable_rank_, effective_rank_ (of the kept units matrix; None without ``spectral``),
+        stable_rank_weight_, alpha_ (of its weight columns; None without ``spectral`` or
+        ``bias_columns``; alpha_ NaN below 50 eigenvalues above 1e-5), spectral_route_
+        (``float32``, ``float64`` or ``svd``: how the units' singular values were computed).
         With no kept unit every value is NaN; with one, mean_abs_cos_ is NaN and it is one group.
 
     Raises:
-        ValueError: thresholds outside (0, 1), or ``units`` not a finite 2-D array.
+        ValueError: thresholds outside (0, 1), ``spectral`` not one of False, True, "fast",
+            "float32", "exact", or ``units`` not a finite 2-D array.
     """
 
     # Cosines are computed once per pair in blocks of ``block_rows`` rows against the rows after
@@ -64,19 +82,25 @@ class Condensation:
     # n x n matrix is built unless ``order`` asks for the dendrogram.
     float32_work = 2**31
     block_rows = 256
-    # Singular values come from the eigenvalues of the smaller Gram matrix (float64, a fraction
-    # of an SVD's time); eigenvalues at rounding level count as exact zeros. When the rounding of
-    # the others could move the effective rank by more than ``rank_tol`` (relative; a first-order
-    # bound, see _singular_values), an SVD decides.
+    # Singular values come from the eigenvalues of the smaller Gram matrix (a fraction of an
+    # SVD's time); eigenvalues at rounding level count as exact zeros. When the rounding of the
+    # others could move the effective rank by more than ``fast_rank_tol`` (``rank_tol`` with
+    # spectral="exact"; relative, a first-order bound, see spectral.entropy_error), an SVD
+    # decides. spectral="float32" tries float32 Gram matrices for float32 units from
+    # ``float32_gram_work`` multiply-adds (n dim min(n, dim)) on, ``float32_aspect`` times
+    # longer than wide (spectral.float32_route).
     rank_tol = 1e-8
+    fast_rank_tol = FAST_RANK_TOL
     gram_rows = 2048
+    float32_gram_work = 2**31
+    float32_aspect = 2.0
     # Eigenvalues of Gram matrices from this size on come from torch (MKL's syevd), below it from
     # scipy (OpenBLAS's syevr, in place): each is the faster on one thread there, by up to 2x
     # (measured on an AVX2 EPYC: 769: 0.04 s against 0.09 s; 4096: 6 s against 9 s).
     torch_eig_from = 1800
 
     def __init__(self, thresholds=THRESHOLDS, antipodal: bool = False, zero_tol: float = 1e-8,
-                 order: bool = True, spectral: bool = True):
+                 order: bool = True, spectral: bool | str = True):
         self.thresholds = tuple(float(t) for t in thresholds)
         bad = [t for t in self.thresholds if not 0 < t < 1]
         if bad:
@@ -84,9 +108,12 @@ class Condensation:
         self.antipodal = antipodal
         self.zero_tol = zero_tol
         self.order = order
+        if spectral not in (False, True, *PRECISIONS):
+            raise ValueError(f"spectral={spectral!r} is invalid: accepted are False, True, "
+                             f"{', '.join(map(repr, PRECISIONS))}")
         self.spectral = spectral
 
-    def fit(self, units, dead=None) -> Condensation:
+    def fit(self, units, dead=None, bias_columns: int | None = None) -> Condensation:
         """Measure ``units``: array-like (n_units, dim), one unit per row (float32 and float64
         are used as given, other types as float64).
 
@@ -94,9 +121,14 @@ class Condensation:
             dead: optional (n_units,) bool mask of dead units (a constant output after the
                 nonlinearity on every probe input): left out of every metric, counted in
                 ``n_dead_`` and in ``n_dropped_``, reported as the ``n_dead`` metric.
+            bias_columns: when the rows are a Linear / Conv1D weight matrix W with its bias
+                appended (``probes.measure.units.UnitSet.bias_columns``), how many trailing
+                columns are bias (0: none): ``stable_rank_weight_`` and ``alpha_`` are then
+                measured on the other columns, W. None: not a weight matrix, neither is.
 
         Raises:
-            ValueError: ``units`` not 2-D or not finite; ``dead`` of another length.
+            ValueError: ``units`` not 2-D or not finite; ``dead`` of another length;
+                ``bias_columns`` not an int in [0, dim).
         """
         u = np.asarray(units)
         if u.dtype not in (np.float32, np.float64):
@@ -105,6 +137,12 @@ class Condensation:
             raise ValueError(f"units must be 2-D (n_units, dim), got shape {u.shape}")
         if not np.isfinite(u).all():
             raise ValueError("units contain NaN or inf")
+        if bias_columns is not None and (isinstance(bias_columns, bool)
+                                         or not isinstance(bias_columns, (int, np.integer))
+                                         or not 0 <= bias_columns < max(u.shape[1], 1)):
+            raise ValueError(f"bias_columns={bias_columns!r} is invalid: accepted is an int in "
+                             f"[0, {u.shape[1]}) (the units' trailing bias columns) or None")
+        self._weight = bias_columns is not None
         norms = np.concatenate([np.linalg.norm(np.asarray(u[r:r + self.gram_rows], np.float64),
                                                axis=1) for r in range(0, len(u), self.gram_rows)]
                                or [np.zeros(0)])
@@ -122,6 +160,8 @@ class Condensation:
         self.n_units_, self.n_dropped_, self.kept_ = int(len(u)), int((~keep).sum()), keep
         n = self.n_units_
         self._unit = None
+        self.stable_rank_ = self.effective_rank_ = self.spectral_route_ = None
+        self.stable_rank_weight_ = self.alpha_ = None
         if n == 0:
             return self._empty()
         if n > 1:
@@ -148,12 +188,15 @@ class Condensation:
         self.largest_group_share_ = {
             t: float(np.bincount(lab).max()) / n for t, lab in self.labels_.items()
         }
-        self.stable_rank_ = self.effective_rank_ = None
         if self.spectral:
-            s = self._singular_values(u)
-            self.stable_rank_ = float((s**2).sum() / s[0] ** 2)
-            p = s[s > 0] / s.sum()
-            self.effective_rank_ = float(np.exp(-(p * np.log(p)).sum()))
+            units_spectrum = self._spectrum(u)
+            self.stable_rank_ = units_spectrum.stable_rank
+            self.effective_rank_ = units_spectrum.effective_rank
+            self.spectral_route_ = units_spectrum.route
+            if self._weight:
+                weight = (units_spectrum if bias_columns == 0
+                          else self._spectrum(u[:, :u.shape[1] - bias_columns]))
+                self.stable_rank_weight_, self.alpha_ = weight.stable_rank, weight.alpha
         return self
 
     @property
@@ -164,55 +207,32 @@ class Condensation:
             return None
         return _cosines(self._unit)
 
-    def _gram(self, u: np.ndarray) -> np.ndarray:
-        """The smaller float64 Gram matrix of ``u`` (n, dim): u^T u (dim, dim) when n >= dim,
-        else u u^T (n, n); summed over blocks so that no float64 copy of ``u`` is made."""
-        n, dim = u.shape
-        step = self.gram_rows
-        if n >= dim:
-            gram = np.zeros((dim, dim))
-            for r in range(0, n, step):
-                b = np.asarray(u[r:r + step], dtype=np.float64)
-                gram += b.T @ b
-            return gram
-        gram = np.zeros((n, n))
-        for c in range(0, dim, step * 4):
-            b = np.ascontiguousarray(u[:, c:c + step * 4], dtype=np.float64)
-            gram += b @ b.T
-        return gram
+    def _spectrum(self, u: np.ndarray) -> Spectrum:
+        """Singular values of ``u`` (n, dim): with ``spectral="float32"`` the float32 route where
+        it applies and meets its tolerances, else the float64 one (to ``fast_rank_tol``;
+        ``rank_tol`` with ``spectral="exact"``)."""
+        exact = self.spectral == "exact"
+        if self.spectral == "float32" and float32_route(u, self.float32_gram_work,
+                                                         self.float32_aspect):
+            found = float32_spectrum(u, self.torch_eig_from, self.fast_rank_tol,
+                                     rows=self.gram_rows)
+            if found is not None:
+                return found
+        tol = self.rank_tol if exact else self.fast_rank_tol
+        return float64_spectrum(u, tol, self.torch_eig_from, self.gram_rows)
 
     def _singular_values(self, u: np.ndarray) -> np.ndarray:
-        """Singular values of ``u`` (n, dim), descending, float64 (see ``rank_tol``).
-
-        Eigenvalues lam of the Gram matrix are taken to carry an absolute error up to
-        ``noise`` = 10 N eps lam_max (N its size); those below it are exact zeros (a zero bias
-        column, duplicated units). The first-order change of log(effective rank) that errors of
-        that size in the others could cause is bounded; over ``rank_tol``, the SVD decides.
-        """
-        gram = self._gram(u)
-        if len(gram) >= self.torch_eig_from:
-            lam = torch.linalg.eigvalsh(torch.from_numpy(gram)).numpy()[::-1]
-        else:
-            lam = eigh(gram, eigvals_only=True, overwrite_a=True, check_finite=False,
-                       driver="evr")[::-1]
-        noise = 10 * len(gram) * np.finfo(np.float64).eps * lam[0]
-        if lam[0] > 0:
-            s = np.sqrt(np.where(lam > noise, lam, 0.0))
-            big = lam > noise
-            ds = np.sqrt(lam[big] + noise) - np.sqrt(np.maximum(lam[big] - noise, 0.0))
-            total = s.sum()
-            p = s[big] / total
-            entropy = -(p * np.log(p)).sum()
-            bound = (ds / total * (np.abs(np.log(np.maximum(p, ds / total))) + 1 + entropy)).sum()
-            if bound <= self.rank_tol:
-                return s
-        return np.linalg.svd(np.asarray(u, dtype=np.float64), compute_uv=False)
+        """Singular values of ``u`` (n, dim) on the float64 route, descending, float64 (see
+        ``rank_tol``)."""
+        return float64_spectrum(u, self.rank_tol, self.torch_eig_from, self.gram_rows).s
 
     def _empty(self) -> Condensation:
         nan = float("nan")
         self._unit = np.zeros((0, 0))
         self.order_ = np.zeros(0, dtype=int)
         self.mean_abs_cos_ = self.stable_rank_ = self.effective_rank_ = nan
+        if self._weight:
+            self.stable_rank_weight_ = self.alpha_ = nan
         self.labels_ = {t: np.zeros(0, dtype=int) for t in self.thresholds}
         self.n_groups_ = {t: 0 for t in self.thresholds}
         self.group_ratio_ = {t: nan for t in self.thresholds}
@@ -243,8 +263,10 @@ class Condensation:
         """The fitted values as (metric, threshold or None, value) triples for the report."""
         out = [("mean_abs_cos", None, self.mean_abs_cos_)]
         if self.spectral:
-            out += [("stable_rank", None, self.stable_rank_),
-                    ("effective_rank", None, self.effective_rank_)]
+            out += [(m, None, getattr(self, m + "_")) for m in RANK_METRICS]
+            if self._weight:  # alpha only where it is fitted (>= 50 eigenvalues)
+                out += [(m, None, getattr(self, m + "_")) for m in WEIGHT_METRICS
+                        if m != "alpha" or not np.isnan(self.alpha_)]
         out.append(("n_dropped", None, float(self.n_dropped_)))
         if self.n_dead_ is not None:
             out.append(("n_dead", None, float(self.n_dead_)))

@@ -100,7 +100,7 @@ class SeriesProbe:
     def condensation(self, u, step: int, result: ProbeResult) -> list[dict]:
         """Rows of one unit set: its condensation, its chance level and its RD from step 0;
         keeps the heat map."""
-        fit = Condensation(self.thresholds).fit(u.units)
+        fit = Condensation(self.thresholds).fit(u.units, bias_columns=u.bias_columns)
         where = dict(run_id=self.run_id, step=step, layer=u.layer, component=u.component,
                      head=u.head, basis="weight")
         rows = metric_rows(fit, where)

@@ -31,19 +31,24 @@ from torch import nn
 from probes.measure.arch import Block, base_prefix, layout_for
 
 KINDS = ("linear", "conv1d", "conv")
+MATRIX_KINDS = ("linear", "conv1d")  # a weight matrix, not a convolution's kernels
 
 
 @dataclass
 class UnitSet:
     """Units of one (layer, component, head): ``units`` is (n_units, dim), float32, on CPU;
     ``dead`` (activation basis only) is an (n_units,) bool mask of units whose output after the
-    nonlinearity is constant on every probe input, or None when not known."""
+    nonlinearity is constant on every probe input, or None when not known; ``bias_columns``: when
+    the rows are rows of one Linear / Conv1D weight matrix W (weight basis), how many trailing
+    columns are its bias (0: none), so that W alone can be measured; None for anything else
+    (activations, head forms, convolution kernels)."""
 
     layer: int
     component: str
     head: int | None
     units: torch.Tensor
     dead: torch.Tensor | None = None
+    bias_columns: int | None = None
 
 
 # --- tensors -> unit rows ---------------------------------------------------------------------
@@ -99,7 +104,8 @@ def head_forms(q: torch.Tensor, k: torch.Tensor, n_head: int, n_kv_head: int, d_
                         for h, qh in enumerate(q.chunk(n_head))])
 
 
-def layer_unit_sets(layer: int, comps: dict, qk_heads: bool = True) -> list[UnitSet]:
+def layer_unit_sets(layer: int, comps: dict, qk_heads: bool = True,
+                    matrices: frozenset | set = frozenset()) -> list[UnitSet]:
     """Unit sets of one layer from its components' rows.
 
     Args:
@@ -108,6 +114,8 @@ def layer_unit_sets(layer: int, comps: dict, qk_heads: bool = True) -> list[Unit
             consecutive chunks; d_in = weight columns (the rest are bias columns).
         qk_heads: add ``attn.qk_heads`` when ``attn.q`` and ``attn.k`` are there with >= 2 query
             heads (weights only: in the activation basis it is not defined).
+        matrices: components whose rows are a Linear / Conv1D weight matrix: their sets (whole
+            and per head) get ``bias_columns`` = dim - d_in.
 
     Returns:
         per component the whole-layer set (head None), then one set per head when heads >= 2.
@@ -116,12 +124,14 @@ def layer_unit_sets(layer: int, comps: dict, qk_heads: bool = True) -> list[Unit
         ValueError: a component's rows do not split evenly into its heads.
     """
     sets = []
-    for comp, (rows, heads, _) in comps.items():
+    for comp, (rows, heads, d_in) in comps.items():
         if heads >= 2 and len(rows) % heads:
             raise ValueError(f"layer {layer} {comp}: {len(rows)} units do not split into {heads} heads")
-        sets.append(UnitSet(layer, comp, None, rows))
+        bias = rows.shape[1] - d_in if comp in matrices else None
+        sets.append(UnitSet(layer, comp, None, rows, bias_columns=bias))
         if heads >= 2:
-            sets += [UnitSet(layer, comp, h, chunk) for h, chunk in enumerate(rows.chunk(heads))]
+            sets += [UnitSet(layer, comp, h, chunk, bias_columns=bias)
+                     for h, chunk in enumerate(rows.chunk(heads))]
     if qk_heads and "attn.q" in comps and "attn.k" in comps:
         (q, n_head, d_in), (k, n_kv_head, _) = comps["attn.q"], comps["attn.k"]
         if n_head >= 2 and n_head % n_kv_head == 0:
@@ -245,8 +255,11 @@ def block_parts(source, prefix: str, block: Block, fold: bool = False) -> dict:
 
 def block_units(source, prefix: str, block: Block, fold: bool = False) -> list[UnitSet]:
     """Every weight-basis unit set of one block (tensors read from ``source`` one at a time);
-    ``fold``: norm gains folded into the rows (``block_parts``)."""
-    return layer_unit_sets(block.layer, block_parts(source, prefix, block, fold), block.qk_heads)
+    ``fold``: norm gains folded into the rows (``block_parts``). Linear and Conv1D parts carry
+    ``bias_columns``."""
+    matrices = {p.component for p in block.parts if p.kind in MATRIX_KINDS}
+    return layer_unit_sets(block.layer, block_parts(source, prefix, block, fold), block.qk_heads,
+                           matrices)
 
 
 def read_units(model: nn.Module) -> list[UnitSet]:
