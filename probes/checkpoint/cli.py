@@ -39,6 +39,7 @@ from probes.store import (
     check_output_dir,
     check_replaceable,
     read_csv,
+    recover,
     replace_folder,
     staging_dir,
 )
@@ -155,6 +156,8 @@ def main(argv: list[str]) -> int:
     try:
         opts = parse_args(argv)
         check_output_dir(opts.output_dir)
+        if os.environ.get("RANK", "0") == "0":  # a killed probe's leftovers, by one process
+            recover(opts.output_dir)
         check_replaceable(opts.output_dir, CHECKPOINT_OUTPUTS)
         plans, notes = plan_all(opts)
     except (CheckpointError, OutputError) as e:

@@ -46,10 +46,10 @@ from probes.store.output import (
     OutputError,
     check_output_dir,
     check_replaceable,
-    publish_reports,
     replace_folder,
     staging_dir,
 )
+from probes.store.publish import Publish, publish_reports, recover
 from probes.store.runs import (
     CHECKPOINT,
     CONFIG,
@@ -82,9 +82,9 @@ __all__ = [
     "CHECKPOINT", "CHECKPOINT_OUTPUTS", "CHECKPOINT_RUNS_COLUMNS", "CONFIG", "FAMILY_KEYS",
     "HEATMAP", "LINEAGE_COLUMNS", "MEASURED", "METRICS_COLUMNS", "MODEL", "NEURONS_COLUMNS",
     "OFFSETS_COLUMNS", "REPORT_FILES", "RUNS_FRONT", "RUNS_TAIL", "RUN_JSON", "SCORES", "STATE", "TRAIN_LOG",
-    "TRAIN_LOG_COLUMNS", "OutputError", "RunResult", "atomic_write_text", "check_output_dir",
+    "TRAIN_LOG_COLUMNS", "OutputError", "Publish", "RunResult", "atomic_write_text", "check_output_dir",
     "check_replaceable", "checkpoint_series", "finished", "frame", "gather_runs", "load_heatmap",
-    "package_version", "publish_reports", "read_csv", "read_run_json", "replace_folder",
+    "package_version", "publish_reports", "read_csv", "read_run_json", "recover", "replace_folder",
     "run_dir", "run_folder", "run_of_model", "runs_row", "save_checkpoint", "save_heatmap",
     "save_run", "staging_dir", "state_dir", "work_dir", "write_csv", "write_train_log",
 ]

@@ -28,6 +28,7 @@ from probes.measure.result import (
 from probes.runtime import hub_progress_bars_off
 from probes.store import files
 from probes.store.output import replace_folder, staging_dir
+from probes.store.publish import Publish
 
 MODEL, CONFIG, RUN_JSON, STATE, HEATMAP = "model", "config.yaml", "run.json", "state", "heatmap.npz"
 TRAIN_LOG, SCORES = "train_log.csv", "scores.json"
@@ -150,7 +151,7 @@ def runs_row(cfg: RunConfig, scores: dict, *, step: int, n_train: int, fitted: b
     }
 
 
-def save_run(result: RunResult, source: Path) -> dict:
+def save_run(result: RunResult, source: Path, publish: Publish | None = None) -> dict:
     """Write a measured run's folder whole and put it in place; returns its runs row.
 
     Args:
@@ -159,9 +160,12 @@ def save_run(result: RunResult, source: Path) -> dict:
         source: a folder whose files are carried over (hard links), less the ``MEASURED`` files
             and the training state: the work folder after training (train log and checkpoint
             series), or the run folder itself when a finished run is measured again.
+        publish: a set the new folder joins (``store.publish.Publish``: its owner commits it,
+            or rolls every member back); None: it replaces the old folder at once.
 
-    The new folder is staged beside the old one and renamed into its place: a kill at any point
-    leaves the old folder (and the work folder) as they were. ``run.json`` marks it finished.
+    The new folder is staged beside the old one and swapped into its place
+    (``output.replace_folder``): a kill at any point leaves the old folder (and the work folder)
+    as they were. ``run.json`` marks it finished.
     """
     cfg, folder = result.cfg, run_dir(result.cfg)
     stage = staging_dir(folder)
@@ -190,7 +194,10 @@ def save_run(result: RunResult, source: Path) -> dict:
         if result.heatmap is not None:
             save_heatmap(stage / HEATMAP, result.heatmap)
         files.atomic_write_text(stage / RUN_JSON, json.dumps(row, indent=1, default=float))
-        replace_folder(stage, folder)
+        if publish is None:
+            replace_folder(stage, folder)
+        else:
+            publish.put(stage, folder)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise

@@ -23,7 +23,15 @@ from tqdm.auto import tqdm
 from probes.config import ConfigError, expand, load_config, parse_overrides
 from probes.report.experiment import write_all
 from probes.runtime import bf16_native, configure_threads
-from probes.store import OutputError, check_output_dir, finished, run_dir, save_run, work_dir
+from probes.store import (
+    OutputError,
+    check_output_dir,
+    finished,
+    recover,
+    run_dir,
+    save_run,
+    work_dir,
+)
 from probes.train.loop import Run, build_data
 from probes.train.remeasure import measurable, measure_all, recorded, stale
 from probes.train.usage import key_help
@@ -48,6 +56,9 @@ def train_all(cfgs, accelerator) -> None:
     kept = [c for c in cfgs if c not in todo]
     if kept:
         accelerator.print(f"{len(kept)} finished run(s) kept; --overwrite true retrains them")
+        if accelerator.is_main_process:  # what a killed --overwrite rerun began: never resumed
+            for c in kept:
+                shutil.rmtree(work_dir(c), ignore_errors=True)
     moved = sorted({c.run_id for c in kept if recorded(run_dir(c)).get("n_probes") != c.n_probes})
     if moved:
         accelerator.print(f"note: {len(moved)} finished run(s) keep the probe steps they saved "
@@ -123,6 +134,9 @@ def main(argv: list[str]) -> int:
     # then join one gloo group instead of each believing it is alone.
     accelerator = Accelerator(cpu=not torch.accelerator.is_available(),
                               mixed_precision=cfgs[0].mixed_precision)
+    if accelerator.is_main_process:  # what a killed command left half done, rolled back first
+        recover(cfgs[0].out_dir)
+    accelerator.wait_for_everyone()
     threads = configure_threads(cfgs[0].num_threads, accelerator.num_processes)
     if accelerator.mixed_precision == "bf16" and accelerator.device.type == "cpu" and not bf16_native():
         accelerator.print("warning: this CPU has no native bf16 matmul (no AVX512-BF16 or AMX): "
