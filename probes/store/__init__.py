@@ -16,6 +16,10 @@ Layout of an experiment's output folder (schema: reports/README.md)::
     checkpoint series so far, written by the process that trains it; a finished run's folder
     is never touched before the new one is complete)
 
+A kill leaves hidden working names (``.<name>.staging-*``, ``.<name>.old-*``, ``.publish.old-*``
+and the journal ``.publishing.json`` of a set being published): ``recover`` (``store.publish``)
+rolls them back at the start of the next command that writes the folder.
+
 ``runs/<run_id>/run.json`` is written last: a run folder with it is finished, and a rerun of the
 same command reads it back instead of training again (re-measuring it when only analysis
 settings changed: ``probes.train.remeasure``). A checkpoint probe's output folder holds

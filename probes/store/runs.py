@@ -122,7 +122,8 @@ def checkpoint_series(folder: Path) -> list[tuple[int, Path]]:
 
 
 def runs_row(cfg: RunConfig, scores: dict, *, step: int, n_train: int, fitted: bool,
-             diverged: bool, wall_s: float, num_threads: int, device: str = "") -> dict:
+             diverged: bool, wall_s: float, num_threads: int, device: str = "",
+             mixed_precision: str | None = None) -> dict:
     """One run's runs.csv row (without ``checkpoint`` and ``package_version``, added on saving).
 
     Args:
@@ -130,9 +131,18 @@ def runs_row(cfg: RunConfig, scores: dict, *, step: int, n_train: int, fitted: b
         step: steps trained; n_train: training samples (epochs = step * batch / n_train);
         fitted, diverged: the run's outcome; wall_s: seconds of training and probing;
         num_threads: torch threads (float sums depend on it, and training amplifies them);
-        device: the device type it trained on (``cpu``, ``cuda``, ...); its precision is
-        ``cfg.mixed_precision`` (no | fp16 | bf16).
+        device: the device type it trained on (``cpu``, ``cuda``, ...);
+        mixed_precision: the autocast precision the accelerator trained it in (no | fp16 | bf16;
+            None: ``cfg.mixed_precision``). It is part of the run's identity, so a run trained
+            in another precision than its config names is refused.
+
+    Raises:
+        ValueError: ``mixed_precision`` is not ``cfg.mixed_precision``.
     """
+    if mixed_precision is not None and mixed_precision != cfg.mixed_precision:
+        raise ValueError(f"run {cfg.run_id!r} was trained with mixed_precision="
+                         f"{mixed_precision!r} but its config names {cfg.mixed_precision!r}: "
+                         f"accepted is an accelerator made with the config's precision")
     per_step = min(cfg.batch_size, n_train)
     epochs = float("nan") if cfg.fresh_samples else step * per_step / max(n_train, 1)
     lm = cfg.model_family in LM_FAMILIES
@@ -147,7 +157,8 @@ def runs_row(cfg: RunConfig, scores: dict, *, step: int, n_train: int, fitted: b
         **({"lr_effective": effective_lr(cfg)} if cfg.lr_scaling != "none" else {}),
         "steps": step, "epochs": round(epochs, 3) if not math.isnan(epochs) else epochs,
         **scores, "fitted": fitted, "diverged": diverged, "wall_s": round(wall_s, 2),
-        "num_threads": num_threads, "device": device, "mixed_precision": cfg.mixed_precision,
+        "num_threads": num_threads, "device": device,
+        "mixed_precision": mixed_precision or cfg.mixed_precision,
     }
 
 
