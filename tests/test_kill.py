@@ -208,7 +208,11 @@ def test_a_folder_replaced_and_killed_is_the_old_or_the_new_one(tmp_path, no_exc
 def test_recover_leaves_a_clean_folder_alone(tmp_path):
     report_folder(tmp_path / "out")
     before = visible(tmp_path / "out")
+    user = [".cache.old-x1", ".draft.abc123.tmp", ".thing.staging-2"]  # a user's hidden files
+    for name in user:
+        (tmp_path / "out" / name).write_text("mine")
     recover(tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").glob(".*")) == sorted(user)
     recover(tmp_path / "missing")
     assert visible(tmp_path / "out") == before and not (tmp_path / "missing").exists()
     assert not (tmp_path / "out" / JOURNAL).exists()

@@ -23,7 +23,14 @@ from probes.report import tables
 from probes.report.figures import baselines as baseline_figures
 from probes.report.figures import experiment as figures
 from probes.report.lineage import write_lineage
-from probes.store import Publish, gather_runs, publish_reports, staging_dir, write_csv
+from probes.store import (
+    REPORT_STAGE,
+    Publish,
+    gather_runs,
+    publish_reports,
+    staging_dir,
+    write_csv,
+)
 from tasks import TASKS
 
 
@@ -41,7 +48,7 @@ def write_all(cfgs, publish: Publish | None = None) -> None:
             ``measure DIR`` does with its run folders); None: the report is its own set.
     """
     out_dir = cfgs[0].out_dir
-    stage = staging_dir(out_dir / "report")
+    stage = staging_dir(out_dir / REPORT_STAGE)
     try:
         frames = gather_runs(cfgs, stage)
         task = TASKS[cfgs[0].task]

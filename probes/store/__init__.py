@@ -53,7 +53,7 @@ from probes.store.output import (
     replace_folder,
     staging_dir,
 )
-from probes.store.publish import Publish, publish_reports, recover
+from probes.store.publish import REPORT_STAGE, Publish, publish_reports, recover
 from probes.store.runs import (
     CHECKPOINT,
     CONFIG,
@@ -85,7 +85,8 @@ from probes.store.runs import (
 __all__ = [
     "CHECKPOINT", "CHECKPOINT_OUTPUTS", "CHECKPOINT_RUNS_COLUMNS", "CONFIG", "FAMILY_KEYS",
     "HEATMAP", "LINEAGE_COLUMNS", "MEASURED", "METRICS_COLUMNS", "MODEL", "NEURONS_COLUMNS",
-    "OFFSETS_COLUMNS", "REPORT_FILES", "RUNS_FRONT", "RUNS_TAIL", "RUN_JSON", "SCORES", "STATE", "TRAIN_LOG",
+    "OFFSETS_COLUMNS", "REPORT_FILES", "REPORT_STAGE", "RUNS_FRONT", "RUNS_TAIL", "RUN_JSON",
+    "SCORES", "STATE", "TRAIN_LOG",
     "TRAIN_LOG_COLUMNS", "OutputError", "Publish", "RunResult", "atomic_write_text", "check_output_dir",
     "check_replaceable", "checkpoint_series", "finished", "frame", "gather_runs", "load_heatmap",
     "package_version", "publish_reports", "read_csv", "read_run_json", "recover", "replace_folder",

@@ -30,7 +30,10 @@ JOURNAL = ".publishing.json"
 # renames, a Publish's backups and atomic_write_text's temp files
 _LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>staging|old)-[A-Za-z0-9_]+$")
 _BACKUPS = re.compile(r"^\.publish\.old-[A-Za-z0-9_]+$")
-_TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")
+_TEMP = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]+\.tmp$")
+# the staging folder of an experiment's report: .report.staging-* (report.experiment)
+REPORT_STAGE = "report"
+_TEMP_OF = REPORT_FILES | {JOURNAL}
 
 
 def _remove(path: Path) -> None:
@@ -136,17 +139,19 @@ def roll_back(root: Path) -> bool:
     return True
 
 
-def _leftovers(folder: Path, name: str | None = None) -> None:
-    """In ``folder``: remove staging folders, and put back (or, when their place is taken,
-    remove) the old folders of ``replace_folder``'s two renames; only those of ``name`` when
-    given, else all of them, with ``Publish`` backups and temp files."""
+def _leftovers(folder: Path, ours, extra: bool = False) -> None:
+    """In ``folder``: remove the staging folders of the names ``ours(name)`` accepts, and put
+    back (or, when their place is taken, remove) their old folders of ``replace_folder``'s two
+    renames; with ``extra``, also ``Publish`` backups and the temp files of the report's files
+    and the journal. Nothing else is touched: the folder may hold a user's hidden files."""
     if not folder.is_dir():
         return
     for p in sorted(folder.iterdir()):
         m = _LEFTOVER.fullmatch(p.name)
-        if name is None and (_BACKUPS.fullmatch(p.name) or _TEMP.fullmatch(p.name)):
+        t = _TEMP.fullmatch(p.name)
+        if extra and (_BACKUPS.fullmatch(p.name) or (t and t["name"] in _TEMP_OF)):
             _remove(p)
-        elif m and (name is None or m["name"] == name):
+        elif m and ours(m["name"]):
             place = folder / m["name"]
             if m["kind"] == "old" and not place.exists():
                 os.replace(p, place)  # a kill between replace_folder's two renames
@@ -166,12 +171,12 @@ def recover(root: Path) -> None:
         OSError: a rename the file system refused.
     """
     root = Path(root)
-    _leftovers(root.parent, root.name)
+    _leftovers(root.parent, lambda name: name == root.name)
     if not root.is_dir():
         return
     roll_back(root)
-    _leftovers(root)
-    _leftovers(root / "runs")
+    _leftovers(root, lambda name: name == REPORT_STAGE, extra=True)
+    _leftovers(root / "runs", lambda name: True)  # run folders: every entry is a run's
 
 
 def publish_reports(staged: Path, out_dir: Path, publish: Publish | None = None) -> None:
