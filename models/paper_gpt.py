@@ -70,6 +70,16 @@ class PaperGPTConfig(PretrainedConfig):
         super().__init__(**kwargs)
 
 
+def last_dropout(drop: nn.Dropout, y: torch.Tensor, t: int) -> torch.Tensor:
+    """``drop`` applied to ``y`` (b, 1, n), the last position of a (b, t, n) output, with the
+    mask that ``drop`` draws for the whole (b, t, n) output: the random stream, and so the run,
+    is the full forward's. (A dropout over (b, 1, n) alone would draw other masks and shift every
+    later draw: another run, not the same one computed faster.)"""
+    if not drop.training or drop.p == 0:
+        return y
+    return y * drop(torch.ones(y.shape[0], t, y.shape[2], dtype=y.dtype, device=y.device))[:, -1:]
+
+
 class PaperAttention(nn.Module):
     def __init__(self, config: PaperGPTConfig):
         super().__init__()
@@ -93,7 +103,7 @@ class PaperAttention(nn.Module):
         k, v = heads(self.k_proj(x)), heads(self.v_proj(x))
         y = F.scaled_dot_product_attention(q, k, v, is_causal=not last_only)
         y = y.transpose(1, 2).reshape(b, q.shape[2], self.n_head * self.d_head)
-        return self.dropout(self.o_proj(y))
+        return last_dropout(self.dropout, self.o_proj(y), t) if last_only else self.dropout(self.o_proj(y))
 
 
 class PaperMLP(nn.Module):
@@ -103,8 +113,11 @@ class PaperMLP(nn.Module):
         self.fc_out = nn.Linear(config.d_ff, config.n_embd, bias=False)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.fc_out(F.relu(self.fc_in(x))))
+    def forward(self, x: torch.Tensor, t: int | None = None) -> torch.Tensor:
+        """x (b, t', n_embd) -> (b, t', n_embd); ``t``: x is the last position of a length-t
+        output (``last_dropout``), None: x is the whole output."""
+        y = self.fc_out(F.relu(self.fc_in(x)))
+        return self.dropout(y) if t is None else last_dropout(self.dropout, y, t)
 
 
 class PaperBlock(nn.Module):
@@ -120,8 +133,9 @@ class PaperBlock(nn.Module):
     def forward(self, x: torch.Tensor, last_only: bool = False) -> torch.Tensor:
         """x (b, t, n_embd) -> (b, t, n_embd), or (b, 1, n_embd) when ``last_only``: the other
         positions' outputs of a last block feed nothing, so they are not computed."""
+        t = x.shape[1] if last_only else None
         x = self.ln_1((x[:, -1:] if last_only else x) + self.attn(x, last_only))
-        return self.ln_2(x + self.mlp(x))
+        return self.ln_2(x + self.mlp(x, t))
 
 
 class PaperGPTForCausalLM(PreTrainedModel, GenerationMixin):

@@ -111,6 +111,7 @@ def test_a_killed_overwrite_leaves_the_finished_run_byte_for_byte(tmp_path):
     assert tree(run) == before  # the new attempt wrote only into runs/.<run_id>.training/
     assert main(args + ["--output_dir", str(out)]) == 0  # finished: kept as it was
     assert tree(run) == before
+    assert not list(out.glob("runs/.*"))  # the killed attempt's work folder, never resumed, gone
 
 
 def test_a_run_resumed_with_new_analysis_settings_is_measured_with_them(tmp_path):

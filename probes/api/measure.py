@@ -169,16 +169,17 @@ def checked_flag(name: str, value) -> bool:
 
 
 def checked_thresholds(value) -> list[float]:
-    """``value`` as a list of floats in (0, 1). Raises TypeError (not a sequence) or ValueError."""
+    """``value`` as a list of distinct floats in (0, 1) (a repeated one would give its rows
+    twice). Raises TypeError (not a sequence) or ValueError."""
     try:
         items = list(value)
     except TypeError:
         raise TypeError(f"thresholds={value!r} is not accepted: accepted is a sequence of numbers "
                         f"in (0, 1), e.g. (0.9, 0.95)") from None
     if not items or not all(isinstance(t, numbers.Real) and not isinstance(t, bool) and 0 < t < 1
-                            for t in items):
+                            for t in items) or len(set(items)) < len(items):
         raise ValueError(f"thresholds={value!r} is not accepted: accepted is a non-empty sequence "
-                         f"of numbers in (0, 1)")
+                         f"of distinct numbers in (0, 1)")
     return [float(t) for t in items]
 
 

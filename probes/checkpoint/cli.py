@@ -44,6 +44,7 @@ from probes.store import (
     check_output_dir,
     check_replaceable,
     read_csv,
+    recover,
     replace_folder,
     staging_dir,
 )
@@ -126,8 +127,9 @@ def parse_args(argv: list[str]) -> Options:
             raise CheckpointError(f"--{key} {text!r} is invalid: accepted is an integer >= 1")
         positive[key] = int(text) if text is not None else None
     thresholds = number_list(a.thresholds, "--thresholds", float) if a.thresholds else list(THRESHOLDS)
-    if not all(0 < t < 1 for t in thresholds):
-        raise CheckpointError(f"--thresholds {a.thresholds!r} is invalid: accepted are numbers in (0, 1)")
+    if not all(0 < t < 1 for t in thresholds) or len(set(thresholds)) < len(thresholds):
+        raise CheckpointError(f"--thresholds {a.thresholds!r} is invalid: accepted are distinct "
+                              f"numbers in (0, 1)")
     layers = number_list(a.heatmap_layers, "--heatmap_layers", int) if a.heatmap_layers else None
     return Options(a.checkpoint, Path(a.output_dir), a.probe_inputs, positive["probe_samples"],
                    a.allow_pickle, a.trust_remote_code, thresholds, layers, a.heatmap_component,
@@ -144,6 +146,8 @@ def main(argv: list[str]) -> int:
     try:
         opts = parse_args(argv)
         check_output_dir(opts.output_dir)
+        if os.environ.get("RANK", "0") == "0":  # a killed probe's leftovers, by one process
+            recover(opts.output_dir)
         check_replaceable(opts.output_dir, CHECKPOINT_OUTPUTS)
         plans, notes = plan_all(opts)
     except (CheckpointError, OutputError) as e:

@@ -30,7 +30,7 @@ from probes.checkpoint.fitting import Fitter, unit_bytes  # noqa: F401 (unit_byt
 from probes.checkpoint.gguf import load_gguf
 from probes.checkpoint.merge import check_merge, merge_rows
 from probes.checkpoint.validate import check_batch, check_index, check_reference, check_weights
-from probes.measure.arch import Layout, UnsupportedModel, discover_layout, layout_for
+from probes.measure.arch import REGISTRY, Layout, UnsupportedModel, discover_layout, layout_for
 from probes.measure.chance import chance_rows
 from probes.measure.drift import drift, drift_rows
 from probes.measure.family_units import NO_RD
@@ -234,6 +234,36 @@ class Result:
     maps: list[dict]
 
 
+def applied(plan: Plan, opts: Options) -> tuple[bool, str, list[str]]:
+    """What the options did to one checkpoint, for its runs row (what was done, not what was
+    asked): whether norm gains were folded into the weight-basis rows (``units.block_parts``
+    folds a part that ``Block.norms`` maps), the activation basis's capture point (empty without
+    it; ``post`` when some unit set was captured after its nonlinearity, ``Part.post``; ``pre``
+    otherwise), and a note for each option asked for and not (wholly) applied."""
+    layout, notes = plan.layout, []
+    parts = [(b, p) for b in layout.blocks for p in b.parts]
+    normed = any(p.module in b.norms for b, p in parts)
+    weight = "weight" in opts.bases
+    if opts.fold_norms and weight and not normed:
+        notes.append(f"fold_norms: no norm feeds the parts the {layout.reader!r} reader measures "
+                     f"(none, or post-LN), so the weight basis measured the stored rows")
+    arch = REGISTRY.get(getattr(plan.config, "model_type", None))
+    if opts.merge_probe and opts.fold_norms and normed and arch is not None and not arch.fold_norms:
+        notes.append("fold_norms: not applied to the merge probe (these norms also feed the "
+                     "residual stream, so folding them changes the function): it merged the "
+                     "groups of the stored rows, not the weight basis's groups")
+    point = ""
+    if opts.probe_inputs and "activation" in opts.bases:
+        post = opts.activation_point == "post" and any(p.post for _, p in parts)
+        point = "post" if post else "pre"
+        pre = list(dict.fromkeys(p.component for _, p in parts if not p.post))
+        if opts.activation_point == "post" and pre:
+            notes.append(f"activation_point post: {', '.join(pre)} "
+                         f"{'have' if len(pre) > 1 else 'has'} no point after a nonlinearity "
+                         f"and {'were' if len(pre) > 1 else 'was'} captured pre")
+    return bool(opts.fold_norms and weight and normed), point, notes
+
+
 class Prober:
     """Measures one planned checkpoint in the weight basis (and the activation basis if asked)."""
 
@@ -259,17 +289,17 @@ class Prober:
                                        dict(run_id=plan.ckpt.run_id, step=plan.ckpt.step),
                                        self.device, self.opts.fold_norms, self.fitter.torch_threads)
         plan.source = plan.model = plan.batch = None  # free memory before the next checkpoint
+        folded, point, notes = applied(plan, self.opts)
         row = dict(run_id=plan.ckpt.run_id, step=plan.ckpt.step, checkpoint=str(plan.ckpt.path),
                    format=plan.fmt, model_type=getattr(plan.config, "model_type", ""),
                    architecture=(getattr(plan.config, "architectures", None) or [""])[0],
                    n_params=plan.n_params, n_layers=len({b.layer for b in plan.layout.blocks}),
-                   unit_reader=plan.layout.reader, fold_norms=self.opts.fold_norms,
-                   spectral_metrics=self.opts.spectral_metrics,
-                   activation_point=self.opts.activation_point if self.opts.probe_inputs else "",
+                   unit_reader=plan.layout.reader, fold_norms=folded,
+                   spectral_metrics=self.opts.spectral_metrics, activation_point=point,
                    probe_inputs=self.opts.probe_inputs or "",
                    reference=str(plan.reference.ckpt.path) if plan.reference else "",
                    n_samples=self.n_samples, wall_s=round(time.perf_counter() - start, 2),
-                   **provenance())
+                   **provenance(), notes="; ".join(notes))
         return Result(self.metrics, row, self.maps)
 
     def weight_sets(self, block) -> list:

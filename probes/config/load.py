@@ -274,6 +274,12 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"num_threads={cfg.num_threads} is invalid: accepted is >= 1 or null")
     if not cfg.thresholds or not all(0 < t < 1 for t in cfg.thresholds):
         raise ConfigError(f"thresholds={cfg.thresholds} is invalid: accepted are numbers in (0, 1)")
+    if len(set(cfg.thresholds)) < len(cfg.thresholds):  # each would give its rows twice
+        raise ConfigError(f"thresholds={cfg.thresholds} repeats a value: accepted are distinct "
+                          f"numbers in (0, 1)")
+    if cfg.merge_probe and cfg.model_family == "resnet":  # probes.measure.arch: no merge sites
+        raise ConfigError("merge_probe=true has nothing to merge in model_family 'resnet' (a "
+                          "channel feeds a batch norm): accepted for 'resnet' is false")
 
 
 # keys that take one of a few names, and the names

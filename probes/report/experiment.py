@@ -24,24 +24,34 @@ from probes.report import tables
 from probes.report.figures import baselines as baseline_figures
 from probes.report.figures import experiment as figures
 from probes.report.lineage import write_lineage
-from probes.store import gather_runs, publish_reports, staging_dir, write_csv
+from probes.store import (
+    REPORT_STAGE,
+    Publish,
+    gather_runs,
+    publish_reports,
+    staging_dir,
+    write_csv,
+)
 from tasks import TASKS
 
 logger = logging.getLogger(__name__)
 
 
-def write_all(cfgs) -> None:
+def write_all(cfgs, publish: Publish | None = None) -> None:
     """Main process: the experiment's CSVs, tables and figures, and a printed summary.
 
     Everything is written into a staging folder first and published as one set
-    (``store.publish_reports``): a failure part-way leaves the previous report as it was, and no
-    file of an earlier, different grid stays beside the new ones.
+    (``store.publish_reports``): a failure or a kill part-way leaves the previous report as it
+    was (a kill: once ``store.recover`` has run), and no file of an earlier, different grid stays
+    beside the new ones.
 
     Args:
         cfgs: the experiment's RunConfigs (grid order); only finished runs are reported.
+        publish: a larger set the report joins (``store.Publish``, committed by its owner, as
+            ``measure DIR`` does with its run folders); None: the report is its own set.
     """
     out_dir = cfgs[0].out_dir
-    stage = staging_dir(out_dir / "report")
+    stage = staging_dir(out_dir / REPORT_STAGE)
     try:
         frames = gather_runs(cfgs, stage)
         task = TASKS[cfgs[0].task]
@@ -53,7 +63,7 @@ def write_all(cfgs) -> None:
                                    pd.read_csv(reference) if reference else None,
                                    cfgs[0].trajectory_axis)
         write_lineage(stage, frames["lineage"], frames["runs"])
-        publish_reports(stage, out_dir)
+        publish_reports(stage, out_dir, publish)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise

@@ -16,6 +16,10 @@ Layout of an experiment's output folder (schema: reports/README.md)::
     checkpoint series so far, written by the process that trains it; a finished run's folder
     is never touched before the new one is complete)
 
+A kill leaves hidden working names (``.<name>.staging-*``, ``.<name>.old-*``, ``.publish.old-*``
+and the journal ``.publishing.json`` of a set being published): ``recover`` (``store.publish``)
+rolls them back at the start of the next command that writes the folder.
+
 ``runs/<run_id>/run.json`` is written last: a run folder with it is finished, and a rerun of the
 same command reads it back instead of training again (re-measuring it when only analysis
 settings changed: ``probes.train.remeasure``). A checkpoint probe's output folder holds
@@ -54,11 +58,11 @@ from probes.store.output import (
     OutputError,
     check_output_dir,
     check_replaceable,
-    publish_reports,
     replace_folder,
     staging_dir,
 )
 from probes.store.provenance import other_version, provenance
+from probes.store.publish import REPORT_STAGE, Publish, publish_reports, recover
 from probes.store.runs import (
     CHECKPOINT,
     CONFIG,
@@ -91,11 +95,11 @@ __all__ = [
     "ALIGN_COLUMNS", "ALIGN_OUTPUTS", "CHECKPOINT", "CHECKPOINT_OUTPUTS", "CHECKPOINT_RUNS_COLUMNS",
     "CONFIG", "FAMILY_KEYS",
     "HEATMAP", "LINEAGE_COLUMNS", "MEASURED", "METRICS_COLUMNS", "MODEL", "NEURONS_COLUMNS",
-    "OFFSETS_COLUMNS", "PROVENANCE_COLUMNS", "REPORT_FILES", "RUNS_FRONT", "RUNS_TAIL", "RUN_JSON",
-    "SCORES", "STATE", "TRAIN_LOG", "TRAIN_LOG_COLUMNS", "OutputError", "RunResult",
-    "atomic_write_text", "check_output_dir", "check_replaceable", "checkpoint_series", "finished",
-    "frame", "gather_runs", "load_heatmap", "other_version", "package_version", "provenance",
-    "publish_reports", "read_csv", "read_run_json", "replace_folder", "run_dir", "run_folder",
-    "run_of_model", "runs_row", "save_checkpoint", "save_heatmap", "save_run", "staging_dir",
-    "state_dir", "work_dir", "write_csv", "write_train_log",
+    "OFFSETS_COLUMNS", "PROVENANCE_COLUMNS", "REPORT_FILES", "REPORT_STAGE", "RUNS_FRONT", "RUNS_TAIL",
+    "RUN_JSON", "SCORES", "STATE", "TRAIN_LOG", "TRAIN_LOG_COLUMNS", "OutputError", "Publish",
+    "RunResult", "atomic_write_text", "check_output_dir", "check_replaceable", "checkpoint_series",
+    "finished", "frame", "gather_runs", "load_heatmap", "other_version", "package_version",
+    "provenance", "publish_reports", "read_csv", "read_run_json", "recover", "replace_folder",
+    "run_dir", "run_folder", "run_of_model", "runs_row", "save_checkpoint", "save_heatmap",
+    "save_run", "staging_dir", "state_dir", "work_dir", "write_csv", "write_train_log",
 ]

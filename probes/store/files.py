@@ -30,11 +30,14 @@ FAMILY_KEYS = {"mlp": ("width", "activation", "gamma_prime", "in_dim", "optimize
 # what a --checkpoint probe writes into its output folder (replaced whole on the next probe)
 CHECKPOINT_OUTPUTS = {"metrics.csv", "runs.csv", "figures"}
 ALIGN_OUTPUTS = {"align.csv"}  # what ``condensation-probes align`` writes (replaced whole)
+# runs.csv of a checkpoint probe: fold_norms and activation_point record what was done (norms
+# folded; "post" when some unit set was captured after its nonlinearity), notes each option
+# asked for and not (wholly) applied
 CHECKPOINT_RUNS_COLUMNS = ["run_id", "step", "checkpoint", "format", "model_type", "architecture",
                            "n_params", "n_layers", "unit_reader", "fold_norms", "spectral_metrics",
                            "activation_point",
                            "probe_inputs", "reference", "n_samples",
-                           "wall_s", *PROVENANCE_COLUMNS]
+                           "wall_s", *PROVENANCE_COLUMNS, "notes"]
 _INT_COLUMNS = ("step", "layer", "head", "n_units", "offset", "count", "unit",
                 # lineage.csv (blank at a run's first step)
                 "prev_step", "n_groups", "n_condensed", "births", "deaths", "splits", "merges",

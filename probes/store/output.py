@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import functools
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
-
-from probes.store.files import REPORT_FILES
 
 
 class OutputError(ValueError):
@@ -65,16 +67,30 @@ def check_replaceable(out_dir: Path, own: set[str]) -> None:
 
 
 def staging_dir(target: Path) -> Path:
-    """A new, empty hidden folder beside ``target`` (same file system, so it can be renamed)."""
+    """A new, empty hidden folder ``.<name>.staging-<random>`` beside ``target`` (same file
+    system, so it can be renamed into place); ``probes.store.publish.recover`` removes one that a
+    killed command left."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.staging-"))
 
 
 def replace_folder(staged: Path, target: Path) -> None:
-    """Put the finished folder ``staged`` in the place of ``target`` (which may exist): two
-    renames, the old folder removed only after the new one is in place."""
-    target = Path(target)
+    """Put the finished folder ``staged`` in the place of ``target`` (which may exist).
+
+    Where the system can swap two folders in one step (Linux ``renameat2`` with
+    ``RENAME_EXCHANGE``), ``target`` is at every instant either the old folder or the new one,
+    and the old one is removed after. Elsewhere it takes two renames: the old folder is moved to
+    ``.<name>.old-<random>`` first, and ``probes.store.publish.recover`` puts it back if a kill
+    came between the two.
+
+    Raises:
+        OSError: a rename the file system refused.
+    """
+    staged, target = Path(staged), Path(target)
+    if target.exists() and exchange(staged, target):
+        shutil.rmtree(staged, ignore_errors=True)  # now the old folder
+        return
     old = None
     if target.exists():
         old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
@@ -85,19 +101,39 @@ def replace_folder(staged: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def publish_reports(staged: Path, out_dir: Path) -> None:
-    """Move an experiment's staged report files into ``out_dir`` as one set: the REPORT_FILES of
-    an earlier report are removed first, so that no table or figure of an earlier, different grid
-    stays beside the new ones (run folders and anything else are left alone)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for p in out_dir.iterdir():
-        if p.name not in REPORT_FILES:
-            continue
-        if p.is_dir():
-            shutil.rmtree(p)
-        else:
-            p.unlink()
-    for p in Path(staged).iterdir():
-        os.replace(p, out_dir / p.name)
-    shutil.rmtree(staged, ignore_errors=True)
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+# errors of a system or file system without the exchange: fall back to two renames
+_NO_EXCHANGE = {errno.EINVAL, errno.ENOSYS, errno.EPERM, getattr(errno, "ENOTSUP", errno.EINVAL)}
+
+
+@functools.cache
+def _renameat2():
+    """libc's ``renameat2``, or None where there is none (not Linux, or an old C library)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap the two existing paths ``a`` and ``b`` in one atomic step (Linux ``renameat2``,
+    ``RENAME_EXCHANGE``; same file system). Returns False, having changed nothing, where the
+    system or file system cannot.
+
+    Raises:
+        OSError: any other failure (a path missing, no permission).
+    """
+    fn = _renameat2()
+    if fn is None:
+        return False
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in _NO_EXCHANGE:
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))

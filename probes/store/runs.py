@@ -29,6 +29,7 @@ from probes.runtime import hub_progress_bars_off
 from probes.store import files
 from probes.store.output import replace_folder, staging_dir
 from probes.store.provenance import provenance
+from probes.store.publish import Publish
 
 MODEL, CONFIG, RUN_JSON, STATE, HEATMAP = "model", "config.yaml", "run.json", "state", "heatmap.npz"
 TRAIN_LOG, SCORES = "train_log.csv", "scores.json"
@@ -122,7 +123,8 @@ def checkpoint_series(folder: Path) -> list[tuple[int, Path]]:
 
 
 def runs_row(cfg: RunConfig, scores: dict, *, step: int, n_train: int, fitted: bool,
-             diverged: bool, wall_s: float, num_threads: int, device: str = "") -> dict:
+             diverged: bool, wall_s: float, num_threads: int, device: str = "",
+             mixed_precision: str | None = None) -> dict:
     """One run's runs.csv row (without ``checkpoint``, added on saving), with the provenance of
     the code that trains it (``files.PROVENANCE_COLUMNS``: measuring the run again keeps it).
 
@@ -131,9 +133,18 @@ def runs_row(cfg: RunConfig, scores: dict, *, step: int, n_train: int, fitted: b
         step: steps trained; n_train: training samples (epochs = step * batch / n_train);
         fitted, diverged: the run's outcome; wall_s: seconds of training and probing;
         num_threads: torch threads (float sums depend on it, and training amplifies them);
-        device: the device type it trained on (``cpu``, ``cuda``, ...); its precision is
-        ``cfg.mixed_precision`` (no | fp16 | bf16).
+        device: the device type it trained on (``cpu``, ``cuda``, ...);
+        mixed_precision: the autocast precision the accelerator trained it in (no | fp16 | bf16;
+            None: ``cfg.mixed_precision``). It is part of the run's identity, so a run trained
+            in another precision than its config names is refused.
+
+    Raises:
+        ValueError: ``mixed_precision`` is not ``cfg.mixed_precision``.
     """
+    if mixed_precision is not None and mixed_precision != cfg.mixed_precision:
+        raise ValueError(f"run {cfg.run_id!r} was trained with mixed_precision="
+                         f"{mixed_precision!r} but its config names {cfg.mixed_precision!r}: "
+                         f"accepted is an accelerator made with the config's precision")
     per_step = min(cfg.batch_size, n_train)
     epochs = float("nan") if cfg.fresh_samples else step * per_step / max(n_train, 1)
     lm = cfg.model_family in LM_FAMILIES
@@ -148,12 +159,13 @@ def runs_row(cfg: RunConfig, scores: dict, *, step: int, n_train: int, fitted: b
         **({"lr_effective": effective_lr(cfg)} if cfg.lr_scaling != "none" else {}),
         "steps": step, "epochs": round(epochs, 3) if not math.isnan(epochs) else epochs,
         **scores, "fitted": fitted, "diverged": diverged, "wall_s": round(wall_s, 2),
-        "num_threads": num_threads, "device": device, "mixed_precision": cfg.mixed_precision,
+        "num_threads": num_threads, "device": device,
+        "mixed_precision": mixed_precision or cfg.mixed_precision,
         **provenance(),
     }
 
 
-def save_run(result: RunResult, source: Path) -> dict:
+def save_run(result: RunResult, source: Path, publish: Publish | None = None) -> dict:
     """Write a measured run's folder whole and put it in place; returns its runs row.
 
     Args:
@@ -162,9 +174,12 @@ def save_run(result: RunResult, source: Path) -> dict:
         source: a folder whose files are carried over (hard links), less the ``MEASURED`` files
             and the training state: the work folder after training (train log and checkpoint
             series), or the run folder itself when a finished run is measured again.
+        publish: a set the new folder joins (``store.publish.Publish``: its owner commits it,
+            or rolls every member back); None: it replaces the old folder at once.
 
-    The new folder is staged beside the old one and renamed into its place: a kill at any point
-    leaves the old folder (and the work folder) as they were. ``run.json`` marks it finished.
+    The new folder is staged beside the old one and swapped into its place
+    (``output.replace_folder``): a kill at any point leaves the old folder (and the work folder)
+    as they were. ``run.json`` marks it finished.
     """
     cfg, folder = result.cfg, run_dir(result.cfg)
     stage = staging_dir(folder)
@@ -192,7 +207,10 @@ def save_run(result: RunResult, source: Path) -> dict:
         if result.heatmap is not None:
             save_heatmap(stage / HEATMAP, result.heatmap)
         files.atomic_write_text(stage / RUN_JSON, json.dumps(row, indent=1, default=float))
-        replace_folder(stage, folder)
+        if publish is None:
+            replace_folder(stage, folder)
+        else:
+            publish.put(stage, folder)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise

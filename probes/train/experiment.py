@@ -31,6 +31,7 @@ from probes.store import (
     other_version,
     provenance,
     read_run_json,
+    recover,
     run_dir,
     save_run,
     work_dir,
@@ -60,6 +61,9 @@ def train_all(cfgs, accelerator) -> None:
         logger.info(f"note: {len(older)} finished run(s) were made by another code version "
                           f"(commit {', '.join(dict.fromkeys(older.values()))}): pass --overwrite "
                           f"true to retrain them: {', '.join(list(older)[:3])}")
+    if accelerator.is_main_process:  # what a killed --overwrite rerun began: never resumed
+        for c in kept:
+            shutil.rmtree(work_dir(c), ignore_errors=True)
     moved = sorted({c.run_id for c in kept if recorded(run_dir(c)).get("n_probes") != c.n_probes})
     if moved:
         logger.info(f"note: {len(moved)} finished run(s) keep the probe steps they saved "
@@ -135,6 +139,9 @@ def main(argv: list[str]) -> int:
     # then join one gloo group instead of each believing it is alone.
     accelerator = Accelerator(cpu=not torch.accelerator.is_available(),
                               mixed_precision=cfgs[0].mixed_precision)
+    if accelerator.is_main_process:  # what a killed command left half done, rolled back first
+        recover(cfgs[0].out_dir)
+    accelerator.wait_for_everyone()
     threads = configure_threads(cfgs[0].num_threads, accelerator.num_processes)
     if accelerator.mixed_precision == "bf16" and accelerator.device.type == "cpu" and not bf16_native():
         logger.warning("this CPU has no native bf16 matmul (no AVX512-BF16 or AMX): bf16 autocast "

@@ -275,7 +275,8 @@ class Run:
         fitted = (not diverged) and self.objective.fitted(final)
         row = runs_row(cfg, final, step=step, n_train=n_train, fitted=fitted, diverged=diverged,
                        wall_s=wall_s, num_threads=torch.get_num_threads(),
-                       device=self.accelerator.device.type)
+                       device=self.accelerator.device.type,
+                       mixed_precision=self.accelerator.mixed_precision)
         s = self.series
         return RunResult(cfg, row, s.metrics, s.offsets, s.neurons, s.heatmap, model.cpu(),
                          self.init_records, lineage=s.lineage)

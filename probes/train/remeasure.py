@@ -39,9 +39,11 @@ from probes.report.experiment import write_all
 from probes.runtime import configure_threads, hub_progress_bars_off
 from probes.store import (
     CONFIG,
+    Publish,
     RunResult,
     checkpoint_series,
     read_run_json,
+    recover,
     run_dir,
     run_folder,
     save_run,
@@ -119,14 +121,16 @@ def measure_run(cfg: RunConfig, task, data: dict, device) -> RunResult:
                      None, raw.get("init_records", []), lineage=probe.lineage)
 
 
-def measure_all(cfgs: list[RunConfig], data_for, device) -> list[dict]:
+def measure_all(cfgs: list[RunConfig], data_for, device, publish: Publish | None = None) -> list[dict]:
     """Measure the finished runs of ``cfgs`` again, then write them: every run is measured
-    before any folder is replaced, so an error leaves them all as they were. Returns the rows."""
+    before any folder is replaced, so an error leaves them all as they were. ``publish``: the
+    set the new run folders join (``store.Publish``; None: each replaces its old one at once).
+    Returns the rows."""
     results = []
     for cfg in cfgs:
         task, data = data_for(cfg)
         results.append(measure_run(cfg, task, data, device))
-    return [save_run(r, run_dir(r.cfg)) for r in results]
+    return [save_run(r, run_dir(r.cfg), publish) for r in results]
 
 
 def experiment_configs(out_dir: Path, overrides: dict) -> list[RunConfig]:
@@ -165,13 +169,17 @@ def main(argv: list[str]) -> int:
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     try:
         _, overrides = parse_overrides(argv[1:])
+        if Path(argv[0]).is_dir():
+            recover(Path(argv[0]))  # a killed measure (or run) of this folder rolled back first
         cfgs = experiment_configs(Path(argv[0]), overrides)
         for cfg in cfgs:
             validate(cfg)
         configure_threads(cfgs[0].num_threads, 1)
-        measure_all(cfgs, build_data(cfgs), torch.device("cpu"))
+        # the run folders and the reports as one set: a kill leaves the experiment as it was
+        with Publish(cfgs[0].out_dir) as publish:
+            measure_all(cfgs, build_data(cfgs), torch.device("cpu"), publish)
+            write_all(cfgs, publish)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    write_all(cfgs)
     return 0
