@@ -31,6 +31,7 @@ print(json.dumps({"code": code, "loaded": [m for m in HEAVY if m in sys.modules]
     (["--checkpoint", "x", "--help"], "usage: accelerate launch probes/run.py --checkpoint DIR"),
     (["measure", "--help"], "usage: condensation-probes measure DIR"),
     (["measure", "somewhere", "-h", "--log_level", "debug"], "usage: condensation-probes measure DIR"),
+    (["align", "--help"], "usage: condensation-probes align A B"),
 ])
 def test_help_imports_neither_torch_nor_the_tasks(argv, first):
     proc = subprocess.run([sys.executable, "-c", WRAPPER, *argv], cwd=ROOT, capture_output=True,
