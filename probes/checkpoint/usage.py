@@ -57,4 +57,5 @@ ALIGN_USAGE = """usage: condensation-probes align A B [options]   (python probes
   --activation_point P     pre (default) or post, as --checkpoint
   --fold_norms BOOL        fold norm gains into the weight rows first (default true)
   --allow_pickle, --trust_remote_code   as --checkpoint
-  --num_threads N          threads (default: all cores)""" + OPTIONS_HELP
+  --num_threads N          threads (default: all cores)
+""" + OPTIONS_HELP
