@@ -1,7 +1,8 @@
 """Experiment configuration: one dataclass, read from YAML, overridden from the command line.
 
 Any key given a list (in the YAML file or as ``--key "[a, b]"``) expands into a grid: the runs are
-the product of all lists, in key order. ``thresholds`` is a list by nature and never expands.
+the product of all lists, in key order. ``thresholds`` and ``merge_steps`` are lists by nature and
+never expand.
 """
 
 from probes.config.load import (
@@ -32,6 +33,7 @@ from probes.config.run_config import (
     ConfigError,
     RunConfig,
     effective_lr,
+    merge_at,
     resolved_yaml,
     training_keys,
 )
@@ -40,5 +42,5 @@ __all__ = ["ANALYSIS_KEYS", "DEFAULT_CONFIG", "EXPERIMENT_KEYS", "FIELDS", "HINT
            "LR_SCALINGS", "LR_SCHEDULES", "OPTIMIZERS", "PRECISIONS", "PRESETS",
            "SAVE_CHECKPOINTS", "SHARED_KEYS",
            "ConfigError", "RunConfig", "YamlLoader", "checked", "config_path", "effective_lr", "expand",
-           "load_config", "load_yaml", "parse_overrides", "preset_names", "resolved_yaml",
+           "load_config", "merge_at", "load_yaml", "parse_overrides", "preset_names", "resolved_yaml",
            "training_keys", "validate"]

@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from models import ACTIVATIONS, FAMILIES, LM_FAMILIES, check_gamma
+from models.mlp import MAX_GAMMA as MLP_MAX_GAMMA
 from probes.config.run_config import (
     DEFAULT_CONFIG,
     FIELDS,
@@ -215,7 +216,7 @@ def validate(cfg: RunConfig) -> None:
     if cfg.model_family not in FAMILIES:
         raise ConfigError(f"model_family={cfg.model_family!r} is unknown: accepted are {list(FAMILIES)}")
     try:
-        check_gamma(cfg.gamma)
+        check_gamma(cfg.gamma, high=MLP_MAX_GAMMA if cfg.model_family == "mlp" else 3.0)
         for part, g in cfg.part_gammas.items():
             if g is not None:
                 check_gamma(g, f"gamma_{part}")
@@ -273,6 +274,12 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"num_threads={cfg.num_threads} is invalid: accepted is >= 1 or null")
     if not cfg.thresholds or not all(0 < t < 1 for t in cfg.thresholds):
         raise ConfigError(f"thresholds={cfg.thresholds} is invalid: accepted are numbers in (0, 1)")
+    if any(s != int(s) or s < 0 for s in cfg.merge_steps):
+        raise ConfigError(f"merge_steps={cfg.merge_steps} is invalid: accepted are whole steps "
+                          f">= 0 (one past the last probe merges nothing)")
+    if cfg.merge_steps and not cfg.merge_probe:
+        raise ConfigError(f"merge_steps={cfg.merge_steps} needs merge_probe: true (accepted "
+                          f"without it is [])")
 
 
 # keys that take one of a few names, and the names

@@ -77,7 +77,7 @@ class RunConfig:
     width: int = 100  # mlp: hidden neurons m
     activation: str = "relu"  # mlp: relu | tanh | sigmoid | softplus | xtanh
     # initialization rate: std = d_in^-gamma; a part's own gamma overrides when set
-    gamma: float = 0.5  # init rate: every weight drawn with std = d_in^-gamma, in (0, 3]
+    gamma: float = 0.5  # init rate: std = d_in^-gamma, in (0, 3] (mlp: the phase gamma, in (0, 6])
     gamma_embedding: float | None = None  # the embeddings' own init rate (None: gamma)
     gamma_attention: float | None = None  # the attention's own init rate (None: gamma)
     gamma_mlp: float | None = None  # the MLPs' own init rate (None: gamma)
@@ -102,7 +102,9 @@ class RunConfig:
     n_probes: int = 12  # log-spaced probe steps, step 0 and the last included
     n_eval: int = 2000  # training samples scored for acc_train and train_loss
     merge_probe: bool = False  # at the final probe, merge each layer's condensed groups and score it
-    # cosine thresholds tau of the group counts (a list by nature: never a grid)
+    # with merge_probe, also merge at these steps (each: the first probe step at or after it, if any)
+    merge_steps: list[float] = field(default_factory=list)
+    # cosine thresholds tau of the group counts (a list by nature: never a grid, as merge_steps)
     thresholds: list[float] = field(default_factory=lambda: [0.7, 0.9, 0.95, 0.99])
 
     @property
@@ -150,7 +152,7 @@ EXPERIMENT_KEYS = ("experiment", "output_dir", "overwrite", "num_threads", "save
 # what is measured of a trained model: changing one re-measures finished runs from their saved
 # checkpoints (probes.train.remeasure), never retrains them. n_probes also sets which steps a
 # new run saves; a finished run is measured at the steps it saved.
-ANALYSIS_KEYS = ("n_probes", "n_eval", "merge_probe", "thresholds")
+ANALYSIS_KEYS = ("n_probes", "n_eval", "merge_probe", "merge_steps", "thresholds")
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 # keys every run's training reads, whatever its task and family (task options come from the
 # task's dataclass, the family's from FAMILY_TRAINING_KEYS)
@@ -184,13 +186,36 @@ OPTIMIZERS = ("adamw", "adam", "sgd")
 LR_SCHEDULES = ("cosine", "constant")
 LR_SCALINGS = ("none", "ntk")
 HINTS = typing.get_type_hints(RunConfig)
-LIST_KEYS = {"thresholds"}
+LIST_KEYS = {"thresholds", "merge_steps"}
 
 
 def resolved_yaml(cfg: RunConfig, extra: dict | None = None) -> str:
     """The YAML text of a run's full resolved config (plus ``extra``, e.g. the init records)."""
     data = dataclasses.asdict(cfg) | {"run_id": cfg.run_id} | (extra or {})
     return yaml.safe_dump(data, sort_keys=False)
+
+
+def merge_at(cfg: RunConfig, steps) -> set[int]:
+    """The probe steps at which the merge probe runs (``probes.measure.merge_probe``).
+
+    Args:
+        cfg: the run's config; steps: the steps its models are measured at (the probe schedule
+            in training, the saved checkpoints when measured again).
+
+    Returns:
+        the empty set without ``merge_probe``; else ``cfg.steps`` (the last step) and, for each
+        value s of ``merge_steps``, the first of ``steps`` at or after s (none when s is past
+        them all).
+    """
+    if not cfg.merge_probe:
+        return set()
+    steps = sorted(int(s) for s in steps)
+    chosen = {cfg.steps}
+    for wanted in cfg.merge_steps:
+        later = [s for s in steps if s >= wanted]
+        if later:
+            chosen.add(later[0])
+    return chosen
 
 
 def effective_lr(cfg: RunConfig) -> float:
