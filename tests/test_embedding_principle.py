@@ -12,8 +12,10 @@ from safetensors.numpy import load_file
 from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import pdist
 
-from probes.config import ConfigError, RunConfig, expand, load_config, merge_at
+from probes.config import ConfigError, RunConfig, expand, load_config, merge_at, resolved_yaml
 from probes.run import main
+from probes.store import run_dir
+from probes.train.remeasure import stale
 from tasks import make_task
 from tasks.images import mnist5k_path
 
@@ -152,3 +154,17 @@ def test_shrunk_preset_groups_and_merged_agreement_match_a_hand_recount(tmp_path
         acc = (logits(v, new_a, acc_x).argmax(1) == data["test"]["labels"]).mean()
         assert at.loc["acc_test_merged", "value"] == pytest.approx(acc, abs=1 / len(acc_x) + 1e-6)
     assert m.loc[m["metric"] == "merged_width", "step"].nunique() == 2  # no merge elsewhere
+
+
+def test_a_run_measured_before_merge_steps_existed_is_not_stale(tmp_path):
+    cfg = expand({**load_config(PRESET), "gamma": 4.0, "seed": 0, "merge_probe": False,
+                  "merge_steps": [], "output_dir": str(tmp_path)})[0]
+    folder = run_dir(cfg)
+    folder.mkdir(parents=True)
+    old = "\n".join(line for line in resolved_yaml(cfg).splitlines()
+                    if not line.startswith("merge_steps"))
+    (folder / "config.yaml").write_text(old)
+    assert not stale(cfg)  # the missing key had its default: nothing to measure again
+    (folder / "config.yaml").write_text(resolved_yaml(cfg).replace("merge_probe: false",
+                                                                   "merge_probe: true"))
+    assert stale(cfg)
