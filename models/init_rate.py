@@ -19,10 +19,11 @@ _ATTENTION_NAMES = {"attn", "attention", "self_attn", "crossattention"}
 _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d)
 
 
-def check_gamma(gamma: float, name: str = "gamma") -> float:
-    """Return ``gamma`` as float. Raises ValueError unless 0 < gamma <= 3."""
-    if not isinstance(gamma, (int, float)) or isinstance(gamma, bool) or not 0 < gamma <= 3:
-        raise ValueError(f"{name}={gamma!r} is invalid: accepted is a number in (0, 3]")
+def check_gamma(gamma: float, name: str = "gamma", high: float = 3.0) -> float:
+    """Return ``gamma`` as float. Raises ValueError unless 0 < gamma <= ``high`` (3 for the init
+    rate; the two-layer net's phase-diagram gamma goes to ``models.mlp.MAX_GAMMA``)."""
+    if not isinstance(gamma, (int, float)) or isinstance(gamma, bool) or not 0 < gamma <= high:
+        raise ValueError(f"{name}={gamma!r} is invalid: accepted is a number in (0, {high:g}]")
     return float(gamma)
 
 

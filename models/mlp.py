@@ -20,6 +20,12 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 
+# The largest phase-diagram gamma accepted. Here gamma = 2t for the std m^-t that the group's code
+# draws every weight and bias of the net from (gamma' = 0), so 6 reaches t = 3 (std 400^-3 = 1.6e-8
+# at width 400, the scale of the init rate's gamma 3 at d_in 400); the init rate itself (std =
+# d_in^-gamma, the other families) stops at 3.
+MAX_GAMMA = 6.0
+
 ACTIVATIONS = {
     "relu": torch.relu,
     "tanh": torch.tanh,

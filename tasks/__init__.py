@@ -29,12 +29,14 @@ TASKS = {
     "chain_search": ChainSearchTask,
 }
 
-# the baselines' tasks: regression targets for the mlp family, images for the resnet family
+# the baselines' tasks: regression targets and flattened images for the mlp family, images for
+# the resnet family
+from tasks.flat_images import FlatImageTask  # noqa: E402
 from tasks.functions import FourPointsTask, SineTask, SinSumTask  # noqa: E402
 from tasks.images import ImageTask  # noqa: E402
 
 TASKS |= {"four_points": FourPointsTask, "sine": SineTask, "sin_sum": SinSumTask,
-          "images": ImageTask}
+          "images": ImageTask, "images_flat": FlatImageTask}
 
 
 def make_task(name: str, **options):

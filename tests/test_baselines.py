@@ -389,7 +389,7 @@ def test_dropout_lowers_the_active_group_ratio():
 @pytest.mark.parametrize("args, names", [
     (["--activation", "gelu"], "activation='gelu'"),
     (["--width", "0"], "width=0"),
-    (["--gamma", "3.5"], "gamma=3.5"),
+    (["--gamma", "6.5"], "gamma=6.5"),
     (["--gamma", "0"], "gamma=0"),
     (["--in_dim", "2"], "in_dim=2"),
     (["--lr_scaling", "mup"], "lr_scaling='mup'"),

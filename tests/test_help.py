@@ -62,8 +62,8 @@ def test_each_key_help_is_its_field_whole(capsys):
 def test_key_groups_come_from_the_sections():
     from probes.config import ANALYSIS_KEYS, EXPERIMENT_KEYS
 
-    assert ANALYSIS_KEYS == ("n_probes", "n_eval", "merge_probe", "thresholds", "chance_draws",
-                             "chance_nulls")
+    assert ANALYSIS_KEYS == ("n_probes", "n_eval", "merge_probe", "merge_steps", "thresholds",
+                             "chance_draws", "chance_nulls")
     assert EXPERIMENT_KEYS == ("experiment", "output_dir", "overwrite", "num_threads",
                                "save_checkpoints", "save_every", "report_only", "log_every",
                                "reference_trajectories", "trajectory_axis")

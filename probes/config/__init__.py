@@ -1,7 +1,8 @@
 """Experiment configuration: one dataclass, read from YAML, overridden from the command line.
 
 Any key given a list (in the YAML file or as ``--key "[a, b]"``) expands into a grid: the runs are
-the product of all lists, in key order. ``thresholds`` is a list by nature and never expands.
+the product of all lists, in key order. ``thresholds`` and ``merge_steps`` are lists by nature and
+never expand.
 
 - ``keys``: every key with its type, default, section and help (``RunKeys``; standard library
   only, so that ``--help`` loads neither torch nor the tasks);
@@ -23,8 +24,8 @@ __all__ = ["ANALYSIS_BEFORE", "ANALYSIS_KEYS", "CHANCE_NULLS", "DEFAULT_CONFIG",
            "LR_SCALINGS", "LR_SCHEDULES", "OPTIMIZERS", "PRECISIONS", "PRESETS",
            "SAVE_CHECKPOINTS", "SHARED_KEYS",
            "ConfigError", "RunConfig", "RunKeys", "YamlLoader", "checked", "config_path",
-           "effective_lr", "expand", "load_config", "load_yaml", "parse_overrides", "preset_names",
-           "resolved_yaml", "training_keys", "validate"]
+           "effective_lr", "expand", "load_config", "load_yaml", "merge_at", "parse_overrides",
+           "preset_names", "resolved_yaml", "training_keys", "validate"]
 
 
 def __getattr__(name: str):

@@ -120,8 +120,12 @@ class RunKeys:
     n_probes: int = _probes(12, "log-spaced probe steps, step 0 and the last included")
     n_eval: int = _probes(2000, "training samples scored for acc_train and train_loss")
     merge_probe: bool = _probes(False, "at the final probe, merge each layer's condensed groups and score it")
+    merge_steps: list[float] = _probes(
+        None, "with merge_probe, also merge at these steps (each: the first probe step at or after it, "
+              "if any)",
+        factory=list)
     thresholds: list[float] = _probes(
-        None, "cosine thresholds tau of the group counts (a list by nature: never a grid)",
+        None, "cosine thresholds tau of the group counts (a list by nature: never a grid, as merge_steps)",
         factory=lambda: [0.7, 0.9, 0.95, 0.99])
     chance_draws: int = _probes(
         0, "null unit sets drawn per unit set and probe for the chance level of n_groups and mean |cos| "

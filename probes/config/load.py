@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from models import ACTIVATIONS, FAMILIES, LM_FAMILIES, check_gamma
+from models.mlp import MAX_GAMMA as MLP_MAX_GAMMA
 from probes.config.run_config import (
     CHANCE_NULLS,
     DEFAULT_CONFIG,
@@ -216,7 +217,7 @@ def validate(cfg: RunConfig) -> None:
     if cfg.model_family not in FAMILIES:
         raise ConfigError(f"model_family={cfg.model_family!r} is unknown: accepted are {list(FAMILIES)}")
     try:
-        check_gamma(cfg.gamma)
+        check_gamma(cfg.gamma, high=MLP_MAX_GAMMA if cfg.model_family == "mlp" else 3.0)
         for part, g in cfg.part_gammas.items():
             if g is not None:
                 check_gamma(g, f"gamma_{part}")
@@ -280,6 +281,12 @@ def validate(cfg: RunConfig) -> None:
     if cfg.merge_probe and cfg.model_family == "resnet":  # probes.measure.arch: no merge sites
         raise ConfigError("merge_probe=true has nothing to merge in model_family 'resnet' (a "
                           "channel feeds a batch norm): accepted for 'resnet' is false")
+    if any(s != int(s) or s < 0 for s in cfg.merge_steps):
+        raise ConfigError(f"merge_steps={cfg.merge_steps} is invalid: accepted are whole steps "
+                          f">= 0 (one past the last probe merges nothing)")
+    if cfg.merge_steps and not cfg.merge_probe:
+        raise ConfigError(f"merge_steps={cfg.merge_steps} needs merge_probe: true (accepted "
+                          f"without it is [])")
 
 
 # keys that take one of a few names, and the names

@@ -105,15 +105,38 @@ LR_SCALINGS = ("none", "ntk")
 CHANCE_NULLS = ("both", "isotropic", "covariance")  # probes.measure.chance.NULLS and both
 # analysis keys added after runs were first saved: the value a run folder or training state
 # saved without the key was measured with
-ANALYSIS_BEFORE = {"chance_draws": 0, "chance_nulls": "both"}
+ANALYSIS_BEFORE = {"chance_draws": 0, "chance_nulls": "both", "merge_steps": []}
 HINTS = typing.get_type_hints(RunConfig)
-LIST_KEYS = {"thresholds"}
+LIST_KEYS = {"thresholds", "merge_steps"}
 
 
 def resolved_yaml(cfg: RunConfig, extra: dict | None = None) -> str:
     """The YAML text of a run's full resolved config (plus ``extra``, e.g. the init records)."""
     data = dataclasses.asdict(cfg) | {"run_id": cfg.run_id} | (extra or {})
     return yaml.safe_dump(data, sort_keys=False)
+
+
+def merge_at(cfg: RunConfig, steps) -> set[int]:
+    """The probe steps at which the merge probe runs (``probes.measure.merge_probe``).
+
+    Args:
+        cfg: the run's config; steps: the steps its models are measured at (the probe schedule
+            in training, the saved checkpoints when measured again).
+
+    Returns:
+        the empty set without ``merge_probe``; else ``cfg.steps`` (the last step) and, for each
+        value s of ``merge_steps``, the first of ``steps`` at or after s (none when s is past
+        them all).
+    """
+    if not cfg.merge_probe:
+        return set()
+    steps = sorted(int(s) for s in steps)
+    chosen = {cfg.steps}
+    for wanted in cfg.merge_steps:
+        later = [s for s in steps if s >= wanted]
+        if later:
+            chosen.add(later[0])
+    return chosen
 
 
 def effective_lr(cfg: RunConfig) -> float:

@@ -7,8 +7,8 @@ the weight basis (``probes.measure.metrics.Condensation``; Xu, Zhang, Zhou, arXi
 and, when asked, its chance level (``probes.measure.chance``),
 the relative distance RD from step 0 (Luo, Xu, Ma, Zhang, JMLR 2021), the task's scores and the
 held-out pair's answer offsets (Zhang, Zhang, Xu et al., arXiv 2405.05409), the merge rows at
-the final step (``merge_probe``), for 1-D two-layer nets each neuron's direction, and the
-lineage of each weight-basis set's condensed groups from the previous step
+the final step and any ``merge_steps`` (``merge_probe``), for 1-D two-layer nets each neuron's
+direction, and the lineage of each weight-basis set's condensed groups from the previous step
 (``probes.measure.lineage``; not of ``mlp.active``, whose units change).
 """
 
@@ -34,7 +34,8 @@ class SeriesProbe:
         run_id: the rows' run id; objective: the task's objective (``tasks.objective``);
         eval_data: split -> column -> numpy array, the samples scored (training split cut to
             n_eval); device: where the model runs; thresholds: cosine thresholds tau in (0, 1);
-        merge_step: the step at which the condensed groups are merged and scored (None: never);
+        merge_steps: the steps at which the condensed groups are merged and scored (None or
+            empty: never);
         units0: {(layer, component, head): (n_units, dim) tensor} at step 0, for RD; None: taken
             from the model measured at step 0.
         chance: (draws, nulls): the chance baselines of every unit set (``chance_baselines``;
@@ -45,11 +46,12 @@ class SeriesProbe:
     """
 
     def __init__(self, run_id: str, objective, eval_data: dict, device, thresholds,
-                 merge_step: int | None = None, units0: dict | None = None,
+                 merge_steps=None, units0: dict | None = None,
                  chance: tuple[int, str] = (0, "both")):
         self.run_id, self.objective, self.eval_data, self.device = run_id, objective, eval_data, device
         self.chance_draws, self.chance_nulls = chance
-        self.thresholds, self.merge_step, self.units0 = list(thresholds), merge_step, units0
+        self.thresholds, self.units0 = list(thresholds), units0
+        self.merge_steps = {int(s) for s in merge_steps or ()}
         self.metrics: list[dict] = []
         self.offsets: list[dict] = []
         self.lineage: list[dict] = []
@@ -87,7 +89,7 @@ class SeriesProbe:
         for name, value in ev.scores.items():
             result.metrics.append(metric_row(run_id=self.run_id, step=step, metric=name,
                                              value=value, n_units=ev.counts[name]))
-        if step == self.merge_step:
+        if step in self.merge_steps:
             result.metrics += merge_rows(model, self.objective, self.eval_data, self.device,
                                          self.thresholds, dict(run_id=self.run_id, step=step),
                                          ev.scores)

@@ -36,7 +36,7 @@ from accelerate.utils import set_seed
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
 
 from models import build_for_run
-from probes.config import ANALYSIS_BEFORE, RunConfig, effective_lr
+from probes.config import ANALYSIS_BEFORE, RunConfig, effective_lr, merge_at
 from probes.measure.family_units import all_units
 from probes.measure.series import SeriesProbe
 from probes.store import RunResult, runs_row, save_checkpoint, work_dir, write_train_log
@@ -121,8 +121,8 @@ class Run:
         cfg = self.cfg
         return SeriesProbe(cfg.run_id, self.objective, eval_data(cfg, self.data),
                            self.accelerator.device, cfg.thresholds,
-                           merge_step=cfg.steps if cfg.merge_probe else None, units0=self.units0,
-                           chance=(cfg.chance_draws, cfg.chance_nulls))
+                           merge_steps=merge_at(cfg, probe_steps(cfg.steps, cfg.n_probes)),
+                           units0=self.units0, chance=(cfg.chance_draws, cfg.chance_nulls))
 
     def batches(self, done: int):
         """Endless batches (dicts of the objective's ``batch_columns`` as tensors on the device)

@@ -1,7 +1,8 @@
 """Measure finished runs again from their checkpoint series, without training.
 
 A run id names a trained model (``RunConfig.identity``); the analysis settings
-(``ANALYSIS_KEYS``: thresholds, merge_probe, n_eval, chance baselines) say what is measured of
+(``ANALYSIS_KEYS``: thresholds, merge_probe, merge_steps, n_eval,
+chance baselines) say what is measured of
 it. When a finished run was measured with other analysis settings than the ones asked for, its
 saved models (``checkpoint-<step>/`` and ``model/``, ``store.checkpoint_series``) are measured
 again by the same ``SeriesProbe`` that measured them during training, and the run folder's
@@ -31,6 +32,7 @@ from probes.config import (
     RunConfig,
     checked,
     load_yaml,
+    merge_at,
     parse_overrides,
     validate,
 )
@@ -65,7 +67,9 @@ def stale(cfg: RunConfig) -> bool:
     """Whether the finished run of ``cfg`` was measured with other analysis settings (n_probes
     aside: a finished run keeps the steps it saved)."""
     was = recorded(run_dir(cfg))
-    return any(was.get(k) != getattr(cfg, k) for k in ANALYSIS_KEYS if k != "n_probes")
+    default = RunConfig()  # a key added after the run was measured had its default then
+    return any(was.get(k, getattr(default, k)) != getattr(cfg, k)
+               for k in ANALYSIS_KEYS if k != "n_probes")
 
 
 def measurable(cfg: RunConfig, series: list | None = None) -> bool:
@@ -103,7 +107,7 @@ def measure_run(cfg: RunConfig, task, data: dict, device) -> RunResult:
                           f"trained with save_checkpoints: probes (retrain it with --overwrite true)")
     objective = objective_for(task, cfg.last_position_only)
     probe = SeriesProbe(cfg.run_id, objective, eval_data(cfg, data), device, cfg.thresholds,
-                        merge_step=cfg.steps if cfg.merge_probe else None,
+                        merge_steps=merge_at(cfg, [step for step, _ in series]),
                         chance=(cfg.chance_draws, cfg.chance_nulls))
     model_class = type(build_for_run(cfg, task)[0])  # built once: only its class is needed
     for step, path in series:
