@@ -28,14 +28,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from probes.checkpoint.activations import ACTIVATION_POINTS, activation_units
-from probes.checkpoint.cli import flag, number_list
+from probes.checkpoint.activations import activation_units
+from probes.checkpoint.cli import flag, shared_values
 from probes.checkpoint.discover import CheckpointError, discover, load_model, unique_run_ids
 from probes.checkpoint.probe import Fitter, Options, check_inputs, plan_checkpoint
 from probes.checkpoint.usage import ALIGN_OPTIONS as OPTIONS
 from probes.checkpoint.usage import ALIGN_USAGE as USAGE
 from probes.measure.alignment import CKA, group_alignment, linear_cka
-from probes.measure.metrics import THRESHOLDS
 from probes.measure.units import block_units
 from probes.runtime import configure_threads
 from probes.store import (
@@ -78,18 +77,7 @@ def parse_args(argv: list[str]) -> Options:
     p.add_argument("--trust_remote_code", action="store_true")
     p.add_argument("--num_threads")
     a = p.parse_args(argv)
-    counts = {}
-    for key in ("probe_samples", "num_threads"):
-        text = getattr(a, key)
-        if text is not None and not (text.isdigit() and int(text) >= 1):
-            raise CheckpointError(f"--{key} {text!r} is invalid: accepted is an integer >= 1")
-        counts[key] = int(text) if text is not None else None
-    thresholds = number_list(a.thresholds, "--thresholds", float) if a.thresholds else list(THRESHOLDS)
-    if not all(0 < t < 1 for t in thresholds):
-        raise CheckpointError(f"--thresholds {a.thresholds!r} is invalid: accepted are numbers in (0, 1)")
-    if a.activation_point not in ACTIVATION_POINTS:
-        raise CheckpointError(f"--activation_point {a.activation_point!r} is invalid: accepted are "
-                              f"{', '.join(ACTIVATION_POINTS)}")
+    counts, thresholds = shared_values(a)
     return Options([a.a, a.b], Path(a.output_dir), a.probe_inputs, counts["probe_samples"],
                    a.allow_pickle, a.trust_remote_code, thresholds, None, None,
                    counts["num_threads"], flag(a, "fold_norms"), a.activation_point,

@@ -81,6 +81,29 @@ def flag(args, key: str) -> bool:
     return value
 
 
+def shared_values(a) -> tuple[dict, list[float]]:
+    """The options that ``--checkpoint`` and ``align`` share, checked: ({probe_samples,
+    num_threads}: ints or None when unset, the thresholds).
+
+    Raises:
+        CheckpointError: an activation point, count or threshold list outside what is accepted.
+    """
+    if a.activation_point not in ACTIVATION_POINTS:
+        raise CheckpointError(f"--activation_point {a.activation_point!r} is invalid: accepted are "
+                              f"{', '.join(ACTIVATION_POINTS)}")
+    positive = {}
+    for key in ("probe_samples", "num_threads"):
+        text = getattr(a, key)
+        if text is not None and not (text.isdigit() and int(text) >= 1):
+            raise CheckpointError(f"--{key} {text!r} is invalid: accepted is an integer >= 1")
+        positive[key] = int(text) if text is not None else None
+    thresholds = number_list(a.thresholds, "--thresholds", float) if a.thresholds else list(THRESHOLDS)
+    if not all(0 < t < 1 for t in thresholds) or len(set(thresholds)) < len(thresholds):
+        raise CheckpointError(f"--thresholds {a.thresholds!r} is invalid: accepted are distinct "
+                              f"numbers in (0, 1)")
+    return positive, thresholds
+
+
 def parse_args(argv: list[str]) -> Options:
     """Parse the command line.
 
@@ -111,25 +134,13 @@ def parse_args(argv: list[str]) -> Options:
     if merge and not a.probe_inputs:
         raise CheckpointError("--merge_probe true needs --probe_inputs: accepted are a text file of "
                               "lines or a token task, whose next-token loss the merges are scored by")
-    if a.activation_point not in ACTIVATION_POINTS:
-        raise CheckpointError(f"--activation_point {a.activation_point!r} is invalid: accepted are "
-                              f"{', '.join(ACTIVATION_POINTS)}")
     if not a.chance_draws.isdigit():
         raise CheckpointError(f"--chance_draws {a.chance_draws!r} is invalid: accepted is an "
                               f"integer >= 0 (0: no chance baselines)")
     if a.chance_nulls not in CHANCE_NULLS:
         raise CheckpointError(f"--chance_nulls {a.chance_nulls!r} is invalid: accepted are "
                               f"{', '.join(CHANCE_NULLS)}")
-    positive = {}
-    for key in ("probe_samples", "num_threads"):
-        text = getattr(a, key)
-        if text is not None and not (text.isdigit() and int(text) >= 1):
-            raise CheckpointError(f"--{key} {text!r} is invalid: accepted is an integer >= 1")
-        positive[key] = int(text) if text is not None else None
-    thresholds = number_list(a.thresholds, "--thresholds", float) if a.thresholds else list(THRESHOLDS)
-    if not all(0 < t < 1 for t in thresholds) or len(set(thresholds)) < len(thresholds):
-        raise CheckpointError(f"--thresholds {a.thresholds!r} is invalid: accepted are distinct "
-                              f"numbers in (0, 1)")
+    positive, thresholds = shared_values(a)
     layers = number_list(a.heatmap_layers, "--heatmap_layers", int) if a.heatmap_layers else None
     return Options(a.checkpoint, Path(a.output_dir), a.probe_inputs, positive["probe_samples"],
                    a.allow_pickle, a.trust_remote_code, thresholds, layers, a.heatmap_component,
