@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 
 from probes.checkpoint.activations import activation_units
-from probes.checkpoint.cli import flag, shared_values
+from probes.checkpoint.cli import add_shared_arguments, flag, shared_values
 from probes.checkpoint.discover import CheckpointError, discover, load_model, unique_run_ids
 from probes.checkpoint.probe import Fitter, Options, check_inputs, plan_checkpoint
 from probes.checkpoint.usage import ALIGN_OPTIONS as OPTIONS
@@ -68,14 +68,7 @@ def parse_args(argv: list[str]) -> Options:
     p.add_argument("a")
     p.add_argument("b")
     p.add_argument("--output_dir", default=DEFAULT_OUTPUT)
-    p.add_argument("--thresholds")
-    p.add_argument("--probe_inputs")
-    p.add_argument("--probe_samples", default="1024")
-    p.add_argument("--activation_point", default="pre")
-    p.add_argument("--fold_norms", default="true")
-    p.add_argument("--allow_pickle", action="store_true")
-    p.add_argument("--trust_remote_code", action="store_true")
-    p.add_argument("--num_threads")
+    add_shared_arguments(p)
     a = p.parse_args(argv)
     counts, thresholds = shared_values(a)
     return Options([a.a, a.b], Path(a.output_dir), a.probe_inputs, counts["probe_samples"],

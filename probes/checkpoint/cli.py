@@ -81,6 +81,18 @@ def flag(args, key: str) -> bool:
     return value
 
 
+def add_shared_arguments(p: argparse.ArgumentParser) -> None:
+    """The options that ``--checkpoint`` and ``align`` share (checked by ``shared_values``)."""
+    p.add_argument("--probe_inputs")
+    p.add_argument("--probe_samples", default="1024")
+    p.add_argument("--allow_pickle", action="store_true")
+    p.add_argument("--trust_remote_code", action="store_true")
+    p.add_argument("--thresholds")
+    p.add_argument("--num_threads")
+    p.add_argument("--fold_norms", default="true")
+    p.add_argument("--activation_point", default="pre")
+
+
 def shared_values(a) -> tuple[dict, list[float]]:
     """The options that ``--checkpoint`` and ``align`` share, checked: ({probe_samples,
     num_threads}: ints or None when unset, the thresholds).
@@ -113,17 +125,10 @@ def parse_args(argv: list[str]) -> Options:
     p = _Parser(prog="probes/run.py", add_help=False, allow_abbrev=False)
     p.add_argument("--checkpoint", action="append", required=True)
     p.add_argument("--output_dir", default=DEFAULT_OUTPUT)
-    p.add_argument("--probe_inputs")
-    p.add_argument("--probe_samples", default="1024")
-    p.add_argument("--allow_pickle", action="store_true")
-    p.add_argument("--trust_remote_code", action="store_true")
-    p.add_argument("--thresholds")
+    add_shared_arguments(p)
     p.add_argument("--heatmap_layers")
     p.add_argument("--heatmap_component")
-    p.add_argument("--num_threads")
-    p.add_argument("--fold_norms", default="true")
     p.add_argument("--spectral_metrics", default="true")
-    p.add_argument("--activation_point", default="pre")
     p.add_argument("--merge_probe", default="false")
     p.add_argument("--chance_draws", default="0")
     p.add_argument("--chance_nulls", default="both")
