@@ -27,11 +27,11 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-from scipy.linalg import eigh
 from scipy.special import gammaln
 
 from probes.measure.metrics import THRESHOLDS, Condensation
 from probes.measure.result import metric_row
+from probes.measure.spectral import eigenvalues, gram64
 
 # null -> the suffix of its metric names
 NULLS = {"isotropic": "iso", "covariance": "cov"}
@@ -265,11 +265,10 @@ def _cov_scales(u: np.ndarray) -> np.ndarray | None:
     matrix of the centered rows; those within rounding of 0 are dropped.
     """
     x = u - u.mean(axis=0)
-    n, dim = x.shape
-    lam = eigh(x.T @ x if n >= dim else x @ x.T, eigvals_only=True, driver="evr")
+    lam = eigenvalues(gram64(x, Condensation.gram_rows), Condensation.torch_eig_from)[::-1]
     if lam[-1] <= 0:
         return None
-    return np.sqrt(lam[lam > lam[-1] * 10 * len(lam) * np.finfo(np.float64).eps] / (n - 1))
+    return np.sqrt(lam[lam > lam[-1] * 10 * len(lam) * np.finfo(np.float64).eps] / (len(x) - 1))
 
 
 def chance_baselines(units, observed: Condensation, nulls, n_draws: int, dead=None,
