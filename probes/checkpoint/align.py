@@ -31,6 +31,7 @@ import torch
 from probes.checkpoint.activations import activation_units
 from probes.checkpoint.cli import add_shared_arguments, flag, shared_values
 from probes.checkpoint.discover import CheckpointError, discover, load_model, unique_run_ids
+from probes.checkpoint.fitting import fitted
 from probes.checkpoint.probe import Fitter, Options, check_inputs, plan_checkpoint
 from probes.checkpoint.usage import ALIGN_OPTIONS as OPTIONS
 from probes.checkpoint.usage import ALIGN_USAGE as USAGE
@@ -147,11 +148,7 @@ def _sets(plan, block, fold: bool) -> dict:
 
 
 def _fit(future, plan, key):
-    try:
-        return future.result()[0]  # (fit, chance baselines): the fit
-    except ValueError as e:  # NaN / inf, known once read
-        raise CheckpointError(f"checkpoint {str(plan.ckpt.path)!r} layer {key[0]} {key[1]}: {e}: "
-                              f"accepted are finite weights") from e
+    return fitted(future, f"checkpoint {str(plan.ckpt.path)!r} layer {key[0]} {key[1]}")[0]
 
 
 def weight_rows(plans, opts: Options, fitter: Fitter, notes: list[str]) -> list[dict]:

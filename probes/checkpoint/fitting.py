@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from threadpoolctl import threadpool_limits
 
+from probes.checkpoint.discover import CheckpointError
 from probes.measure.chance import chance_baselines
 from probes.measure.metrics import Condensation
 
@@ -64,3 +65,16 @@ class Fitter:
             units, dead, bias_columns)
         draws, nulls = self.chance
         return fit, chance_baselines(units, fit, nulls, draws, dead)
+
+
+def fitted(future, where: str):
+    """(fit, chance baselines) of a ``Fitter.submit`` future.
+
+    Raises:
+        CheckpointError: units with NaN or inf (known only once the tensor is read), naming
+            ``where`` (the checkpoint, layer and component).
+    """
+    try:
+        return future.result()
+    except ValueError as e:
+        raise CheckpointError(f"{where}: {e}: accepted are finite weights") from e

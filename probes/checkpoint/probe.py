@@ -26,7 +26,7 @@ from probes.checkpoint.discover import (
     open_weights,
     unique_run_ids,
 )
-from probes.checkpoint.fitting import Fitter, unit_bytes  # noqa: F401 (unit_bytes: re-exported)
+from probes.checkpoint.fitting import Fitter, fitted, unit_bytes  # noqa: F401 (unit_bytes: re-exported)
 from probes.checkpoint.gguf import load_gguf
 from probes.checkpoint.merge import check_merge, merge_rows
 from probes.checkpoint.validate import check_batch, check_index, check_reference, check_weights
@@ -350,13 +350,9 @@ class Prober:
         """The metrics rows (and heat-map panels) of one layer's fitted unit sets."""
         ckpt = self.plan.ckpt
         for u, future in zip(sets, futures):
-            try:
-                fit, chance = future.result()
-            except ValueError as e:  # units with NaN / inf: known only once the tensor is read
-                step = f" (step {ckpt.step})" if ckpt.step is not None else ""
-                raise CheckpointError(f"checkpoint {str(ckpt.path)!r}{step} layer {u.layer} "
-                                      f"{u.component} ({basis} basis): {e}: accepted are finite "
-                                      f"weights") from e
+            step = f" (step {ckpt.step})" if ckpt.step is not None else ""
+            fit, chance = fitted(future, f"checkpoint {str(ckpt.path)!r}{step} layer {u.layer} "
+                                         f"{u.component} ({basis} basis)")
             base = dict(run_id=ckpt.run_id, step=ckpt.step, layer=u.layer, component=u.component,
                         head=u.head, basis=basis)
             self.metrics += metric_rows(fit, base) + chance_rows(chance, base)
