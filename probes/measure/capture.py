@@ -70,8 +70,7 @@ class Capture:
         self.model, self.paths, self.max_positions = model, list(dict.fromkeys(paths)), max_positions
         self.inputs_of = list(dict.fromkeys(inputs_of))
         self.handles, self._chunks, self._count, self._passes = [], {}, {}, 0
-        self.calls, self.input_calls, self.outputs, self.inputs = {}, {}, {}, {}
-        self.repeated, self.order = {}, []
+        self.calls, self.input_calls, self.order = {}, {}, []
 
     def __enter__(self) -> Capture:
         self.handles.append(self.model.register_forward_pre_hook(self._new_pass))
@@ -110,9 +109,20 @@ class Capture:
             if not by_call:
                 continue
             per_call = [torch.cat(by_call[c]) for c in sorted(by_call)]
-            if len(per_call) > 1:
-                self.repeated[path] = len(per_call)
             (self.calls if side == "out" else self.input_calls)[path] = per_call
-            if len(per_call) == 1:
-                (self.outputs if side == "out" else self.inputs)[path] = per_call[0]
         self._chunks = {}
+
+    @property
+    def outputs(self) -> dict:
+        """path -> (n_samples, d_out) of the ``paths`` modules that ran once per pass."""
+        return {p: c[0] for p, c in self.calls.items() if len(c) == 1}
+
+    @property
+    def inputs(self) -> dict:
+        """path -> (n_samples, d_in) of the ``inputs_of`` modules that ran once per pass."""
+        return {p: c[0] for p, c in self.input_calls.items() if len(c) == 1}
+
+    @property
+    def repeated(self) -> dict:
+        """path -> calls per pass, of the modules that ran more than once in a pass."""
+        return {p: len(c) for p, c in {**self.input_calls, **self.calls}.items() if len(c) > 1}
