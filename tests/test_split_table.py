@@ -84,3 +84,32 @@ def test_cli_bad_folder_one_line_exit_2(tmp_path, capsys):
     d = _experiment(tmp_path, "c", [(0.5, 0, 1e-3, 1.0, 1.0, 0.0, 1.0, 0.3)])
     assert split_table.main([str(d), "--out", str(out)]) == 0
     assert out.read_text().startswith("### Runs")
+
+
+def test_relation_rows_equal_scipy_spearman(tmp_path):
+    """The relation section: rho of the final W_Q mean |cos| against each ood share equals
+    scipy's spearmanr on the same runs; the fitted subset drops the unfitted run; the step-0
+    value is the init column."""
+    from scipy import stats
+    runs_spec = [(0.3, 0, 1e-3, 1.0, 1.0, 0.1, 0.9, 0.2), (0.3, 1, 1e-3, 1.0, 0.97, 0.0, 0.8, 0.25),
+                 (0.3, 2, 1e-3, 0.5, 0.1, 0.9, 0.0, 0.5),  # unfitted
+                 (1.0, 0, 1e-3, 1.0, 1.0, 0.9, 0.0, 0.8), (1.0, 1, 1e-3, 1.0, 1.0, 0.8, 0.1, 0.95),
+                 (1.0, 2, 1e-3, 1.0, 1.0, 0.85, 0.1, 0.7)]
+    d = _experiment(tmp_path, "r", runs_spec)
+    out = tmp_path / "corr.csv"
+    text = split_table.report([d], correlations_out=out)
+    corr = pd.read_csv(out)
+    row = corr[(corr["layer"] == 0) & (corr["component"] == "attn.q") & (corr["metric"] == "mean_abs_cos")]
+    cos = [r[7] for r in runs_spec]
+    for score, col in (("ood_inferential", 5), ("ood_symmetric", 6)):
+        got = row[(row["score"] == score) & (row["subset"] == "all")].iloc[0]
+        expected = stats.spearmanr(cos, [r[col] for r in runs_spec]).statistic
+        assert got["spearman_rho"] == pytest.approx(expected)
+        fitted = [r for r in runs_spec if r[3] >= 0.95 and r[4] >= 0.95]
+        got = row[(row["score"] == score) & (row["subset"] == "fitted")].iloc[0]
+        assert got["n_runs"] == 5
+        assert got["spearman_rho"] == pytest.approx(
+            stats.spearmanr([r[7] for r in fitted], [r[col] for r in fitted]).statistic)
+    assert "### Condensation against the ood shares" in text
+    runs, metrics, offsets = split_table.load([d])
+    assert (split_table.run_table(runs, metrics, offsets)["wq_init_mean_abs_cos"] == 0.1).all()

@@ -8,9 +8,13 @@ Reads the suite's own reports (``runs.csv``, ``metrics.csv``, ``ood_offsets.csv`
    answer offsets, and the condensation of the first layer's W_Q (mean |cos| and condensed groups
    at cosine 0.9 / 0.7) at the last probe;
 2. per setting and gamma: runs, fitted runs, and the mean ood shares over the fitted runs only;
-3. the verdict of the split rule of issue 6 (Zhang et al., NeurIPS 2024, arXiv 2405.05409): at the
+3. the verdict of the split rule (Zhang et al., NeurIPS 2024, arXiv 2405.05409): at the
    largest-init end (smallest gamma) mean ood_symmetric >= 0.8, at the smallest-init end mean
-   ood_inferential >= 0.8, each over at least ``min_seeds`` fitted runs.
+   ood_inferential >= 0.8, each over at least ``min_seeds`` fitted runs;
+4. the relation the suite exists for: Spearman's rho across runs (all, and fitted only) between
+   the final weight-basis condensation of each attention and MLP site (mean |cos|, condensed
+   groups at cosine 0.9) and ood_inferential / ood_symmetric, with paired bootstrap 95% intervals
+   (``probes.report.tables.correlations``); ``--correlations FILE`` writes every such row.
 
     python -m probes.report.split_table reports/split_cpu [more folders] [--out table.md]
 
@@ -27,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from probes.config import load_yaml
-from probes.report.tables import final_values, select
+from probes.report.tables import correlations, final_values, interval_text, select
 from probes.store import CONFIG, atomic_write_text, read_csv, run_folder
 
 # settings worth a column when they differ between the runs compared (run_id and seed excluded)
@@ -81,15 +85,16 @@ def run_table(runs: pd.DataFrame, metrics: pd.DataFrame, offsets: pd.DataFrame) 
 
     Returns:
         frame with columns [varying settings..., gamma, seed, acc_test_id, acc_pair34, fitted,
-        ood_inferential, ood_symmetric, ood_other, top_offsets, wq_mean_abs_cos, wq_groups_0.9,
-        wq_groups_0.7]; W_Q values are NaN for runs without a layer-0 attn.q probe.
+        ood_inferential, ood_symmetric, ood_other, top_offsets, wq_mean_abs_cos, wq_init_mean_abs_cos,
+        wq_groups_0.9, wq_groups_0.7]; W_Q values are NaN for runs without a layer-0 attn.q probe.
+        ``wq_init_mean_abs_cos`` is the same layer at its first probe (step 0: initialization), the
+        chance level of this very layer.
     """
-    final = final_values(metrics)
-    wq = select(final, component="attn.q", layer=0)
-    wq = wq[wq["basis"] == "weight"]
+    wq = select(metrics[metrics["basis"] == "weight"], component="attn.q", layer=0)
+    final, first = final_values(wq), wq[wq["step"] == wq.groupby("run_id")["step"].transform("min")]
     rows = []
     for _, r in runs.iterrows():
-        q = wq[wq["run_id"] == r["run_id"]]
+        q = final[final["run_id"] == r["run_id"]]
         o = offsets[offsets["run_id"] == r["run_id"]]
         o = o[o["step"] == o["step"].max()].nlargest(3, "share")
         rows.append({
@@ -99,6 +104,7 @@ def run_table(runs: pd.DataFrame, metrics: pd.DataFrame, offsets: pd.DataFrame) 
             **{s: r[s] for s in SCORES},
             "top_offsets": ", ".join(f"{int(x.offset):+d}: {x.share:.2f}" for x in o.itertuples()),
             "wq_mean_abs_cos": _value(q, "mean_abs_cos"),
+            "wq_init_mean_abs_cos": _value(first[first["run_id"] == r["run_id"]], "mean_abs_cos"),
             "wq_groups_0.9": _value(q, "n_groups", 0.9),
             "wq_groups_0.7": _value(q, "n_groups", 0.7),
         })
@@ -152,6 +158,46 @@ def verdict(means: pd.DataFrame, min_seeds: int = 3, threshold: float = 0.8) -> 
     return "split shown" if not failed else "not shown: " + "; ".join(failed)
 
 
+# the sites and metrics of the relation table (every other row goes to --correlations only)
+RELATION_SITES = ("attn.q", "attn.k", "attn.v", "mlp.in")
+RELATION_METRICS = (("mean_abs_cos", None), ("n_groups", 0.9))
+
+
+def relation(runs: pd.DataFrame, metrics: pd.DataFrame, n_resamples: int = 2000) -> pd.DataFrame:
+    """Spearman rho (bootstrap 95% interval) across runs of each site's final weight-basis
+    condensation with ood_inferential and ood_symmetric (arXiv 2405.05409 shows it as pictures).
+
+    Args:
+        runs: ``load``'s runs frame (needs ``diverged``; absent means none diverged).
+        metrics: metrics.csv rows of the same runs.
+        n_resamples: bootstrap resamples.
+
+    Returns:
+        the full correlations frame (``probes.report.tables.CORRELATION_COLUMNS``): every final
+        condensation row of every site, subsets ``all`` and ``fitted``.
+    """
+    runs = runs.assign(diverged=runs["diverged"] if "diverged" in runs else False)
+    return correlations(runs, metrics, ("ood_inferential", "ood_symmetric"), n_resamples)
+
+
+def relation_table(corr: pd.DataFrame) -> pd.DataFrame:
+    """The relation rows people read: RELATION_SITES x RELATION_METRICS, weight basis, whole
+    layers, one column per (score, subset) with "rho [low, high]" and the run count."""
+    corr = corr[(corr["basis"] == "weight") & corr["head"].isna()
+                & corr["component"].isin(RELATION_SITES)]
+    rows = []
+    for metric, tau in RELATION_METRICS:
+        chosen = corr[corr["metric"] == metric]
+        chosen = chosen[chosen["threshold"].isna() if tau is None else np.isclose(chosen["threshold"], tau)]
+        for (layer, component), cell in chosen.groupby(["layer", "component"], sort=True):
+            row = {"layer": layer, "site": component,
+                   "metric": metric if tau is None else f"{metric} at {tau:g}"}
+            for r in cell.itertuples(index=False):
+                row[f"{r.score} ({r.subset}, n={r.n_runs})"] = interval_text(r._asdict())
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def markdown(df: pd.DataFrame) -> str:
     """A pipe table; floats to 3 decimals, NaN as an empty cell."""
     def cell(v):
@@ -165,8 +211,9 @@ def markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def report(dirs: list[Path], min_seeds: int = 3) -> str:
-    """The three parts (runs, per-gamma means, verdict per setting) as one Markdown text."""
+def report(dirs: list[Path], min_seeds: int = 3, correlations_out: Path | None = None) -> str:
+    """The four parts (runs, per-gamma means, verdict per setting, relation) as one Markdown
+    text; with ``correlations_out``, every relation row is also written there (atomically)."""
     runs, metrics, offsets = load(dirs)
     table = run_table(runs, metrics, offsets)
     settings = varying(runs)
@@ -177,6 +224,11 @@ def report(dirs: list[Path], min_seeds: int = 3) -> str:
     for key, cell in groups:
         label = ", ".join(f"{k}={v}" for k, v in zip(settings, key if isinstance(key, tuple) else (key,)))
         parts.append(f"- {label or 'all runs'}: {verdict(cell.reset_index(drop=True), min_seeds)}")
+    corr = relation(runs, metrics)
+    if correlations_out is not None:
+        atomic_write_text(correlations_out, corr.to_csv(index=False))
+    parts += ["", "### Condensation against the ood shares (Spearman rho, bootstrap 95% interval)",
+              markdown(relation_table(corr))]
     return "\n".join(parts) + "\n"
 
 
@@ -187,9 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("dirs", nargs="+", type=Path, help="experiment output folders")
     p.add_argument("--out", type=Path, help="write the Markdown here (atomically) instead of stdout")
     p.add_argument("--min_seeds", type=int, default=3)
+    p.add_argument("--correlations", type=Path, help="write every relation row here as CSV")
     args = p.parse_args(argv)
     try:
-        text = report(args.dirs, args.min_seeds)
+        text = report(args.dirs, args.min_seeds, args.correlations)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

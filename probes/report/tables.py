@@ -79,7 +79,9 @@ def correlate(x: np.ndarray, y: np.ndarray, n_resamples: int = 2000, seed: int =
 
 def interval_text(row) -> str:
     """A correlations.csv row's rho and interval for people: "-0.40 [-0.90, 0.71]", or why the
-    interval is missing."""
+    interval (or rho itself) is missing."""
+    if not np.isfinite(row["spearman_rho"]):
+        return "undefined (fewer than 3 runs or a constant side)"
     text = f"{row['spearman_rho']:.2f} "
     if np.isfinite(row["ci_low"]):
         return text + f"[{row['ci_low']:.2f}, {row['ci_high']:.2f}]"
