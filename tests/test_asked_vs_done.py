@@ -4,6 +4,7 @@ independently: by inspecting the model, the dtypes a training step produced, or 
 the option off), or that the combination is refused with one ``error:`` line before any work."""
 
 import dataclasses
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -105,6 +106,57 @@ def mixed_precision_not_the_config_s_is_refused(tmp_path, capsys):
             Run(cfg, task, data, Accelerator(cpu=True, mixed_precision="bf16")).train()
     finally:
         AcceleratorState._reset_state(True)
+
+
+def trained(cfg, task, data, accelerator):
+    """The runs row and the train log (one row per step) of ``cfg`` trained on ``accelerator``."""
+    run = Run(cfg, task, data, accelerator)
+    try:
+        row = run.train().row
+    finally:
+        AcceleratorState._reset_state(True)
+    return row, pd.DataFrame(run.train_log)
+
+
+def lr_peak_is_the_highest_rate_an_update_used(tmp_path, capsys, steps, warmup):
+    """runs.csv's lr_peak is the highest learning rate a weight update used: the largest `lr`
+    of the train log (every step logged), and, by the warm-up's formula, lr * (steps - 1) /
+    warmup_steps when the warm-up does not end (lr_warmup_start 0), else lr itself."""
+    AcceleratorState._reset_state(True)
+    cfg, task, data = tiny(steps=steps, warmup_steps=warmup, log_every=1, lr_warmup_start=0.0,
+                           output_dir=str(tmp_path))
+    row, log = trained(cfg, task, data, Accelerator(cpu=True))
+    assert len(log) == steps and row["skipped_steps"] == 0
+    assert row["lr_peak"] == pytest.approx(log["lr"].max(), rel=1e-12)
+    expected = cfg.lr * (steps - 1) / warmup if warmup >= steps else cfg.lr
+    assert row["lr_peak"] == pytest.approx(expected, rel=1e-12)
+    assert (row["lr_peak"] < cfg.lr) == (warmup >= steps)
+
+
+def fp16_skipped_steps_are_counted(tmp_path, capsys):
+    """runs.csv's skipped_steps counts the optimizer steps fp16's gradient scaler skipped. On
+    CPU accelerate makes no scaler and no autocast for fp16; given a torch GradScaler and
+    ``native_amp`` it runs as on a GPU: forward in float16 under autocast, the loss scaled,
+    gradients unscaled before clipping, a step whose gradients overflowed skipped. The scaler
+    starts at 2^24 (float16 gradients overflow) and never grows (growth_interval past the run),
+    so each skipped step halves its scale once and no other step changes it: the count is
+    log2(start / end). The steps logged with a non-finite gradient norm are the same ones, and
+    lr_peak counts the updates alone (the scheduler waits on a skipped step)."""
+    AcceleratorState._reset_state(True)
+    cfg, task, data = tiny(steps=8, warmup_steps=40, log_every=1, lr_warmup_start=0.0,
+                           mixed_precision="fp16", output_dir=str(tmp_path))
+    acc = Accelerator(cpu=True, mixed_precision="fp16")
+    acc.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**24, growth_interval=10**6)
+    acc.native_amp = True
+    scaler = acc.scaler
+    row, log = trained(cfg, task, data, acc)
+    halvings = np.log2(2.0**24 / scaler.get_scale())
+    assert halvings == int(halvings) and 1 <= halvings < cfg.steps - 1
+    assert row["skipped_steps"] == int(halvings) == int((~np.isfinite(log["grad_norm"])).sum())
+    updates = cfg.steps - row["skipped_steps"]
+    assert row["lr_peak"] == pytest.approx(cfg.lr * (updates - 1) / cfg.warmup_steps, rel=1e-12)
+    assert row["lr_peak"] == pytest.approx(log.loc[np.isfinite(log["grad_norm"]), "lr"].max())
+    assert row["steps"] == cfg.steps and row["mixed_precision"] == "fp16"
 
 
 def repeated_thresholds_are_refused(tmp_path, capsys):
@@ -253,6 +305,42 @@ def merge_of_post_ln_norms_is_recorded_unfolded(tmp_path, capsys):
 
 
 
+def api_attrs_say_what_was_done(tmp_path, capsys, build, asked: dict, flags: list,
+                                 folded: bool, point: str, note: str | None):
+    """probes.measure's ``df.attrs`` say what was done as ``--checkpoint``'s runs.csv row does
+    for the same folder and options (fold_norms, activation_point, notes), and what they say is
+    what happened: fold_norms is true only when the weight rows differ from a measure with
+    fold_norms=False; activation_point is post only when the mlp.in activation rows differ from
+    a measure at pre. A series gives one runs row per step, the shared values on top."""
+    build(tmp_path / "model")
+    text = str(tmp_path / "probe.txt")
+    kw = dict(spectral=False, num_threads=1, **asked)
+    if "basis" in asked:
+        kw["inputs"] = text
+        flags = [*flags, "--probe_inputs", text]
+    df = probes.measure(tmp_path / "model", **kw)
+    _, row = probe(tmp_path / "model", tmp_path / "cli", *flags)
+    blank = lambda v: "" if pd.isna(v) else v  # noqa: E731 (a blank CSV field reads as NaN)
+    assert (df.attrs["fold_norms"], df.attrs["activation_point"], df.attrs["notes"]) == (
+        bool(row["fold_norms"]), blank(row["activation_point"]), blank(row["notes"]))
+    assert (df.attrs["fold_norms"], df.attrs["activation_point"]) == (folded, point)
+    assert (note in df.attrs["notes"]) if note else df.attrs["notes"] == ""
+    assert [r["fold_norms"] for r in df.attrs["runs"]] == [folded]
+    raw = probes.measure(tmp_path / "model", **(kw | dict(fold_norms=False)))
+    assert (not rows(df).equals(rows(raw))) == folded
+    if point:
+        pre = probes.measure(tmp_path / "model", **(kw | dict(activation_point="pre")))
+        differ = not np.allclose(rows(df, "activation", "mlp.in"), rows(pre, "activation", "mlp.in"))
+        assert differ == (point == "post")
+    for step in (0, 5):  # the same checkpoint as a series of two steps
+        shutil.copytree(tmp_path / "model", tmp_path / "run" / f"checkpoint-{step}")
+    series = probes.measure(tmp_path / "run", **kw)
+    assert [r["step"] for r in series.attrs["runs"]] == [0, 5]
+    assert {k: series.attrs[k] for k in ("fold_norms", "activation_point", "notes")} == {
+        k: df.attrs[k] for k in ("fold_norms", "activation_point", "notes")}
+    assert series.query("step == 5").attrs["notes"] == df.attrs["notes"]  # kept by pandas
+
+
 CASES = {
     "last_position_only + dropout, paper": lambda *a: last_position_only_with_dropout("paper", *a),
     "last_position_only + dropout, gpt2": lambda *a: last_position_only_with_dropout("gpt2", *a),
@@ -261,6 +349,11 @@ CASES = {
     "mixed_precision other than the config's": mixed_precision_not_the_config_s_is_refused,
     "repeated thresholds": repeated_thresholds_are_refused,
     "merge_probe on resnet": merge_probe_on_resnet_is_refused,
+    "warmup_steps >= steps: lr_peak below lr": lambda *a: (
+        lr_peak_is_the_highest_rate_an_update_used(*a, steps=3, warmup=5)),
+    "warmup_steps < steps: lr_peak is lr": lambda *a: (
+        lr_peak_is_the_highest_rate_an_update_used(*a, steps=8, warmup=5)),
+    "fp16: skipped steps counted": fp16_skipped_steps_are_counted,
 }
 
 
@@ -279,6 +372,18 @@ PROBE_CASES = {
     "activation_point post, discovered layout": lambda *a: (
         activation_point_records_what_was_captured(*a, gpt_neo, [])),
     "fold_norms + merge_probe, bert (post-LN)": merge_of_post_ln_norms_is_recorded_unfolded,
+    "probes.measure attrs, gpt2 (folded)": lambda *a: api_attrs_say_what_was_done(
+        *a, gpt2, {}, [], True, "", None),
+    "probes.measure attrs, opt post-LN (nothing to fold)": lambda *a: (
+        api_attrs_say_what_was_done(*a, opt_post_ln, {}, [], False, "",
+                                    "fold_norms: no norm feeds")),
+    "probes.measure attrs, gpt2 activation post": lambda *a: api_attrs_say_what_was_done(
+        *a, gpt2, dict(basis="both", activation_point="post"), ["--activation_point", "post"],
+        True, "post", "activation_point post: attn.q"),
+    "probes.measure attrs, discovered layout activation post": lambda *a: (
+        api_attrs_say_what_was_done(*a, gpt_neo, dict(basis="both", activation_point="post"),
+                                    ["--activation_point", "post"], False, "pre",
+                                    "activation_point post: ")),
 }
 
 

@@ -3,8 +3,10 @@
 Two levels:
 - the store's primitives (``store.publish.Publish``, ``store.output.replace_folder``,
   ``store.publish.recover``), killed in a forked child at every rename they make (fast);
-- the real CLI in a subprocess (training, ``--checkpoint`` probes, ``measure DIR``), killed with
-  SIGKILL by a ``sitecustomize`` shim (tests/kill_shim/) at a chosen call: inside
+- ``align`` in a forked child at every rename it makes, the next ``align`` run on what the kill
+  left (fast);
+- the real CLI in a subprocess (training, ``--checkpoint`` probes, ``measure DIR``, ``align``),
+  killed with SIGKILL by a ``sitecustomize`` shim (tests/kill_shim/) at a chosen call: inside
   ``save_pretrained``, inside ``savefig``, or at one of the project's own ``os.replace`` calls.
   The point is chosen from the calls an unbroken run of the same command logged, so it names
   what was being written, not a count that a code change would move.
@@ -27,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 from safetensors import safe_open
 
@@ -218,6 +221,63 @@ def test_recover_leaves_a_clean_folder_alone(tmp_path):
     assert not (tmp_path / "out" / JOURNAL).exists()
 
 
+# --- align, killed in a forked child at every rename it makes ------------------------------------
+
+def align_args(out: Path, pair: Path) -> list[str]:
+    return ["align", str(pair / "a"), str(pair / "b"), "--output_dir", str(out), "--num_threads",
+            "1", "--thresholds", "0.5,0.9"]
+
+
+@pytest.fixture(scope="module")
+def align_pair(tmp_path_factory):
+    """Two tiny GPT-2 checkpoints (``a``, ``b``), an earlier align output of another threshold
+    (``prior/out``) and an unbroken align output (``ref/out``)."""
+    import transformers as T
+
+    root = tmp_path_factory.mktemp("align_kill")
+    for name, seed in (("a", 0), ("b", 1)):
+        torch.manual_seed(seed)
+        T.GPT2LMHeadModel(T.GPT2Config(n_embd=16, n_head=2, n_layer=2, n_inner=32, vocab_size=32,
+                                       n_positions=8)).save_pretrained(root / name)
+    prior = root / "prior" / "out"
+    assert main([*align_args(prior, root)[:-2], "--thresholds", "0.7"]) == 0
+    ref = root / "ref" / "out"
+    assert main(align_args(ref, root)) == 0
+    return root
+
+
+@pytest.mark.parametrize("no_exchange", [False, True])
+def test_a_killed_align_is_rolled_back_by_the_next(tmp_path, align_pair, no_exchange):
+    """align killed at each of its renames (align.csv staged; with two renames, the old folder
+    moved aside and the new one moved in): the output folder is whole (the old one, or, between
+    the two renames, none), recovering it gives the old one back, and the next align itself
+    rolls the leftovers back and writes what an unbroken one writes."""
+    old = visible(align_pair / "prior" / "out")
+    new = visible(align_pair / "ref" / "out")
+    assert old and new and old != new
+    n = 1
+    while True:
+        out = tmp_path / f"k{n}" / "out"
+        shutil.copytree(align_pair / "prior" / "out", out)
+        args = align_args(out, align_pair)
+        code = killed_child(n, lambda args=args: main(args), no_exchange)
+        if code == 0:
+            assert visible(out) == new and hidden(out) == []
+            break
+        assert code == -signal.SIGKILL
+        all_complete(out)
+        assert visible(out) in ([old, {}] if no_exchange else [old]), n
+        assert hidden(out), n  # the kill left working names for the next command
+        copy = tmp_path / f"c{n}" / "out"
+        shutil.copytree(out.parent, copy.parent, symlinks=True)
+        recover(copy)
+        assert visible(copy) == old and hidden(copy) == [], n
+        assert main(args) == 0  # the next align, on the folder as the kill left it
+        assert visible(out) == new and hidden(out) == [], n
+        n += 1
+    assert n == (4 if no_exchange else 2)  # every rename of align was a kill point
+
+
 # --- the real CLI, killed with SIGKILL -----------------------------------------------------------
 
 def cli(args: list[str], **env) -> subprocess.CompletedProcess:
@@ -257,6 +317,12 @@ def measure_args(out: Path) -> list[str]:
     return ["measure", str(out), "--thresholds", "[0.5, 0.9]", "--num_threads", "1"]
 
 
+def align_cli_args(out: Path, ckpt: Path) -> list[str]:
+    """align of a run's step-0 checkpoint against its final model."""
+    return ["align", str(ckpt.parent / "checkpoint-0"), str(ckpt), "--output_dir", str(out),
+            "--num_threads", "1"]
+
+
 @pytest.fixture(scope="module")
 def commands(tmp_path_factory):
     """Per command: the previous output (a folder ``work/out`` to copy), the command as a
@@ -267,10 +333,13 @@ def commands(tmp_path_factory):
     ckpt = next((experiment / "runs").iterdir()) / "model"
     probed = base / "probed" / "out"
     assert main([*probe_args(probed, ckpt), "--thresholds", "0.5,0.9"]) == 0
+    aligned = base / "aligned" / "out"
+    assert main([*align_cli_args(aligned, ckpt), "--thresholds", "0.7"]) == 0
     found = {}
     for name, prior, args in (("train", experiment, train_args),
                               ("probe", probed, lambda out: probe_args(out, ckpt)),
-                              ("measure", experiment, measure_args)):
+                              ("measure", experiment, measure_args),
+                              ("align", aligned, lambda out: align_cli_args(out, ckpt))):
         ref = base / f"ref_{name}" / "out"
         shutil.copytree(prior.parent, ref.parent)
         events = logged(args(ref), ref, base / f"{name}.log")
@@ -304,6 +373,8 @@ CASES = [
     ("measure: a figure being drawn", "measure", "savefig", lambda p: True, "all"),
     ("measure: reports being published", "measure", "replace",
      lambda p: p == "out/runs.csv", "all"),
+    ("align: align.csv being staged", "align", "replace", lambda p: p.endswith("/align.csv"),
+     "all"),
 ]
 
 

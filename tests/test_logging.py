@@ -56,7 +56,8 @@ def test_log_level_chooses_the_lines_on_stderr(tmp_path, capsys):
     from probes.store import provenance
 
     lines = {level: report_only(level, tmp_path, capsys) for level in logs.LOG_LEVELS}
-    warning = "warning: warmup_steps=5 >= steps=2: the learning rate never reaches lr=0.001"
+    warning = ("warning: warmup_steps=5 >= steps=2: the learning rate never reaches lr=0.001 "
+               "(runs.csv: lr_peak)")
     plan = re.compile(r"^1 run\(s\) -> .* on 1 process\(es\)")
     code = "debug: code: " + ", ".join(f"{k}={v}" for k, v in provenance().items())
     for level, (out, err) in lines.items():

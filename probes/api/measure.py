@@ -79,8 +79,10 @@ def measure(model_or_path, *, thresholds=THRESHOLDS, basis: str = "weight", inpu
     Returns:
         DataFrame with exactly ``METRICS_COLUMNS`` (run_id, step, layer, component, head, basis,
         metric, threshold, value, n_units), one row per (unit set, metric, threshold); integer
-        columns nullable (``Int64``). A live model's training mode, device and weights are left
-        as they were; no hook stays on it.
+        columns nullable (``Int64``). Its ``attrs`` say what was done, which may be less than
+        what was asked (``done``): ``fold_norms`` as applied, ``activation_point`` as captured,
+        ``notes`` and ``runs`` (the runs.csv rows of ``--checkpoint``). A live model's training
+        mode, device and weights are left as they were; no hook stays on it.
 
     Raises:
         TypeError: ``model_or_path`` neither a module nor a path; an option of the wrong type.
@@ -146,12 +148,40 @@ def _run(plans, notes, opts: Options, device) -> pd.DataFrame:
         _warn(note)
     for plan in plans:
         plan.draw = False  # no heat maps: no dendrogram order to build
-    rows = []
+    rows, runs = [], []
     with Fitter(opts.thresholds, opts.num_threads or torch.get_num_threads(),
                 opts.spectral_metrics) as fitter:
         for plan in plans:
-            rows += Prober(plan, opts, fitter, device=device, warn=_warn).run().metrics
-    return frame(rows, METRICS_COLUMNS)
+            result = Prober(plan, opts, fitter, device=device, warn=_warn).run()
+            rows += result.metrics
+            runs.append(result.row)
+    df = frame(rows, METRICS_COLUMNS)
+    df.attrs.update(done(runs))
+    return df
+
+
+def done(runs: list[dict]) -> dict:
+    """``DataFrame.attrs`` of ``measure``: what was done, as the ``--checkpoint`` command line's
+    runs.csv records it (``CHECKPOINT_RUNS_COLUMNS``).
+
+    Args:
+        runs: one runs row per measured checkpoint (``Prober.run().row``), in step order.
+
+    Returns:
+        ``fold_norms`` (bool: norm gains folded into the weight-basis rows), ``activation_point``
+        (``pre`` / ``post`` as captured, ``""`` without the activation basis), each the value
+        every checkpoint shares (None where checkpoints of a series differ); ``notes``: the
+        distinct notes of every checkpoint joined by ``"; "`` (the runs.csv ``notes`` column:
+        each option asked for and not, or not wholly, applied; ``""`` when none); ``runs``: the
+        rows themselves (lists and plain values only, so that pandas can copy and compare
+        attrs).
+    """
+    shared = {}
+    for key in ("fold_norms", "activation_point"):
+        values = {r[key] for r in runs}
+        shared[key] = values.pop() if len(values) == 1 else None
+    notes = dict.fromkeys(n for r in runs for n in r["notes"].split("; ") if n)
+    return shared | {"notes": "; ".join(notes), "runs": [dict(r) for r in runs]}
 
 
 def _default_device() -> torch.device:

@@ -13,15 +13,17 @@ CKA of the two sides' activations (``probes.measure.alignment.linear_cka``).
 Centroid cosines compare directions in one coordinate system: two steps of one run, or layers
 that read the same fixed inputs; two independent transformer runs have different embeddings,
 so their weight rows do not share one (CKA does not need it). A note says so when A and B are
-not steps of one series. Writes ``OUT/align.csv`` (``ALIGN_COLUMNS``), staged then renamed;
-bad input prints one ``error:`` line and exits with code 2 before anything is written.
+not steps of one series. Writes ``OUT/align.csv`` (``ALIGN_COLUMNS``) as the checkpoint probe
+writes its folder: what a killed earlier command left in OUT is rolled back first
+(``store.recover``), then the new folder is staged and takes OUT's place whole
+(``store.folder_replaced``); bad input prints one ``error:`` line and exits with code 2 before
+anything is written.
 """
 
 from __future__ import annotations
 
 import argparse
 import re
-import shutil
 import sys
 from pathlib import Path
 
@@ -44,9 +46,9 @@ from probes.store import (
     OutputError,
     check_output_dir,
     check_replaceable,
+    folder_replaced,
     frame,
-    replace_folder,
-    staging_dir,
+    recover,
     write_csv,
 )
 
@@ -231,6 +233,7 @@ def main(argv: list[str]) -> int:
     try:
         opts = parse_args(argv)
         check_output_dir(opts.output_dir)
+        recover(opts.output_dir)  # what a killed align left half done, rolled back first
         check_replaceable(opts.output_dir, ALIGN_OUTPUTS)
         plans, notes = plan_pair(opts)
         for note in notes:
@@ -249,13 +252,8 @@ def main(argv: list[str]) -> int:
     for note in dict.fromkeys(notes):
         print(f"warning: {note}", file=sys.stderr)
     table = frame(rows, ALIGN_COLUMNS)
-    stage = staging_dir(opts.output_dir)  # all or nothing: the folder is replaced whole
-    try:
+    with folder_replaced(opts.output_dir) as stage:  # all or nothing: replaced whole
         write_csv(table, stage / "align.csv")
-        replace_folder(stage, opts.output_dir)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
     print(summary(table))
     print(f"{len(table)} rows -> {opts.output_dir}/align.csv")
     return 0

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -43,10 +42,9 @@ from probes.store import (
     OutputError,
     check_output_dir,
     check_replaceable,
+    folder_replaced,
     read_csv,
     recover,
-    replace_folder,
-    staging_dir,
 )
 
 # messages of the main process only (probes.runtime; shown by probes.logs)
@@ -199,13 +197,8 @@ def main(argv: list[str]) -> int:
             print(f"error: {error}", file=sys.stderr)
         return 2
     if main_process:
-        stage = staging_dir(opts.output_dir)  # all or nothing: the folder is replaced whole
-        try:
+        with folder_replaced(opts.output_dir) as stage:  # all or nothing: replaced whole
             write_outputs(stage, results, plans, opts)
-            replace_folder(stage, opts.output_dir)
-        except BaseException:
-            shutil.rmtree(stage, ignore_errors=True)
-            raise
         print(summary(read_csv(opts.output_dir / "metrics.csv"), opts.heatmap_threshold))
         logger.info(f"{len(plans)} checkpoint(s) probed -> {opts.output_dir}/ (metrics.csv, runs.csv, "
                     f"figures/)")

@@ -58,6 +58,7 @@ from probes.store.output import (
     OutputError,
     check_output_dir,
     check_replaceable,
+    folder_replaced,
     replace_folder,
     staging_dir,
 )
@@ -98,7 +99,7 @@ __all__ = [
     "OFFSETS_COLUMNS", "PROVENANCE_COLUMNS", "REPORT_FILES", "REPORT_STAGE", "RUNS_FRONT", "RUNS_TAIL",
     "RUN_JSON", "SCORES", "STATE", "TRAIN_LOG", "TRAIN_LOG_COLUMNS", "OutputError", "Publish",
     "RunResult", "atomic_write_text", "check_output_dir", "check_replaceable", "checkpoint_series",
-    "finished", "frame", "gather_runs", "load_heatmap", "other_version", "package_version",
+    "finished", "folder_replaced", "frame", "gather_runs", "load_heatmap", "other_version", "package_version",
     "provenance", "publish_reports", "read_csv", "read_run_json", "recover", "replace_folder",
     "run_dir", "run_folder", "run_of_model", "runs_row", "save_checkpoint", "save_heatmap",
     "save_run", "staging_dir", "state_dir", "work_dir", "write_csv", "write_train_log",

@@ -14,15 +14,15 @@ import pandas as pd
 TRAIN_LOG_COLUMNS = ["step", "loss", "lr", "grad_norm"]
 # runs.csv: these identity columns, then train_loss and the task's own scores, then RUNS_TAIL
 RUNS_FRONT = ["run_id", "experiment", "task", "model_family", "gamma", "n_layer", "n_embd",
-              "n_head", "lr", "weight_decay", "dropout", "seed", "batch_size", "steps", "epochs",
-              "train_loss"]
+              "n_head", "lr", "lr_peak", "weight_decay", "dropout", "seed", "batch_size", "steps",
+              "epochs", "train_loss"]
 # the code that made a row (probes.store.provenance): the suite's version, the git commit of a
 # checkout and whether its tracked files had uncommitted changes (blank outside a checkout), and the
 # versions of the libraries the numbers depend on
 PROVENANCE_COLUMNS = ["package_version", "git_commit", "git_dirty", "torch_version",
                       "transformers_version", "accelerate_version", "numpy_version"]
-RUNS_TAIL = ["fitted", "diverged", "wall_s", "num_threads", "device", "mixed_precision", "checkpoint",
-             *PROVENANCE_COLUMNS]
+RUNS_TAIL = ["fitted", "diverged", "wall_s", "num_threads", "device", "mixed_precision",
+             "skipped_steps", "checkpoint", *PROVENANCE_COLUMNS]
 # runs.csv settings columns of each baseline family, after RUNS_FRONT's (the transformer sizes
 # are blank for the baselines, which have none)
 FAMILY_KEYS = {"mlp": ("width", "activation", "gamma_prime", "in_dim", "optimizer", "lr_scaling"),

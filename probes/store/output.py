@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import functools
@@ -99,6 +100,26 @@ def replace_folder(staged: Path, target: Path) -> None:
     os.replace(staged, target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def folder_replaced(target: Path):
+    """The staged publish of a command whose output folder is replaced whole (``--checkpoint``,
+    ``align``): yields a new staging folder (``staging_dir``) to write the outputs into; on a
+    clean exit it takes the place of ``target`` (``replace_folder``), on an exception it is
+    removed and ``target`` is left as it was. A kill at any point leaves what
+    ``probes.store.publish.recover`` rolls back to the previous ``target``.
+
+    Raises:
+        OSError: a rename the file system refused (``target`` then as it was).
+    """
+    stage = staging_dir(target)
+    try:
+        yield stage
+        replace_folder(stage, target)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
 
 
 _AT_FDCWD, _RENAME_EXCHANGE = -100, 2

@@ -124,7 +124,8 @@ def checkpoint_series(folder: Path) -> list[tuple[int, Path]]:
 
 def runs_row(cfg: RunConfig, scores: dict, *, step: int, n_train: int, fitted: bool,
              diverged: bool, wall_s: float, num_threads: int, device: str = "",
-             mixed_precision: str | None = None) -> dict:
+             mixed_precision: str | None = None, lr_peak: float | None = None,
+             skipped_steps: int = 0) -> dict:
     """One run's runs.csv row (without ``checkpoint``, added on saving), with the provenance of
     the code that trains it (``files.PROVENANCE_COLUMNS``: measuring the run again keeps it).
 
@@ -137,6 +138,9 @@ def runs_row(cfg: RunConfig, scores: dict, *, step: int, n_train: int, fitted: b
         mixed_precision: the autocast precision the accelerator trained it in (no | fp16 | bf16;
             None: ``cfg.mixed_precision``). It is part of the run's identity, so a run trained
             in another precision than its config names is refused.
+        lr_peak: the highest learning rate a weight update used (``train.loop.peak_lr``; None:
+            blank); skipped_steps: optimizer steps fp16's gradient scaler skipped for
+            overflowed gradients (``step`` counts them).
 
     Raises:
         ValueError: ``mixed_precision`` is not ``cfg.mixed_precision``.
@@ -152,7 +156,7 @@ def runs_row(cfg: RunConfig, scores: dict, *, step: int, n_train: int, fitted: b
         "run_id": cfg.run_id, "experiment": cfg.experiment, "task": cfg.task,
         "model_family": cfg.model_family, "gamma": cfg.gamma,
         "n_layer": cfg.n_layer if lm else None, "n_embd": cfg.n_embd if lm else None,
-        "n_head": cfg.n_head if lm else None, "lr": cfg.lr,
+        "n_head": cfg.n_head if lm else None, "lr": cfg.lr, "lr_peak": lr_peak,
         "weight_decay": cfg.weight_decay, "dropout": cfg.dropout, "seed": cfg.seed,
         "batch_size": per_step,
         **{k: getattr(cfg, k) for k in files.FAMILY_KEYS.get(cfg.model_family, ())},
@@ -161,7 +165,7 @@ def runs_row(cfg: RunConfig, scores: dict, *, step: int, n_train: int, fitted: b
         **scores, "fitted": fitted, "diverged": diverged, "wall_s": round(wall_s, 2),
         "num_threads": num_threads, "device": device,
         "mixed_precision": mixed_precision or cfg.mixed_precision,
-        **provenance(),
+        "skipped_steps": skipped_steps, **provenance(),
     }
 
 

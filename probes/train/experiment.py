@@ -146,10 +146,14 @@ def main(argv: list[str]) -> int:
     if accelerator.mixed_precision == "bf16" and accelerator.device.type == "cpu" and not bf16_native():
         logger.warning("this CPU has no native bf16 matmul (no AVX512-BF16 or AMX): bf16 autocast "
                        "runs far slower than float32 here (~1% of its rate)")
+    # Recorded, not refused: a short run of a preset (--steps 500 with its 3,700-step warm-up)
+    # is a fair thing to ask, and refusing it would only make the user lower warmup_steps, a
+    # different schedule. What a reader of runs.csv must not do is take `lr` for the rate the
+    # run trained at: `lr_peak` beside it is the highest rate any update used (train.loop.peak_lr).
     for cfg in {(c.warmup_steps, c.steps): c for c in cfgs}.values():
         if cfg.warmup_steps >= cfg.steps:
             logger.warning(f"warmup_steps={cfg.warmup_steps} >= steps={cfg.steps}: the learning "
-                           f"rate never reaches lr={cfg.lr:g}")
+                           f"rate never reaches lr={cfg.lr:g} (runs.csv: lr_peak)")
     logger.info(f"{len(cfgs)} run(s) -> {cfgs[0].out_dir}/ on {accelerator.num_processes} "
                 f"process(es), {threads} thread(s) each, device {accelerator.device}, "
                 f"mixed precision {accelerator.mixed_precision}")

@@ -90,6 +90,17 @@ def lr_factor(step: int, cfg: RunConfig) -> float:
     return max(0.0, factor * (1 - floor) + floor)
 
 
+def peak_lr(cfg: RunConfig, updates: int) -> float:
+    """The highest learning rate that any of the run's first ``updates`` weight updates used
+    (the optimizer's rate, ``effective_lr``): the factor of ``lr_factor`` rises over the warm-up
+    and never rises after it, so it is the factor of scheduler step min(updates - 1, W). Below
+    the peak ``lr`` when the warm-up did not end: ``warmup_steps >= steps``, a run that diverged
+    or, under fp16, steps skipped during the warm-up. NaN when no update was made."""
+    if updates < 1:
+        return float("nan")
+    return effective_lr(cfg) * lr_factor(min(updates - 1, cfg.warmup_steps), cfg)
+
+
 def make_scheduler(cfg: RunConfig, optimizer) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up over ``warmup_steps`` from ``lr_warmup_start`` of the peak, then cosine
     decay to ``lr_min`` at ``steps`` (``lr_schedule: cosine``) or constant (see ``lr_factor``).
@@ -203,8 +214,11 @@ class Run:
                 write_train_log(self.folder, self.train_log)
         write_train_log(self.folder, self.train_log)
         acc.free_memory()  # forget this run's optimizer: the next run prepares its own
+        # the scheduler steps once per weight update (``step``: not for an fp16 step skipped
+        # for overflow, nor for a diverged one), and its count is resumed with the run
+        updates = scheduler.last_epoch
         return self.result(model.eval(), scores, step, diverged,
-                           wall0 + time.perf_counter() - start)
+                           wall0 + time.perf_counter() - start, updates)
 
     def resume(self, model, saved: dict | None) -> tuple[int, dict, float]:
         """(steps done, latest scores, wall seconds so far): from the saved state, measured on
@@ -265,9 +279,12 @@ class Run:
             save_checkpoint(self.folder, model, step, scores)
         return scores
 
-    def result(self, model, scores: dict, step: int, diverged: bool, wall_s: float) -> RunResult:
+    def result(self, model, scores: dict, step: int, diverged: bool, wall_s: float,
+               updates: int) -> RunResult:
         """The finished run: its runs row from the final scores (NaN after a divergence) and
-        every probe's rows."""
+        every probe's rows. ``updates``: the optimizer steps that changed the weights; of the
+        ``step`` steps taken (less the diverged one), the others were skipped by fp16's
+        gradient scaler."""
         cfg = self.cfg
         names = ("train_loss", *self.objective.score_names)
         final = dict.fromkeys(names, float("nan")) if diverged else scores
@@ -276,7 +293,9 @@ class Run:
         row = runs_row(cfg, final, step=step, n_train=n_train, fitted=fitted, diverged=diverged,
                        wall_s=wall_s, num_threads=torch.get_num_threads(),
                        device=self.accelerator.device.type,
-                       mixed_precision=self.accelerator.mixed_precision)
+                       mixed_precision=self.accelerator.mixed_precision,
+                       lr_peak=peak_lr(cfg, updates),
+                       skipped_steps=step - int(diverged) - updates)
         s = self.series
         return RunResult(cfg, row, s.metrics, s.offsets, s.neurons, s.heatmap, model.cpu(),
                          self.init_records, lineage=s.lineage)
