@@ -161,7 +161,7 @@ def main(argv: list[str]) -> int:
         logger.info(f"mixed_precision {AUTO_PRECISION} -> {cfgs[0].mixed_precision}: {picked}")
     if accelerator.mixed_precision == "bf16" and accelerator.device.type == "cpu" and not bf16_native():
         logger.warning("this CPU has no native bf16 matmul (no AVX512-BF16 or AMX): bf16 autocast "
-                       "runs far slower than float32 here (~1% of its rate)")
+                       "runs far slower than float32 here (~1% of its rate on an AVX2 CPU)")
     for cfg in {(c.warmup_steps, c.steps): c for c in cfgs}.values():
         if cfg.warmup_steps >= cfg.steps:
             logger.warning(f"warmup_steps={cfg.warmup_steps} >= steps={cfg.steps}: the learning "
