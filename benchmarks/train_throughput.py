@@ -18,7 +18,8 @@ It prints each row's ratio to ``bare`` of the same width and precision, and the 
 counted as 6 x parameters x tokens (the issue's measure; ``suite_last`` does less work than that).
 The goal (issue 14): width 400, batch 2048 at <= 0.35 s a step on 2 cores.
 
-bf16 is timed only where the CPU multiplies bf16 natively (oneDNN's check: AVX512-BF16 or AMX);
+bf16 is timed only where the CPU multiplies bf16 natively (``probes.runtime.bf16_native``: the
+flags avx512_bf16 or amx_bf16);
 elsewhere PyTorch emulates it at a small fraction of float32's speed, and the script prints the
 measured matmul rates that show it instead of timing a step that would take minutes.
 """

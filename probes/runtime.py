@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from pathlib import Path
 
 import torch
 from accelerate.logging import MultiProcessAdapter
@@ -68,13 +69,79 @@ def hub_progress_bars_off():
             hf_logging.enable_progress_bar()
 
 
-def bf16_native() -> bool:
-    """Whether this CPU multiplies bf16 natively (oneDNN's check: AVX512-BF16 or AMX).
+# x86 feature flags (/proc/cpuinfo's names, also torch.cpu.get_capabilities') of a native bf16
+# matrix multiply: AVX512-BF16's dot products or AMX's bf16 tiles. oneDNN's own check
+# (torch.ops.mkldnn._is_mkldnn_bf16_supported) also says yes for plain AVX-512 (avx512bw, vl,
+# dq), where bf16 is converted to float32 and back around float32 arithmetic: not native.
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+CPUINFO = Path("/proc/cpuinfo")
 
-    Without it, PyTorch emulates bf16 matmuls on the CPU at about 1% of float32's rate (measured
-    on an AVX2 EPYC: 0.8 against 69 GFLOP/s), so bf16 autocast there is far slower, not faster.
+
+def cpu_info(text: str | None = None) -> tuple[frozenset[str], str]:
+    """This CPU's feature flags and model name, from the first processor of /proc/cpuinfo.
+
+    Args:
+        text: the text of a /proc/cpuinfo (None: this machine's, read without a subprocess).
+
+    Returns:
+        (flags: the words of the ``flags`` line (x86) or ``Features`` line (ARM), model name: the
+        ``model name`` line, '' when absent). Without a /proc/cpuinfo (macOS, Windows) the flags
+        are the true entries of ``torch.cpu.get_capabilities()`` where this torch has it (same
+        names), else empty; the name is ''.
     """
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a build without oneDNN: no native path either
-        return False
+    if text is None:
+        if not CPUINFO.is_file():
+            caps = getattr(torch.cpu, "get_capabilities", dict)()
+            return frozenset(k for k, v in caps.items() if v is True), ""
+        text = CPUINFO.read_text(errors="replace")
+    fields: dict[str, str] = {}
+    for line in text.split("\n\n", 1)[0].splitlines():  # the first processor's block
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip().lower(), value.strip())
+    flags = fields.get("flags") or fields.get("features", "")
+    return frozenset(flags.split()), fields.get("model name", "")
+
+
+def bf16_native(flags: frozenset[str] | None = None) -> bool:
+    """Whether this CPU multiplies bf16 natively: its flags (``cpu_info``; None: this machine's)
+    include avx512_bf16 or amx_bf16 (``BF16_FLAGS``).
+
+    Without them, PyTorch emulates bf16 matmuls on the CPU, far slower than float32 (measured on
+    an AVX2 EPYC: 0.9 against 60 GFLOP/s on one thread), so bf16 autocast there is slower, not
+    faster.
+    """
+    flags = cpu_info()[0] if flags is None else flags
+    return bool(flags & BF16_FLAGS)
+
+
+def pick_precision(flags: frozenset[str] | None = None) -> tuple[str, str]:
+    """The precision ``mixed_precision: auto`` trains in on this machine, and why.
+
+    bf16 only where the hardware multiplies bf16 natively: on a CUDA device that
+    ``torch.cuda.is_bf16_supported(including_emulation=False)`` accepts (compute capability
+    >= 8, or ROCm), on a CPU when ``bf16_native(flags)``; float32 (``no``) everywhere else,
+    including accelerators other than CUDA, whose bf16 speed is not checked. fp16 is never
+    picked (it needs loss scaling and can overflow where bf16 cannot).
+
+    Args:
+        flags: the CPU's feature flags (None: this machine's, ``cpu_info``); read only when
+            training runs on the CPU.
+
+    Returns:
+        (precision: 'bf16' or 'no', reason: one clause naming what decided it).
+    """
+    if torch.accelerator.is_available():
+        kind = torch.accelerator.current_accelerator().type
+        if kind != "cuda":
+            return "no", f"bf16 speed on a {kind} device is not checked"
+        name = torch.cuda.get_device_name()
+        if torch.cuda.is_bf16_supported(including_emulation=False):
+            return "bf16", f"CUDA device {name} multiplies bf16 natively"
+        return "no", f"CUDA device {name} has no native bf16 (compute capability < 8)"
+    flags = cpu_info()[0] if flags is None else flags
+    found = sorted(flags & BF16_FLAGS)
+    if found:
+        return "bf16", f"this CPU multiplies bf16 natively ({', '.join(found)})"
+    return "no", (f"this CPU has neither {' nor '.join(sorted(BF16_FLAGS))}: bf16 would be "
+                  f"emulated, far slower than float32")

@@ -19,7 +19,8 @@ import importlib
 # where a name is looked for, in this order (each module imports the ones before it)
 _MODULES = ("probes.config.keys", "probes.config.run_config", "probes.config.load")
 
-__all__ = ["ANALYSIS_BEFORE", "ANALYSIS_KEYS", "CHANCE_NULLS", "DEFAULT_CONFIG", "EXPERIMENT_KEYS",
+__all__ = ["ANALYSIS_BEFORE", "ANALYSIS_KEYS", "AUTO_PRECISION", "CHANCE_NULLS", "DEFAULT_CONFIG",
+           "EXPERIMENT_KEYS",
            "FIELDS", "HINTS", "LIST_KEYS",
            "LR_SCALINGS", "LR_SCHEDULES", "OPTIMIZERS", "PRECISIONS", "PRESETS",
            "SAVE_CHECKPOINTS", "SHARED_KEYS",

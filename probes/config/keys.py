@@ -113,7 +113,9 @@ class RunKeys:
     lr_min: float = _optimization(
         0.0, "cosine: the floor the learning rate decays to, in [0, lr) (authors: 1e-5)")
     grad_clip: float = _optimization(1.0, "clip the gradient norm to this (0: no clipping)")
-    mixed_precision: str = _optimization("no", "no | fp16 | bf16; unset: accelerate launch --mixed_precision")
+    mixed_precision: str = _optimization(
+        "no", "no | fp16 | bf16 | auto (bf16 where the CPU or GPU multiplies it natively, else no); "
+              "unset: accelerate launch --mixed_precision")
     last_position_only: bool = _optimization(
         False, "paper/gpt2: loss and answers from the last position only")
     seed: int = _optimization(0, "seed of the model's init and the batch order")

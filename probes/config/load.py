@@ -15,6 +15,7 @@ import yaml
 from models import ACTIVATIONS, FAMILIES, LM_FAMILIES, check_gamma
 from models.mlp import MAX_GAMMA as MLP_MAX_GAMMA
 from probes.config.run_config import (
+    AUTO_PRECISION,
     CHANCE_NULLS,
     DEFAULT_CONFIG,
     FIELDS,
@@ -216,6 +217,10 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"task={cfg.task!r} is unknown: accepted are {sorted(TASKS)}")
     if cfg.model_family not in FAMILIES:
         raise ConfigError(f"model_family={cfg.model_family!r} is unknown: accepted are {list(FAMILIES)}")
+    if cfg.mixed_precision == AUTO_PRECISION:
+        raise ConfigError(f"mixed_precision={AUTO_PRECISION!r} names no precision until the machine "
+                          f"picks one (probes.runtime.pick_precision, as the command line does "
+                          f"before it makes the runs): accepted in a RunConfig are {list(PRECISIONS)}")
     try:
         check_gamma(cfg.gamma, high=MLP_MAX_GAMMA if cfg.model_family == "mlp" else 3.0)
         for part, g in cfg.part_gammas.items():
@@ -291,7 +296,7 @@ def validate(cfg: RunConfig) -> None:
 
 # keys that take one of a few names, and the names
 CHOICES = {"activation": ACTIVATIONS, "optimizer": OPTIMIZERS, "lr_schedule": LR_SCHEDULES,
-           "mixed_precision": PRECISIONS, "lr_scaling": LR_SCALINGS,
+           "mixed_precision": (*PRECISIONS, AUTO_PRECISION), "lr_scaling": LR_SCALINGS,
            "trajectory_axis": TRAJECTORY_AXES, "save_checkpoints": SAVE_CHECKPOINTS,
            "chance_nulls": CHANCE_NULLS}
 

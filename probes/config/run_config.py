@@ -96,7 +96,10 @@ def training_keys(cfg: RunConfig) -> list[str]:
 
 # one value for the whole experiment: one Accelerator per process, one analysis of its runs
 SHARED_KEYS = (*EXPERIMENT_KEYS, "mixed_precision", *ANALYSIS_KEYS)
-PRECISIONS = ("no", "fp16", "bf16")
+PRECISIONS = ("no", "fp16", "bf16")  # what a run trains in: its run id and runs.csv hold one
+# asks the command line to pick bf16 or no for the machine (probes.runtime.pick_precision)
+# before any RunConfig is made, so a run id never hashes it
+AUTO_PRECISION = "auto"
 SAVE_CHECKPOINTS = ("probes", "final", "none")
 TRAJECTORY_AXES = ("step", "samples")
 OPTIMIZERS = ("adamw", "adam", "sgd")

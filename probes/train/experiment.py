@@ -20,10 +20,10 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
-from probes.config import ConfigError, expand, load_config, parse_overrides
+from probes.config import AUTO_PRECISION, ConfigError, expand, load_config, parse_overrides
 from probes.logs import bar_disabled
 from probes.report.experiment import write_all
-from probes.runtime import bf16_native, configure_threads, main_process_logger
+from probes.runtime import bf16_native, configure_threads, main_process_logger, pick_precision
 from probes.store import (
     OutputError,
     check_output_dir,
@@ -118,6 +118,19 @@ def train_rounds(todo, accelerator) -> None:
     bar.close()
 
 
+def resolved_precision(raw: dict) -> tuple[dict, str | None]:
+    """``raw`` (a checked config mapping) with ``mixed_precision: auto`` replaced by the precision
+    this machine trains in (``probes.runtime.pick_precision``: bf16 where the hardware multiplies
+    it natively, else no), and the reason for it (None when ``auto`` was not asked for).
+
+    The runs are made from the picked value, so their ids, config.yaml and runs.csv name the
+    precision trained in: ``auto`` on a machine with native bf16 is the same run as ``bf16``."""
+    if raw.get("mixed_precision") != AUTO_PRECISION:
+        return raw, None
+    precision, reason = pick_precision()
+    return raw | {"mixed_precision": precision}, reason
+
+
 def main(argv: list[str]) -> int:
     """Run the experiment of ``argv`` (see ``usage.USAGE``); returns the exit code (2 on bad input)."""
     if any(a in ("-h", "--help") for a in argv):
@@ -127,7 +140,8 @@ def main(argv: list[str]) -> int:
         path, overrides = parse_overrides(argv)
         # precision: the config's key when given, else what accelerate launch was told
         launcher = {"mixed_precision": os.environ.get("ACCELERATE_MIXED_PRECISION", "no")}
-        cfgs = expand(launcher | load_config(path, overrides))
+        raw, picked = resolved_precision(launcher | load_config(path, overrides))
+        cfgs = expand(raw)
         if cfgs[0].mixed_precision == "fp16" and not torch.accelerator.is_available():
             raise ConfigError("mixed_precision='fp16' needs a GPU (on CPU accelerate trains in float32 "
                               "with no gradient scaling): accepted on CPU are 'no' and 'bf16'")
@@ -143,9 +157,11 @@ def main(argv: list[str]) -> int:
         recover(cfgs[0].out_dir)
     accelerator.wait_for_everyone()
     threads = configure_threads(cfgs[0].num_threads, accelerator.num_processes)
+    if picked:
+        logger.info(f"mixed_precision {AUTO_PRECISION} -> {cfgs[0].mixed_precision}: {picked}")
     if accelerator.mixed_precision == "bf16" and accelerator.device.type == "cpu" and not bf16_native():
         logger.warning("this CPU has no native bf16 matmul (no AVX512-BF16 or AMX): bf16 autocast "
-                       "runs far slower than float32 here (~1% of its rate)")
+                       "runs far slower than float32 here (~1% of its rate on an AVX2 CPU)")
     # Recorded, not refused: a short run of a preset (--steps 500 with its 3,700-step warm-up)
     # is a fair thing to ask, and refusing it would only make the user lower warmup_steps, a
     # different schedule. What a reader of runs.csv must not do is take `lr` for the rate the

@@ -11,17 +11,22 @@ changes the steps of new runs only.
 
 Two ways in: the experiment's own command run again with only analysis settings changed
 (``probes.train.experiment``), or ``condensation-probes measure DIR [--KEY VALUE ...]`` on a
-finished experiment folder (``main``), which measures every run of its runs.csv again.
+finished experiment folder (``main``), which measures every run of its runs.csv again; under
+``accelerate launch --num_processes N`` its processes split the runs and the main one writes
+(``measure_all``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 from pathlib import Path
 
 import pandas as pd
 import torch
+from accelerate import PartialState
+from accelerate.utils import gather_object
 
 from models import build_for_run
 from probes.config import (
@@ -38,7 +43,7 @@ from probes.config import (
 )
 from probes.measure.series import SeriesProbe
 from probes.report.experiment import write_all
-from probes.runtime import configure_threads, hub_progress_bars_off
+from probes.runtime import configure_threads, hub_progress_bars_off, main_process_logger
 from probes.store import (
     CONFIG,
     Publish,
@@ -53,6 +58,9 @@ from probes.store import (
 from probes.train.loop import build_data, eval_data
 from probes.train.usage import MEASURE_KEYS, MEASURE_USAGE
 from tasks.objective import objective_for
+
+# messages of the main process only (probes.runtime; shown by probes.logs)
+logger = main_process_logger(__name__)
 
 
 def recorded(folder: Path) -> dict:
@@ -79,6 +87,22 @@ def measurable(cfg: RunConfig, series: list | None = None) -> bool:
     return bool(series) and series[0][0] == 0
 
 
+def checked_series(cfg: RunConfig) -> list[tuple[int, Path]]:
+    """The saved (step, folder) series of the finished run of ``cfg``.
+
+    Raises:
+        ConfigError: the run saved no checkpoint series from step 0 (``save_checkpoints`` final
+            or none, or a run of an older version).
+    """
+    folder = run_dir(cfg)
+    series = checkpoint_series(folder)
+    if not measurable(cfg, series):
+        raise ConfigError(f"run {cfg.run_id!r} in {str(folder)!r} has no checkpoint series from "
+                          f"step 0 (saved steps: {[s for s, _ in series]}): accepted are runs "
+                          f"trained with save_checkpoints: probes (retrain it with --overwrite true)")
+    return series
+
+
 def load_model(model_class, path: Path):
     """The model saved in ``path`` (``model_class.from_pretrained``), in eval mode."""
     with hub_progress_bars_off():  # one loading bar a checkpoint would flood the log
@@ -100,11 +124,7 @@ def measure_run(cfg: RunConfig, task, data: dict, device) -> RunResult:
             or none, or a run of an older version).
     """
     folder = run_dir(cfg)
-    series = checkpoint_series(folder)
-    if not measurable(cfg, series):
-        raise ConfigError(f"run {cfg.run_id!r} in {str(folder)!r} has no checkpoint series from "
-                          f"step 0 (saved steps: {[s for s, _ in series]}): accepted are runs "
-                          f"trained with save_checkpoints: probes (retrain it with --overwrite true)")
+    series = checked_series(cfg)
     objective = objective_for(task, cfg.last_position_only)
     probe = SeriesProbe(cfg.run_id, objective, eval_data(cfg, data), device, cfg.thresholds,
                         merge_steps=merge_at(cfg, [step for step, _ in series]),
@@ -125,15 +145,38 @@ def measure_run(cfg: RunConfig, task, data: dict, device) -> RunResult:
                      None, raw.get("init_records", []), lineage=probe.lineage)
 
 
-def measure_all(cfgs: list[RunConfig], data_for, device, publish: Publish | None = None) -> list[dict]:
+def measure_all(cfgs: list[RunConfig], data_for, device, publish: Publish | None = None,
+                state: PartialState | None = None) -> list[dict]:
     """Measure the finished runs of ``cfgs`` again, then write them: every run is measured
-    before any folder is replaced, so an error leaves them all as they were. ``publish``: the
-    set the new run folders join (``store.Publish``; None: each replaces its old one at once).
-    Returns the rows."""
+    before any folder is replaced, so an error leaves them all as they were.
+
+    Args:
+        cfgs: the runs; data_for: cfg -> (task, numpy columns per split) (``build_data``);
+        device: where the models run; publish: the set the new run folders join
+            (``store.Publish``; None: each replaces its old one at once).
+        state: accelerate's ``PartialState`` of several processes (None or one process: this
+            one measures every run). Each process measures a contiguous share of ``cfgs``
+            (``split_between_processes``), the results are gathered in the order of ``cfgs``
+            and the main process alone writes them, so the files are those one process writes.
+
+    Returns:
+        the runs rows, in the order of ``cfgs`` (empty on a process other than the main one).
+    """
+    several = state is not None and state.num_processes > 1
+    mine = cfgs
+    if several:
+        with state.split_between_processes(cfgs) as share:
+            mine = list(share)
+        logger.debug(f"process {state.process_index} measures {len(mine)} run(s): "
+                     f"{', '.join(c.run_id for c in mine)}", main_process_only=False)
     results = []
-    for cfg in cfgs:
+    for cfg in mine:
         task, data = data_for(cfg)
         results.append(measure_run(cfg, task, data, device))
+    if several:
+        results = gather_object(results)
+        if not state.is_main_process:
+            return []
     return [save_run(r, run_dir(r.cfg), publish) for r in results]
 
 
@@ -173,17 +216,32 @@ def main(argv: list[str]) -> int:
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     try:
         _, overrides = parse_overrides(argv[1:])
-        if Path(argv[0]).is_dir():
-            recover(Path(argv[0]))  # a killed measure (or run) of this folder rolled back first
-        cfgs = experiment_configs(Path(argv[0]), overrides)
-        for cfg in cfgs:
-            validate(cfg)
-        configure_threads(cfgs[0].num_threads, 1)
-        # the run folders and the reports as one set: a kill leaves the experiment as it was
-        with Publish(cfgs[0].out_dir) as publish:
-            measure_all(cfgs, build_data(cfgs), torch.device("cpu"), publish)
-            write_all(cfgs, publish)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    # several processes under accelerate launch --num_processes N (gloo on a CPU), else one
+    state = PartialState(cpu=not torch.accelerator.is_available())
+    if state.is_main_process and Path(argv[0]).is_dir():
+        recover(Path(argv[0]))  # a killed measure (or run) of this folder rolled back first
+    state.wait_for_everyone()
+    try:
+        cfgs = experiment_configs(Path(argv[0]), overrides)
+        for cfg in cfgs:
+            validate(cfg)
+            checked_series(cfg)  # before any process starts: none is left waiting for another
+    except ConfigError as e:
+        if state.is_main_process:  # every process fails alike; the main one says so
+            print(f"error: {e}", file=sys.stderr)
+        return 2
+    threads = configure_threads(cfgs[0].num_threads, state.num_processes)
+    logger.info(f"{len(cfgs)} run(s) of {cfgs[0].out_dir}/ measured again on "
+                f"{state.num_processes} process(es), {threads} thread(s) each")
+    # the run folders and the reports as one set: a kill leaves the experiment as it was
+    with Publish(cfgs[0].out_dir) if state.is_main_process else contextlib.nullcontext() as publish:
+        with state.split_between_processes(cfgs) as mine:
+            data_for = build_data(list(mine))
+        measure_all(cfgs, data_for, torch.device("cpu"), publish, state)
+        if state.is_main_process:
+            write_all(cfgs, publish)
+    state.wait_for_everyone()
     return 0

@@ -33,7 +33,8 @@ MEASURE_USAGE = f"""usage: condensation-probes measure DIR [--KEY VALUE ...]
 Measure every run of the finished experiment in DIR again from its saved checkpoints, without
 training, and rewrite its metrics.csv, lineage.csv, correlations.csv and figures.
 Keys: {", ".join(ANALYSIS_KEYS)} (analysis settings; n_probes: a run is measured at the steps it
-saved) and num_threads.
+saved) and num_threads. Under accelerate launch --num_processes N the processes split the
+runs; the main one writes (the same files as one process, at the same threads a process).
 {OPTIONS_HELP}
 """
 
