@@ -3,8 +3,9 @@
 Dispatches, and nothing else: with ``--checkpoint DIR`` it probes models on disk
 (``probes.checkpoint.cli``), with ``measure DIR`` it measures a finished experiment again from
 its saved checkpoints (``probes.train.remeasure``), with ``align A B`` it compares the condensed
-groups and activations of two checkpoints (``probes.checkpoint.align``), otherwise it runs an
-experiment from a config (``probes.train.experiment``, default ``configs/default.yaml``). Each
+groups and activations of two checkpoints (``probes.checkpoint.align``), with ``merge CKPT`` it
+saves a checkpoint with its condensed groups merged (``probes.checkpoint.merged``), otherwise it
+runs an experiment from a config (``probes.train.experiment``, default ``configs/default.yaml``). Each
 writes its reports under ``reports/`` (or ``--output_dir``); bad input prints one ``error:`` line
 and exits with code 2. ``--log_level`` and ``--progress`` are taken here, for all of them
 (``probes.logs``).
@@ -30,15 +31,17 @@ from probes.train import usage as train_usage  # noqa: E402
 
 # each command's module (its main(argv) runs it) and its help text
 COMMANDS = {"measure": "probes.train.remeasure", "align": "probes.checkpoint.align",
-            "checkpoint": "probes.checkpoint.cli", "experiment": "probes.train.experiment"}
+            "merge": "probes.checkpoint.merged", "checkpoint": "probes.checkpoint.cli",
+            "experiment": "probes.train.experiment"}
 HELP = {"measure": lambda: train_usage.MEASURE_USAGE, "align": lambda: checkpoint_usage.ALIGN_USAGE,
-        "checkpoint": lambda: checkpoint_usage.USAGE, "experiment": train_usage.experiment_help}
+        "merge": lambda: checkpoint_usage.MERGE_USAGE, "checkpoint": lambda: checkpoint_usage.USAGE,
+        "experiment": train_usage.experiment_help}
 
 
 def command(argv: list[str]) -> tuple[str, list[str]]:
-    """(the command of ``argv``: measure, align, checkpoint or experiment; the arguments its main
-    takes)."""
-    if argv and argv[0] in ("measure", "align"):
+    """(the command of ``argv``: measure, align, merge, checkpoint or experiment; the arguments
+    its main takes)."""
+    if argv and argv[0] in ("measure", "align", "merge"):
         return argv[0], argv[1:]
     if any(a == "--checkpoint" or a.startswith("--checkpoint=") for a in argv):
         return "checkpoint", argv

@@ -20,6 +20,7 @@ from probes.measure.units import read_units
 from probes.run import main
 
 D, HEADS = 16, 2
+DRIFT = ("rd", "angle_mean", "angle_median", "angle_max")
 
 
 def gpt2(**kw):
@@ -121,8 +122,8 @@ def test_rd_and_angles_equal_numpy(run, tmp_path, fold):
 
 
 def test_rd_rows_are_the_training_runs_rows(run, tmp_path):
-    """A training run's SeriesProbe, given the step-0 units, writes the same rd row (raw rows, as
-    training measures them: --fold_norms false)."""
+    """A training run's SeriesProbe, given the step-0 units, writes the same rd and angle rows
+    (raw rows, as training measures them: --fold_norms false)."""
     out = tmp_path / "out"
     assert probe(["--checkpoint", str(run / "checkpoint-5"), "--reference",
                   str(run / "checkpoint-0"), "--output_dir", str(out), "--fold_norms", "false",
@@ -132,9 +133,9 @@ def test_rd_rows_are_the_training_runs_rows(run, tmp_path):
     start = {(u.layer, u.component, u.head): u.units for u in read_units(models[0])}
     series = SeriesProbe("checkpoint-5", None, None, "cpu", [0.9], units0=start)
     trained = [r for u in read_units(models[1])
-               for r in series.condensation(u, 5, ProbeResult(5)) if r["metric"] == "rd"]
-    mine = metrics[metrics["metric"] == "rd"]
-    assert len(trained) == len(mine) > 0
+               for r in series.condensation(u, 5, ProbeResult(5)) if r["metric"] in DRIFT]
+    mine = metrics[metrics["metric"].isin(DRIFT)]
+    assert len(trained) == len(mine) > 0 and set(mine["metric"]) == set(DRIFT)
     cols = ["layer", "component", "head", "basis", "metric", "threshold", "value", "n_units"]
     theirs = pd.read_csv(io.StringIO(pd.DataFrame(trained)[cols].to_csv(index=False)))
     pd.testing.assert_frame_equal(mine[cols].reset_index(drop=True), theirs, check_dtype=False)

@@ -68,6 +68,44 @@ def test_training_saves_a_checkpoint_series_with_its_scores(trained):
         assert dict(zip(rows["metric"], rows["value"])) == pytest.approx(scores.drop("step").to_dict())
 
 
+def angles_deg(now: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """Each row's angle to the same row at step 0, by arccos of the float64 cosine (drift.py uses
+    atan2 of the difference and sum)."""
+    cos = (now * start).sum(axis=1) / (np.linalg.norm(now, axis=1) * np.linalg.norm(start, axis=1))
+    return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+
+
+def test_training_writes_each_units_angle_to_its_step_0_direction(trained):
+    """The angle rows of a training run equal numpy on its saved checkpoint-0 and later weights
+    (the paper model: bias-free projections, so a unit is a weight row)."""
+    run = next((trained / "runs").iterdir())
+    metrics = pd.read_csv(run / "metrics.csv")
+    start = load_file(run / "checkpoint-0" / "model.safetensors")
+    checked = 0
+    for step in probe_steps(30, 4):
+        path = run / (f"checkpoint-{step}" if step < 30 else "model") / "model.safetensors"
+        now = load_file(path)
+        for layer in (0, 1):
+            for component, key in (("attn.q", "attn.q_proj"), ("attn.v", "attn.v_proj"),
+                                   ("mlp.in", "mlp.fc_in")):
+                name = f"h.{layer}.{key}.weight"
+                w, w0 = now[name].double().numpy(), start[name].double().numpy()
+                a = angles_deg(w, w0)
+                rows = metrics[(metrics["step"] == step) & (metrics["layer"] == layer)
+                               & (metrics["component"] == component) & metrics["head"].isna()]
+                got = dict(zip(rows["metric"], rows["value"]))
+                want = dict(angle_mean=a.mean(), angle_median=np.median(a), angle_max=a.max(),
+                            rd=np.linalg.norm(w - w0) / np.linalg.norm(w0))
+                assert {k: got[k] for k in want} == pytest.approx(want, rel=1e-6, abs=1e-5), \
+                    (step, layer, component)
+                n = dict(zip(rows["metric"], rows["n_units"]))
+                assert n["angle_mean"] == n["angle_max"] == len(w)
+                checked += 1
+    assert checked == 3 * 2 * len(probe_steps(30, 4))
+    late = metrics[(metrics["step"] == 30) & (metrics["metric"] == "angle_max")]
+    assert (late["value"] > 0).all()  # the units did turn: the comparison is not 0 against 0
+
+
 def test_measure_again_at_the_same_settings_gives_the_same_bytes(trained, tmp_path):
     before = {p.name: p.read_bytes() for p in trained.glob("*.csv")}
     run = next((trained / "runs").iterdir())

@@ -23,7 +23,6 @@ anything is written.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
@@ -32,7 +31,7 @@ import torch
 
 from probes.checkpoint.activations import activation_units
 from probes.checkpoint.cli import add_shared_arguments, flag, shared_values
-from probes.checkpoint.discover import CheckpointError, discover, load_model, unique_run_ids
+from probes.checkpoint.discover import CheckpointError, load_model, resolve, unique_run_ids
 from probes.checkpoint.fitting import fitted
 from probes.checkpoint.probe import Fitter, Options, check_inputs, plan_checkpoint
 from probes.checkpoint.usage import ALIGN_OPTIONS as OPTIONS
@@ -53,7 +52,6 @@ from probes.store import (
 )
 
 DEFAULT_OUTPUT = "reports/align"
-AT_STEP = re.compile(r"^(.+)@(\d+)$")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -78,28 +76,6 @@ def parse_args(argv: list[str]) -> Options:
                    a.allow_pickle, a.trust_remote_code, thresholds, None, None,
                    counts["num_threads"], flag(a, "fold_norms"), a.activation_point,
                    spectral_metrics=False)
-
-
-def resolve(spec: str):
-    """The one checkpoint ``spec`` names (``discover``): a folder, or ``RUN_DIR@STEP``.
-
-    Raises:
-        CheckpointError: nothing there, a series without ``@STEP``, or a step the series lacks.
-    """
-    m = AT_STEP.match(spec)
-    if m and not Path(spec).exists():
-        series = discover(m.group(1))
-        found = [c for c in series if c.step == int(m.group(2))]
-        if not found:
-            raise CheckpointError(f"{m.group(1)!r} has no step {m.group(2)}: accepted are its steps "
-                                  f"{', '.join(str(c.step) for c in series)}")
-        return found[0]
-    found = discover(spec)
-    if len(found) != 1:
-        raise CheckpointError(f"{spec!r} holds {len(found)} step checkpoints: accepted is one "
-                              f"checkpoint, or {spec}@STEP (steps "
-                              f"{', '.join(str(c.step) for c in found[:6])})")
-    return found[0]
 
 
 def label(ckpt) -> str:

@@ -34,6 +34,7 @@ from probes.store import CHECKPOINT, MODEL, read_run_json, run_of_model
 
 STEP_DIR = re.compile(r"^(?:checkpoint|step|global_step)[-_]?(\d+)$")
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+AT_STEP = re.compile(r"^(.+)@(\d+)$")  # RUN_DIR@STEP: one step of a series
 SAFETENSORS, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
 PICKLE, PICKLE_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
 ACCEPTED = ("a folder with config.json (save_pretrained), a folder of checkpoint-N / step_N "
@@ -123,6 +124,28 @@ def discover(arg: str) -> list[Checkpoint]:
     if not (path / "config.json").is_file():
         raise CheckpointError(f"checkpoint {arg!r} has no config.json: accepted are {ACCEPTED}")
     return [Checkpoint(path, _run_id(path), _own_step(path))]
+
+
+def resolve(spec: str):
+    """The one checkpoint ``spec`` names (``discover``): a folder, or ``RUN_DIR@STEP``.
+
+    Raises:
+        CheckpointError: nothing there, a series without ``@STEP``, or a step the series lacks.
+    """
+    m = AT_STEP.match(spec)
+    if m and not Path(spec).exists():
+        series = discover(m.group(1))
+        found = [c for c in series if c.step == int(m.group(2))]
+        if not found:
+            raise CheckpointError(f"{m.group(1)!r} has no step {m.group(2)}: accepted are its steps "
+                                  f"{', '.join(str(c.step) for c in series)}")
+        return found[0]
+    found = discover(spec)
+    if len(found) != 1:
+        raise CheckpointError(f"{spec!r} holds {len(found)} step checkpoints: accepted is one "
+                              f"checkpoint, or {spec}@STEP (steps "
+                              f"{', '.join(str(c.step) for c in found[:6])})")
+    return found[0]
 
 
 def unique_run_ids(checkpoints: list[Checkpoint]) -> list[Checkpoint]:

@@ -59,3 +59,19 @@ ALIGN_USAGE = """usage: condensation-probes align A B [options]   (python probes
   --allow_pickle, --trust_remote_code   as --checkpoint
   --num_threads N          threads (default: all cores)
 """ + OPTIONS_HELP
+
+MERGE_OPTIONS = ("--threshold", "--output_dir", "--fold_norms", "--allow_pickle",
+                 "--trust_remote_code", "--num_threads")
+MERGE_USAGE = """usage: condensation-probes merge CKPT --threshold TAU [options]
+       (python probes/run.py merge CKPT ...)
+
+  CKPT                     a save_pretrained folder, or RUN_DIR@STEP (step STEP of a folder of
+                           checkpoint-N / step_N folders)
+  --threshold TAU          cosine in (0, 1): every condensed group at TAU (MLP neurons, query rows
+                           with their key rows, all layers) merged into one unit, the rest zeroed
+  --output_dir DIR         writes DIR/model (save_pretrained), DIR/merge.json (widths) and, for
+                           this project's runs, DIR/config.yaml (default reports/merged)
+  --fold_norms BOOL        fold norm gains into the rows first, as --checkpoint (default true)
+  --allow_pickle, --trust_remote_code   as --checkpoint
+  --num_threads N          threads (default: all cores)
+""" + OPTIONS_HELP

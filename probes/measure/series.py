@@ -5,8 +5,9 @@ measured, live during training (``probes.train.loop``) and again from a saved ch
 At each step ``SeriesProbe.measure`` gives a ``ProbeResult``: condensation of every unit set in
 the weight basis (``probes.measure.metrics.Condensation``; Xu, Zhang, Zhou, arXiv 2504.09484)
 and, when asked, its chance level (``probes.measure.chance``),
-the relative distance RD from step 0 (Luo, Xu, Ma, Zhang, JMLR 2021), the task's scores and the
-held-out pair's answer offsets (Zhang, Zhang, Xu et al., arXiv 2405.05409), the merge rows at
+the relative distance RD from step 0 (Luo, Xu, Ma, Zhang, JMLR 2021) and each unit's angle to
+its step-0 direction (``probes.measure.drift``, as ``--reference`` writes them), the task's
+scores and the held-out pair's answer offsets (Zhang, Zhang, Xu et al., arXiv 2405.05409), the merge rows at
 the final step and any ``merge_steps`` (``merge_probe``), for 1-D two-layer nets each neuron's
 direction, and the lineage of each weight-basis set's condensed groups from the previous step
 (``probes.measure.lineage``; not of ``mlp.active``, whose units change).
@@ -18,11 +19,11 @@ import numpy as np
 import torch
 
 from probes.measure.chance import chance_baselines, chance_rows
-from probes.measure.drift import RD
+from probes.measure.drift import drift, drift_rows
 from probes.measure.family_units import NO_RD, all_units, neuron_features
 from probes.measure.lineage import LineageTracker
 from probes.measure.merge_probe import merge_rows
-from probes.measure.metrics import Condensation, metric_rows, relative_distance
+from probes.measure.metrics import Condensation, metric_rows
 from probes.measure.neurons import count_directions, loss_fell
 from probes.measure.result import HEATMAP_UNITS, HeatMap, ProbeResult, metric_row
 
@@ -36,8 +37,8 @@ class SeriesProbe:
             n_eval); device: where the model runs; thresholds: cosine thresholds tau in (0, 1);
         merge_steps: the steps at which the condensed groups are merged and scored (None or
             empty: never);
-        units0: {(layer, component, head): (n_units, dim) tensor} at step 0, for RD; None: taken
-            from the model measured at step 0.
+        units0: {(layer, component, head): (n_units, dim) tensor} at step 0, for RD and the
+            unit angles; None: taken from the model measured at step 0.
         chance: (draws, nulls): the chance baselines of every unit set (``chance_baselines``;
             draws 0: none; nulls ``isotropic``, ``covariance`` or ``both``).
 
@@ -100,8 +101,8 @@ class SeriesProbe:
         return result
 
     def condensation(self, u, step: int, result: ProbeResult) -> list[dict]:
-        """Rows of one unit set: its condensation, its chance level and its RD from step 0;
-        keeps the heat map."""
+        """Rows of one unit set: its condensation, its chance level and its ``drift`` from step 0
+        (``rd``, ``angle_mean``, ``angle_median``, ``angle_max``); keeps the heat map."""
         fit = Condensation(self.thresholds).fit(u.units, bias_columns=u.bias_columns)
         where = dict(run_id=self.run_id, step=step, layer=u.layer, component=u.component,
                      head=u.head, basis="weight")
@@ -113,8 +114,8 @@ class SeriesProbe:
         if (u.layer, u.component, u.head) == HEATMAP_UNITS and fit.n_units_ > 1:
             result.heatmap = HeatMap.of(fit)
         if u.component not in NO_RD:
-            rd = relative_distance(u.units, self.units0[(u.layer, u.component, u.head)])
-            rows.append(metric_row(**where, metric=RD, value=rd, n_units=fit.n_units_))
+            found = drift(u.units, self.units0[(u.layer, u.component, u.head)])
+            rows += drift_rows(found, where, fit.n_units_)
         return rows
 
     def directions(self, model, step: int) -> tuple[list[dict], list[dict]]:

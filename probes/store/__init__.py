@@ -43,6 +43,7 @@ from probes.store.files import (
     CHECKPOINT_OUTPUTS,
     CHECKPOINT_RUNS_COLUMNS,
     FAMILY_KEYS,
+    MERGED_OUTPUTS,
     PROVENANCE_COLUMNS,
     REPORT_FILES,
     RUNS_FRONT,
@@ -95,7 +96,7 @@ from probes.store.runs import (
 __all__ = [
     "ALIGN_COLUMNS", "ALIGN_OUTPUTS", "CHECKPOINT", "CHECKPOINT_OUTPUTS", "CHECKPOINT_RUNS_COLUMNS",
     "CONFIG", "FAMILY_KEYS",
-    "HEATMAP", "LINEAGE_COLUMNS", "MEASURED", "METRICS_COLUMNS", "MODEL", "NEURONS_COLUMNS",
+    "HEATMAP", "LINEAGE_COLUMNS", "MEASURED", "MERGED_OUTPUTS", "METRICS_COLUMNS", "MODEL", "NEURONS_COLUMNS",
     "OFFSETS_COLUMNS", "PROVENANCE_COLUMNS", "REPORT_FILES", "REPORT_STAGE", "RUNS_FRONT", "RUNS_TAIL",
     "RUN_JSON", "SCORES", "STATE", "TRAIN_LOG", "TRAIN_LOG_COLUMNS", "OutputError", "Publish",
     "RunResult", "atomic_write_text", "check_output_dir", "check_replaceable", "checkpoint_series",

@@ -30,6 +30,7 @@ FAMILY_KEYS = {"mlp": ("width", "activation", "gamma_prime", "in_dim", "optimize
 # what a --checkpoint probe writes into its output folder (replaced whole on the next probe)
 CHECKPOINT_OUTPUTS = {"metrics.csv", "runs.csv", "figures"}
 ALIGN_OUTPUTS = {"align.csv"}  # what ``condensation-probes align`` writes (replaced whole)
+MERGED_OUTPUTS = {"model", "config.yaml", "merge.json"}  # ``condensation-probes merge``
 # runs.csv of a checkpoint probe: fold_norms and activation_point record what was done (norms
 # folded; "post" when some unit set was captured after its nonlinearity), notes each option
 # asked for and not (wholly) applied
