@@ -113,3 +113,22 @@ def test_relation_rows_equal_scipy_spearman(tmp_path):
     assert "### Condensation against the ood shares" in text
     runs, metrics, offsets = split_table.load([d])
     assert (split_table.run_table(runs, metrics, offsets)["wq_init_mean_abs_cos"] == 0.1).all()
+
+
+def test_prefix_of_kept_copies_reads_like_the_folder(tmp_path):
+    """P_runs.csv / P_metrics.csv / P_ood_offsets.csv (+ P_config.yaml) give the same table as
+    the experiment folder they were copied from; --figure writes a PNG."""
+    d = _experiment(tmp_path, "p", [(0.5, 0, 1e-3, 1.0, 1.0, 0.0, 1.0, 0.3),
+                                    (1.0, 0, 1e-3, 1.0, 1.0, 0.9, 0.0, 0.9)])
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    for name in ("runs", "metrics", "ood_offsets"):
+        (kept / f"p_{name}.csv").write_bytes((d / f"{name}.csv").read_bytes())
+    run_id = pd.read_csv(d / "runs.csv")["run_id"][0]
+    (kept / "p_config.yaml").write_bytes((d / "runs" / run_id / "config.yaml").read_bytes())
+    a = split_table.run_table(*split_table.load([d]))
+    b = split_table.run_table(*split_table.load([kept / "p"]))
+    pd.testing.assert_frame_equal(a, b)
+    figure = tmp_path / "f.png"
+    assert split_table.main([str(kept / "p"), "--figure", str(figure), "--out", str(tmp_path / "t.md")]) == 0
+    assert figure.read_bytes()[:4] == b"\x89PNG"

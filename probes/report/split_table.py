@@ -17,6 +17,10 @@ Reads the suite's own reports (``runs.csv``, ``metrics.csv``, ``ood_offsets.csv`
    (``probes.report.tables.correlations``); ``--correlations FILE`` writes every such row.
 
     python -m probes.report.split_table reports/split_cpu [more folders] [--out table.md]
+        [--correlations relation.csv] [--figure ood_over_training.png]
+
+A source is an experiment output folder, or a prefix P of copies kept under reports/measured
+(``P_runs.csv``, ``P_metrics.csv``, ``P_ood_offsets.csv`` and, if kept, ``P_config.yaml``).
 
 A run is fitted when acc_test_id >= 0.95 and acc_pair34 >= 0.95 (the ``fitted`` column of runs.csv).
 """
@@ -31,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from probes.config import load_yaml
+from probes.report.figures.experiment import ood_over_training
 from probes.report.tables import correlations, final_values, interval_text, select
 from probes.store import CONFIG, atomic_write_text, read_csv, run_folder
 
@@ -57,22 +62,33 @@ def load(dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """
     runs, metrics, offsets = [], [], []
     for d in map(Path, dirs):
-        if not (d / "runs.csv").is_file():
-            raise FileNotFoundError(f"{d}: no runs.csv (accepted: an experiment output folder)")
-        r = read_csv(d / "runs.csv")
+        files = _files(d)
+        if not files["runs"].is_file():
+            raise FileNotFoundError(f"{d}: no runs.csv (accepted: an experiment output folder, or "
+                                    f"a prefix P of P_runs.csv, P_metrics.csv, P_ood_offsets.csv)")
+        r = read_csv(files["runs"])
         if not {"ood_inferential", "ood_symmetric"} <= set(r.columns):
             raise ValueError(f"{d}: runs.csv has no ood_inferential / ood_symmetric columns "
                              f"(accepted: composite-task experiments)")
         settings = []
         for run_id in r["run_id"]:
-            cfg_path = run_folder(d, run_id) / CONFIG
+            cfg_path = files["config"] or run_folder(d, run_id) / CONFIG
             cfg = load_yaml(cfg_path.read_text()) if cfg_path.is_file() else {}
             settings.append({k: cfg.get(k) for k in SETTING_KEYS if k not in r.columns})
         runs.append(pd.concat([r, pd.DataFrame(settings, index=r.index)], axis=1))
-        metrics.append(read_csv(d / "metrics.csv"))
-        offsets.append(read_csv(d / "ood_offsets.csv"))
+        metrics.append(read_csv(files["metrics"]))
+        offsets.append(read_csv(files["ood_offsets"]))
     runs = pd.concat(runs, ignore_index=True).drop_duplicates("run_id", keep="last")
     return runs, pd.concat(metrics, ignore_index=True), pd.concat(offsets, ignore_index=True)
+
+
+def _files(source: Path) -> dict:
+    """The report files of an experiment folder, or of a prefix P of kept copies (P_runs.csv...);
+    ``config`` is one config.yaml for every run of a prefix (None: each run's own)."""
+    if source.is_dir():
+        return {k: source / f"{k}.csv" for k in ("runs", "metrics", "ood_offsets")} | {"config": None}
+    files = {k: source.parent / f"{source.name}_{k}.csv" for k in ("runs", "metrics", "ood_offsets")}
+    return files | {"config": source.parent / f"{source.name}_config.yaml"}
 
 
 def varying(runs: pd.DataFrame) -> list[str]:
@@ -211,10 +227,16 @@ def markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def report(dirs: list[Path], min_seeds: int = 3, correlations_out: Path | None = None) -> str:
+def report(dirs: list[Path], min_seeds: int = 3, correlations_out: Path | None = None,
+           figure: Path | None = None) -> str:
     """The four parts (runs, per-gamma means, verdict per setting, relation) as one Markdown
-    text; with ``correlations_out``, every relation row is also written there (atomically)."""
+    text; with ``correlations_out``, every relation row is also written there (atomically); with
+    ``figure``, the runs' ood shares over training (``ood_over_training``: against samples seen
+    when every run records its batch_size, else against the step)."""
     runs, metrics, offsets = load(dirs)
+    if figure is not None:
+        axis = "samples" if "batch_size" in runs and runs["batch_size"].notna().all() else "step"
+        ood_over_training(runs, metrics, figure, tuple(SCORES[:2]), axis=axis)
     table = run_table(runs, metrics, offsets)
     settings = varying(runs)
     means = gamma_means(table, settings)
@@ -240,9 +262,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="write the Markdown here (atomically) instead of stdout")
     p.add_argument("--min_seeds", type=int, default=3)
     p.add_argument("--correlations", type=Path, help="write every relation row here as CSV")
+    p.add_argument("--figure", type=Path, help="draw the runs' ood shares over training here (PNG)")
     args = p.parse_args(argv)
     try:
-        text = report(args.dirs, args.min_seeds, args.correlations)
+        text = report(args.dirs, args.min_seeds, args.correlations, args.figure)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
