@@ -32,6 +32,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from train_throughput import matmul_rate  # noqa: E402  (the same rate as the throughput benchmark)
+
 from models import build_for_run  # noqa: E402
 from probes.config import RunConfig, load_config  # noqa: E402
 from probes.runtime import BF16_FLAGS, bf16_native, cpu_info, pick_precision  # noqa: E402
@@ -69,17 +71,6 @@ def time_steps(cfg: RunConfig, task, batches: list[dict], bf16: bool, warmup: in
     return statistics.median(seconds[warmup:]), first
 
 
-def matmul_rate(dtype: torch.dtype, n: int = 1024, m: int = 512) -> float:
-    """GFLOP/s of an (m, n) @ (n, n) matmul in ``dtype``, best of 3."""
-    a, b = torch.randn(m, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    best = float("inf")
-    for _ in range(3):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * m * n * n / best / 1e9
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=8, help="timed steps per precision")
@@ -95,7 +86,7 @@ def main() -> None:
           f"mixed_precision auto picks {pick_precision(flags)[0]}")
     print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
           f"{args.threads} thread(s), load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    fp32_rate, bf16_rate = matmul_rate(torch.float32), matmul_rate(torch.bfloat16)
+    fp32_rate, bf16_rate = (matmul_rate(t, m=512) for t in (torch.float32, torch.bfloat16))
     print(f"matmul (512 x 1024) @ (1024 x 1024): float32 {fp32_rate:.0f} GFLOP/s, bf16 "
           f"{bf16_rate:.1f} GFLOP/s ({bf16_rate / fp32_rate:.2f}x)")
     cfg = split_cpu_run()
