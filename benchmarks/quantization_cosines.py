@@ -84,7 +84,8 @@ def step_error(steps: np.ndarray, norm: float) -> float:
 def gguf_step_errors(path: Path) -> pd.DataFrame:
     """``step_error`` of every Q4_1 tensor of a GGUF file, from its stored steps d, against the
     norm of its dequantized values (the float weights are not in the file): columns tensor,
-    kind (``attn_q``, ``ffn_up``, ...), n_values, predicted_rel_error."""
+    kind (``attn_q``, ``ffn_up``, ...), n_values, predicted_rel_error, and fixed_point: whether
+    ``quantize_q4_1`` of the dequantized values gives them back (the file follows this scheme)."""
     rows = []
     for t in gguf.GGUFReader(path).tensors:
         if t.tensor_type != gguf.GGMLQuantizationType.Q4_1:
@@ -92,7 +93,8 @@ def gguf_step_errors(path: Path) -> pd.DataFrame:
         steps = t.data.reshape(-1, 20)[:, :2].copy().view(np.float16).ravel()  # block: d first
         values = gguf.quants.dequantize(t.data, t.tensor_type)
         rows.append({"tensor": t.name, "kind": t.name.split(".")[-2], "n_values": values.size,
-                     "predicted_rel_error": step_error(steps, np.linalg.norm(values.astype(np.float64)))})
+                     "predicted_rel_error": step_error(steps, np.linalg.norm(values.astype(np.float64))),
+                     "fixed_point": np.array_equal(quantize_q4_1(values), values)})
     return pd.DataFrame(rows)
 
 
@@ -215,6 +217,8 @@ def main() -> None:
               f"from the stored steps d against the dequantized norm (no float weights needed):")
         by_kind = steps.groupby("kind")["predicted_rel_error"].agg(["count", "median", "min", "max"])
         print(by_kind.to_string(float_format=lambda x: f"{x:.4f}"))
+        print(f"re-quantized with quantize_q4_1, {int(steps['fixed_point'].sum())} of {len(steps)} "
+              f"dequantized tensors come back bit for bit (the file follows this Q4_1 scheme)")
     print(f"\nwrote {args.out}")
 
 
