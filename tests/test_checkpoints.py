@@ -403,7 +403,7 @@ def copy_ckpt(src, dst):
     ("unknown_type", [], "model_type='nope'"),
     ("remote_code", [], "--trust_remote_code"),
     ("ok", ["--probe_samples", "0"], "probe_samples=0 is invalid"),
-    ("ok", ["--thresholds", "[0.9, 1.5]"], "--thresholds"),
+    ("ok", ["--thresholds", "[0.9, 1.5]"], "thresholds=[0.9, 1.5] is invalid"),
     ("ok", ["--heatmap_layers", "7"], "--heatmap_layers [7]"),
     ("ok", ["--heatmap_component", "mlp.gate"], "'mlp.gate'"),
     ("ok", ["--gamma", "0.5"], "unknown key 'gamma'"),
