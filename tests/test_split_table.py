@@ -84,3 +84,21 @@ def test_cli_bad_folder_one_line_exit_2(tmp_path, capsys):
     d = _experiment(tmp_path, "c", [(0.5, 0, 1e-3, 1.0, 1.0, 0.0, 1.0, 0.3)])
     assert split_table.main([str(d), "--out", str(out)]) == 0
     assert out.read_text().startswith("### Runs")
+
+
+def test_table_command_results_to_stdout_messages_to_stderr(tmp_path, capsys):
+    """``condensation-probes table``: the Markdown on stdout; with --out the file, and the note
+    that says so through logging on stderr (nothing on stdout)."""
+    from probes.run import main
+
+    d = _experiment(tmp_path, "c", [(0.5, 0, 1e-3, 1.0, 1.0, 0.0, 1.0, 0.3)])
+    assert main(["table", str(d), "--min_seeds", "1"]) == 0
+    shown = capsys.readouterr()
+    assert shown.out == split_table.report([d], 1) and shown.err == ""
+    out = tmp_path / "t.md"
+    assert main(["table", str(d), "--out", str(out), "--min_seeds=1"]) == 0
+    shown = capsys.readouterr()
+    assert shown.out == "" and out.read_text() == split_table.report([d], 1)
+    assert shown.err == f"split table of 1 folder(s) -> {out}\n"
+    assert main(["table", str(d), "--out", str(out), "--log_level", "warning"]) == 0
+    assert capsys.readouterr().err == ""
