@@ -10,8 +10,8 @@ alias); ``measure DIR`` measures a finished experiment again (``probes.train.rem
 split table (``probes.report.split_table``); ``convert SRC OUT`` converts a GGUF file
 (``probes.checkpoint.gguf``). Every command reads its options by one grammar
 (``probes.config.grammar``) from dataclass fields (``probes.config.keys``); bad input prints one
-``error:`` line and exits with code 2. ``--log_level`` and ``--progress`` are taken here, for all
-of them (``probes.logs``).
+``error:`` line and exits with code 2. ``--log_level`` and ``--progress`` (``LogKeys``) are taken
+here, for all of them, and shown by ``probes.logs``.
 
 A command's module (and with it torch) is imported only when the command runs: ``--help`` reads
 the help modules alone (``probes.train.usage``, ``probes.checkpoint.usage``,
@@ -30,6 +30,9 @@ if __package__ in (None, ""):  # run as a script: import the project, not probes
 
 from probes import logs  # noqa: E402
 from probes.checkpoint import usage as checkpoint_usage  # noqa: E402
+from probes.config import grammar  # noqa: E402
+from probes.config.grammar import ConfigError  # noqa: E402
+from probes.config.keys import LogKeys  # noqa: E402
 from probes.report import usage as report_usage  # noqa: E402
 from probes.train import usage as train_usage  # noqa: E402
 
@@ -74,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     argv = sys.argv[1:] if argv is None else argv
     try:
-        argv, level, progress = logs.split_options(argv)
-    except logs.OptionError as e:
+        argv, shown = grammar.take(argv, LogKeys, command="every command")
+    except ConfigError as e:
         if os.environ.get("RANK", "0") == "0":  # every process fails alike; the main one says so
             print(f"error: {e}", file=sys.stderr)
         return 2
@@ -84,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(a in ("-h", "--help") for a in args):
         print(main_help() if name == "train" and args == argv else help_text())
         return 0
-    logs.configure(level, progress)
+    logs.configure(shown.get("log_level", "info"), shown.get("progress"))
     return importlib.import_module(module).main(args)
 
 

@@ -167,10 +167,14 @@ def read(key: str, text: str, tp, *, grid: bool = False, choices=None):
 
 
 def _chosen(key: str, values: list, choices) -> list:
+    """``values``, each the one of ``choices`` it names (case aside). Raises ConfigError."""
+    if choices is None:
+        return values
+    by_name = {str(c).lower(): c for c in choices}
     for v in values:
-        if choices is not None and v not in choices:
+        if str(v).lower() not in by_name:
             raise ConfigError(f"{key}={v!r} is unknown: accepted are {', '.join(map(str, choices))}")
-    return values
+    return [by_name[str(v).lower()] for v in values]
 
 
 def unknown(key: str, accepted: Collection[str], command: str) -> ConfigError:
@@ -229,6 +233,32 @@ def parse(argv: list[str], cls, *, command: str, accepted: Collection[str] | Non
             value = values[key] + value
         values[key] = value
     return positional, values
+
+
+def take(argv: list[str], cls, *, command: str) -> tuple[list[str], dict]:
+    """Take the options of dataclass ``cls`` (``--key value``, ``--key=value``, a flag alone) off
+    ``argv``, read by the grammar above; every other token is left, in order.
+
+    Returns:
+        (the other arguments, {key: value} of the keys of ``cls`` given).
+
+    Raises:
+        ConfigError: as ``parse``, for the keys of ``cls``.
+    """
+    names = fields_of(cls)
+    rest, mine, i = [], [], 0
+    while i < len(argv):
+        key, eq, _ = argv[i].partition("=")
+        if not (key.startswith("--") and key[2:] in names):
+            rest.append(argv[i])
+            i += 1
+            continue
+        mine.append(argv[i])
+        if not eq and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            mine.append(argv[i + 1])
+            i += 1
+        i += 1
+    return rest, parse(mine, cls, command=command)[1]
 
 
 def default(field: dataclasses.Field):

@@ -32,6 +32,7 @@ CHECKPOINTS = "checkpoints"  # what probe and align read, and how
 CHANCE_NULLS = ("both", "isotropic", "covariance")  # probes.measure.chance.NULLS and both
 ACTIVATION_POINTS = ("pre", "post")  # probes.checkpoint.activations: before / after the nonlinearity
 THRESHOLDS = [0.7, 0.9, 0.95, 0.99]  # probes.measure.metrics.THRESHOLDS
+LOG_LEVELS = ("debug", "info", "warning", "error")  # probes.logs.LOG_LEVELS
 
 
 def _keys_of(section: str):
@@ -216,6 +217,18 @@ class TableKeys:
         "help": "write the Markdown here (atomically) instead of stdout"})
     min_seeds: int = dataclasses.field(default=3, metadata={
         "help": "fitted seeds the split rule needs at each end"})
+
+
+@dataclass
+class LogKeys:
+    """Messages and progress bars, taken off every command's line by ``probes/run.py``
+    (``probes.logs`` shows them)."""
+
+    log_level: str = dataclasses.field(default="info", metadata={
+        "help": "messages shown on stderr (the error: line of bad input at every level)",
+        "choices": LOG_LEVELS})
+    progress: bool | None = dataclasses.field(default=None, metadata={
+        "help": "progress bars (null: on a terminal only)"})
 
 
 @dataclass
