@@ -2,8 +2,8 @@
 
     python benchmarks/help_time.py [--root DIR] [--repeats 3]
 
-Times ``python probes/run.py --help``, ``python probes/run.py --checkpoint x --help`` and
-``python probes/run.py measure --help`` in the checkout ``DIR`` (default: this one; another
+Times ``python probes/run.py --help``, ``--checkpoint x --help`` and every command's ``--help``
+(``COMMANDS``) in the checkout ``DIR`` (default: this one; another
 folder times another version of the code, e.g. an earlier commit unpacked with ``git archive``),
 ``--repeats`` times each, and prints every time, the median (goal: < 1.5 s) and the load average,
 which says how busy the machine was.
@@ -19,7 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-COMMANDS = (["--help"], ["--checkpoint", "x", "--help"], ["measure", "--help"])
+COMMANDS = (["--help"], ["--checkpoint", "x", "--help"], ["train", "--help"], ["probe", "--help"],
+            ["measure", "--help"], ["align", "--help"], ["table", "--help"], ["convert", "--help"])
 GOAL_S = 1.5
 
 

@@ -1,9 +1,9 @@
-"""Alias kept for the documented command ``python -m probes.gguf_convert``: the converter now
-lives in ``probes.checkpoint.gguf``."""
+"""Alias kept for the documented command ``python -m probes.gguf_convert``: the same as
+``condensation-probes convert`` (``probes.checkpoint.gguf``), messages and options included."""
 
 import sys
 
-from probes.checkpoint.gguf import main
+from probes.run import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["convert", *sys.argv[1:]]))

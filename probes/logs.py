@@ -9,9 +9,10 @@ tables) are printed to stdout. Bad input is one ``error:`` line printed by the e
 whatever the level. Lines are written through ``tqdm.write``, so that a progress bar on the same
 terminal is redrawn below them instead of being cut.
 
-Two options of every entry path, taken off the command line by ``split_options``:
-``--log_level debug|info|warning|error`` (default info) and ``--progress true|false`` (default: a
-bar on a terminal only). This module imports neither torch nor transformers, so that ``--help``
+Two options of every command, taken off the command line by ``probes/run.py`` (the fields of
+``probes.config.keys.LogKeys``, read by the one grammar): ``--log_level debug|info|warning|error``
+(default info) and ``--progress`` / ``--progress true|false`` (default: a bar on a terminal
+only). This module imports neither torch nor transformers, so that ``--help``
 stays fast.
 """
 
@@ -29,11 +30,8 @@ PREFIX = {logging.DEBUG: "debug: ", logging.WARNING: "warning: ", logging.ERROR:
           logging.CRITICAL: "error: "}
 OPTIONS_HELP = """  --log_level LEVEL        messages shown on stderr: debug | info (default) | warning |
                            error (the error: line of bad input is shown at every level)
-  --progress BOOL          progress bars: true | false (default: on a terminal only)"""
-
-
-class OptionError(ValueError):
-    """A bad ``--log_level`` or ``--progress``: the message is one line, for the user."""
+  --progress BOOL          progress bars: --progress alone or true | false (default: on a
+                           terminal only)"""
 
 
 class _Console(logging.Handler):
@@ -48,39 +46,6 @@ class _Console(logging.Handler):
 
 
 _progress: bool | None = None  # --progress: None (a terminal decides), True or False
-
-
-def split_options(argv: list[str]) -> tuple[list[str], str, bool | None]:
-    """Take ``--log_level LEVEL`` and ``--progress BOOL`` (or ``--key=value``) off ``argv``.
-
-    Returns:
-        (the other arguments in order, the level name, the progress choice or None).
-
-    Raises:
-        OptionError: a level outside ``LOG_LEVELS``, a progress value other than true / false,
-            or an option without its value.
-    """
-    rest, found, i = [], {"log_level": "info", "progress": None}, 0
-    while i < len(argv):
-        key, eq, value = argv[i].partition("=")
-        if key not in ("--log_level", "--progress"):
-            rest.append(argv[i])
-            i += 1
-            continue
-        if not eq:
-            if i + 1 >= len(argv):
-                raise OptionError(f"{key} needs a value")
-            value, i = argv[i + 1], i + 1
-        i += 1
-        found[key[2:]] = value
-    level, progress = found["log_level"], found["progress"]
-    if level.lower() not in LOG_LEVELS:
-        raise OptionError(f"--log_level {level!r} is invalid: accepted are {', '.join(LOG_LEVELS)}")
-    if progress is not None:
-        if progress.lower() not in ("true", "false"):
-            raise OptionError(f"--progress {progress!r} is invalid: accepted are true and false")
-        progress = progress.lower() == "true"
-    return rest, level.lower(), progress
 
 
 def configure(level: str = "info", progress: bool | None = None) -> None:

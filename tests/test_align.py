@@ -207,10 +207,10 @@ def test_one_unit_set_against_numpy(folders, tmp_path):
     (["NOPE", "a"], "does not exist"),
     (["run", "a"], "holds 2 step checkpoints: accepted is one checkpoint, or"),
     (["run@7", "a"], "has no step 7: accepted are its steps 0, 3"),
-    (["a"], "the following arguments are required: b"),
-    (["a", "a", "--gamma", "1"], "unrecognized arguments: --gamma 1"),
-    (["a", "a", "--thresholds", "2"], "--thresholds '2'"),
-    (["a", "a", "--probe_samples", "0"], "--probe_samples '0'"),
+    (["a"], "align takes two checkpoints A B, not 1"),
+    (["a", "a", "--gamma", "1"], "unknown key 'gamma'"),
+    (["a", "a", "--thresholds", "2"], "thresholds=[2] is invalid"),
+    (["a", "a", "--probe_samples", "0"], "probe_samples=0 is invalid"),
     (["a", "a", "FOREIGN"], "holds files this command did not write"),
 ])
 def test_bad_input_one_line_exit_2_nothing_written(folders, tmp_path, args, words):

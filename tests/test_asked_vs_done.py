@@ -167,7 +167,7 @@ def repeated_thresholds_are_refused(tmp_path, capsys):
     with pytest.raises(ConfigError, match="distinct"):
         expand(load_config(TINY, {"thresholds": "0.9,0.9"}))
     refused(["--checkpoint", str(tmp_path), "--thresholds", "0.9,0.9", "--output_dir",
-             str(tmp_path / "b")], capsys, "--thresholds '0.9,0.9'", "distinct")
+             str(tmp_path / "b")], capsys, "thresholds=[0.9, 0.9] repeats", "distinct")
     with pytest.raises(ValueError, match="distinct"):
         probes.measure(torch.nn.Sequential(torch.nn.Linear(4, 4)), thresholds=[0.5, 0.5])
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

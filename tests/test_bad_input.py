@@ -138,10 +138,10 @@ CASES = [
     ("token ids outside the vocabulary", "ckpt", small_vocab, ["--probe_inputs", "TEXT"], "vocab_size=32"),
     ("probe text missing", "ckpt", None, ["--probe_inputs", "no_such.txt"], "no_such.txt"),
     ("probe text empty", "ckpt", None, ["--probe_inputs", "EMPTY"], "no non-empty line"),
-    ("activation point", "ckpt", None, ["--activation_point", "mid"], "--activation_point 'mid'"),
-    ("fold_norms not a bool", "ckpt", None, ["--fold_norms", "maybe"], "--fold_norms 'maybe'"),
+    ("activation point", "ckpt", None, ["--activation_point", "mid"], "activation_point='mid'"),
+    ("fold_norms not a bool", "ckpt", None, ["--fold_norms", "maybe"], "fold_norms='maybe'"),
     ("spectral_metrics not a bool", "ckpt", None, ["--spectral_metrics", "1.5"],
-     "--spectral_metrics '1.5'"),
+     "spectral_metrics='1.5'"),
     # output folders
     ("ckpt output_dir is a file", "ckpt", "out_file", [], "is a file"),
     ("ckpt output_dir holds other files", "ckpt", "out_foreign", [], "did not write"),

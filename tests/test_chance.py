@@ -299,8 +299,9 @@ def test_checkpoint_probe_gives_the_same_isotropic_rows(trained, tmp_path, capsy
     assert len(both) == len(own) > 0
     np.testing.assert_array_equal(both["ck"], both["value"])  # NaN z (sd 0) equal too
     assert not ck["metric"].str.endswith("_cov").any()
-    for bad, word in (("-1", "--chance_draws"), ("x", "--chance_draws"), ("none", "--chance_nulls")):
-        flag = word
+    for key, bad, words in (("chance_draws", "-1", "chance_draws=-1 is invalid"),
+                            ("chance_draws", "x", "chance_draws='x' has the wrong type"),
+                            ("chance_nulls", "none", "chance_nulls='none' is unknown")):
         assert main(["--checkpoint", str(run / "model"), "--output_dir", str(tmp_path / "x"),
-                     flag, bad]) == 2
-        assert f"{flag} {bad!r} is invalid" in capsys.readouterr().err
+                     f"--{key}", bad]) == 2
+        assert words in capsys.readouterr().err

@@ -9,36 +9,45 @@ from pathlib import Path
 import pytest
 
 from probes import logs
+from probes.config import grammar
+from probes.config.keys import LOG_LEVELS, LogKeys
 from probes.run import main
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(Path(__file__).with_name("tiny.yaml"))
 
 
-@pytest.mark.parametrize("argv, rest, level, progress", [
-    ([], [], "info", None),
+@pytest.mark.parametrize("argv, rest, shown", [
+    ([], [], {}),
     (["--gamma", "1", "--log_level", "debug", "--seed", "2"], ["--gamma", "1", "--seed", "2"],
-     "debug", None),
-    (["measure", "d", "--log_level=WARNING", "--progress", "false"], ["measure", "d"], "warning",
-     False),
-    (["--progress=True", "--checkpoint", "c"], ["--checkpoint", "c"], "info", True),
+     {"log_level": "debug"}),
+    (["measure", "d", "--log_level=WARNING", "--progress", "false"], ["measure", "d"],
+     {"log_level": "warning", "progress": False}),
+    (["--progress=True", "--checkpoint", "c"], ["--checkpoint", "c"], {"progress": True}),
+    (["--progress", "--checkpoint", "c", "--progress", "no"], ["--checkpoint", "c"], {"progress": False}),
+    (["probe", "c", "--progress"], ["probe", "c"], {"progress": True}),
 ])
-def test_options_are_taken_off_the_command_line(argv, rest, level, progress):
-    assert logs.split_options(argv) == (rest, level, progress)
+def test_options_are_taken_off_the_command_line(argv, rest, shown):
+    assert grammar.take(argv, LogKeys, command="every command") == (rest, shown)
 
 
 @pytest.mark.parametrize("head", [[], ["--checkpoint", "nowhere"], ["measure", "nowhere"]])
 @pytest.mark.parametrize("option, words", [
-    (["--log_level", "loud"], "--log_level 'loud' is invalid: accepted are debug, info, warning, error"),
-    (["--progress", "maybe"], "--progress 'maybe' is invalid: accepted are true and false"),
-    (["--log_level"], "--log_level needs a value"),
+    (["--log_level", "loud"], "log_level='loud' is unknown: accepted are debug, info, warning, error"),
+    (["--progress", "maybe"], "progress='maybe' has the wrong type: accepted is true or false or null"),
+    (["--log_level"], "--log_level needs a value: accepted is a string"),
 ])
 def test_bad_option_is_one_error_line_on_every_path(head, option, words, tmp_path, capsys):
     out = tmp_path / "out"
     assert main([*head, "--output_dir", str(out), *option]) == 2
     said = capsys.readouterr()
-    assert said.err.splitlines() == [f"error: {words}"] and said.out == ""
+    lines = said.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {words}") and said.out == ""
     assert not out.exists()
+
+
+def test_log_levels_are_the_ones_logs_shows():
+    assert LOG_LEVELS == tuple(logs.LOG_LEVELS)
 
 
 def report_only(level: str, tmp_path: Path, capsys) -> tuple[str, str]:

@@ -132,3 +132,21 @@ def test_prefix_of_kept_copies_reads_like_the_folder(tmp_path):
     figure = tmp_path / "f.png"
     assert split_table.main([str(kept / "p"), "--figure", str(figure), "--out", str(tmp_path / "t.md")]) == 0
     assert figure.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_table_command_results_to_stdout_messages_to_stderr(tmp_path, capsys):
+    """``condensation-probes table``: the Markdown on stdout; with --out the file, and the note
+    that says so through logging on stderr (nothing on stdout)."""
+    from probes.run import main
+
+    d = _experiment(tmp_path, "c", [(0.5, 0, 1e-3, 1.0, 1.0, 0.0, 1.0, 0.3)])
+    assert main(["table", str(d), "--min_seeds", "1"]) == 0
+    shown = capsys.readouterr()
+    assert shown.out == split_table.report([d], 1) and shown.err == ""
+    out = tmp_path / "t.md"
+    assert main(["table", str(d), "--out", str(out), "--min_seeds=1"]) == 0
+    shown = capsys.readouterr()
+    assert shown.out == "" and out.read_text() == split_table.report([d], 1)
+    assert shown.err == f"split table of 1 folder(s) -> {out}\n"
+    assert main(["table", str(d), "--out", str(out), "--log_level", "warning"]) == 0
+    assert capsys.readouterr().err == ""

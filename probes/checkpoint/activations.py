@@ -19,10 +19,11 @@ from __future__ import annotations
 import torch
 
 from probes.checkpoint.discover import CheckpointError
+from probes.config import keys
 from probes.measure.capture import Capture
 from probes.measure.units import ModelTensors, base_prefix, layer_unit_sets
 
-ACTIVATION_POINTS = ("pre", "post")
+ACTIVATION_POINTS = keys.ACTIVATION_POINTS  # pre | post: written once, in the keys of probe
 # a unit is dead when its post-nonlinearity range over the probe samples is at most this share
 # of the largest range in its layer and component (0 for a ReLU that never fires)
 DEAD_RTOL = 1e-6

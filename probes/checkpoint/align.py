@@ -22,7 +22,6 @@ anything is written.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -30,12 +29,13 @@ import pandas as pd
 import torch
 
 from probes.checkpoint.activations import activation_units
-from probes.checkpoint.cli import add_shared_arguments, flag, shared_values
+from probes.checkpoint.cli import values
 from probes.checkpoint.discover import CheckpointError, load_model, resolve, unique_run_ids
 from probes.checkpoint.fitting import fitted
 from probes.checkpoint.probe import Fitter, Options, check_inputs, plan_checkpoint
-from probes.checkpoint.usage import ALIGN_OPTIONS as OPTIONS
-from probes.checkpoint.usage import ALIGN_USAGE as USAGE
+from probes.checkpoint.usage import ALIGN_DEFAULTS, align_help
+from probes.config.grammar import ConfigError
+from probes.config.keys import ALIGN_KEYS
 from probes.measure.alignment import CKA, group_alignment, linear_cka
 from probes.measure.units import block_units
 from probes.runtime import configure_threads
@@ -51,30 +51,22 @@ from probes.store import (
     write_csv,
 )
 
-DEFAULT_OUTPUT = "reports/align"
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line and code 2, as the other commands
-        raise CheckpointError(f"{message}: accepted with align are A B and {', '.join(OPTIONS)}")
-
 
 def parse_args(argv: list[str]) -> Options:
-    """The command line as the checkpoint probe's ``Options`` (``checkpoints`` = [A, B]).
+    """The command line ``A B [--KEY VALUE ...]`` (``ALIGN_KEYS``, the one grammar) as the
+    checkpoint probe's ``Options`` (``checkpoints`` = [A, B]).
 
     Raises:
-        CheckpointError: not two checkpoints, an unknown flag, or a value outside what is accepted.
+        ConfigError: not two checkpoints, an unknown key, or a value outside what is accepted.
     """
-    p = _Parser(prog="condensation-probes align", add_help=False, allow_abbrev=False)
-    p.add_argument("a")
-    p.add_argument("b")
-    p.add_argument("--output_dir", default=DEFAULT_OUTPUT)
-    add_shared_arguments(p)
-    a = p.parse_args(argv)
-    counts, thresholds = shared_values(a)
-    return Options([a.a, a.b], Path(a.output_dir), a.probe_inputs, counts["probe_samples"],
-                   a.allow_pickle, a.trust_remote_code, thresholds, None, None,
-                   counts["num_threads"], flag(a, "fold_norms"), a.activation_point,
+    positional, v = values(argv, "align", ALIGN_KEYS, ALIGN_DEFAULTS)
+    if len(positional) != 2:
+        raise ConfigError(f"align takes two checkpoints A B, not {len(positional)} "
+                          f"({' '.join(positional) or 'none'}): accepted are two folders or "
+                          f"RUN_DIR@STEP")
+    return Options(positional, Path(v["output_dir"]), v["probe_inputs"], v["probe_samples"],
+                   v["allow_pickle"], v["trust_remote_code"], v["thresholds"], None, None,
+                   v["num_threads"], v["fold_norms"], v["activation_point"],
                    spectral_metrics=False)
 
 
@@ -204,7 +196,7 @@ def summary(table: pd.DataFrame) -> str:
 def main(argv: list[str]) -> int:
     """Entry of ``condensation-probes align``; returns the exit code (2 on bad input)."""
     if any(a in ("-h", "--help") for a in argv):
-        print(USAGE)
+        print(align_help())
         return 0
     try:
         opts = parse_args(argv)
@@ -222,7 +214,7 @@ def main(argv: list[str]) -> int:
             rows = weight_rows(plans, opts, fitter, notes)
             if opts.probe_inputs:
                 rows += activation_rows(plans, opts, device, fitter.torch_threads, notes)
-    except (CheckpointError, OutputError) as e:
+    except (CheckpointError, ConfigError, OutputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for note in dict.fromkeys(notes):

@@ -1,4 +1,5 @@
-"""The command line of ``probes/run.py --checkpoint DIR [...]``: parse, plan, probe, report.
+"""The command line of ``probes/run.py probe DIR [...]`` (alias ``--checkpoint DIR``): parse (the
+one grammar, ``ProbeKeys``), plan, probe, report.
 
 For each checkpoint (a folder, every step of a folder of step checkpoints, or a GGUF file), the
 unit sets of every layer are read one layer at a time from the weights and measured with the same
@@ -17,24 +18,22 @@ Bad input prints one ``error:`` line and exits with code 2 before anything is wr
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
 
 import torch
-import yaml
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
-from probes.checkpoint.activations import ACTIVATION_POINTS
 from probes.checkpoint.discover import CheckpointError
 from probes.checkpoint.probe import Fitter, Options, Prober, plan_all
-from probes.checkpoint.usage import OPTIONS, USAGE
-from probes.config import CHANCE_NULLS, load_yaml
+from probes.checkpoint.usage import probe_help
+from probes.config import grammar
+from probes.config.grammar import ConfigError
+from probes.config.keys import PROBE_KEYS, ProbeKeys, thresholds_problem
 from probes.logs import bar_disabled
-from probes.measure.metrics import THRESHOLDS
 from probes.report.checkpoint import summary, write_outputs
 from probes.runtime import configure_threads, main_process_logger
 from probes.store import (
@@ -49,113 +48,66 @@ from probes.store import (
 
 # messages of the main process only (probes.runtime; shown by probes.logs)
 logger = main_process_logger(__name__)
-DEFAULT_OUTPUT = "reports/checkpoints"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse would print usage and exit; we want one line, code 2
-        raise CheckpointError(f"{message}: accepted with --checkpoint are {', '.join(OPTIONS)}")
+def values(argv: list[str], command: str, accepted: tuple[str, ...],
+           defaults: dict | None = None) -> tuple[list[str], dict]:
+    """Read ``argv`` by the one grammar against ``ProbeKeys`` (``probes.config.grammar``) and
+    check the values the checkpoint commands share.
 
+    Args:
+        argv: the command's arguments; command: its name (for error lines); accepted: the keys
+            it takes (``PROBE_KEYS``, ``ALIGN_KEYS``); defaults: its own defaults over the fields'.
 
-def number_list(text: str, name: str, kind) -> list:
-    """A YAML list ("[0, 5]") or comma list ("0,5") of numbers."""
-    try:
-        value = load_yaml(text if text.strip().startswith("[") else f"[{text}]")
-        items = [kind(v) for v in value if isinstance(v, (int, float)) and not isinstance(v, bool)]
-        if not value or len(items) != len(value) or (kind is int and items != value):
-            raise ValueError
-    except (yaml.YAMLError, TypeError, ValueError):
-        raise CheckpointError(f"{name} {text!r} is invalid: accepted is a list of "
-                              f"{'integers' if kind is int else 'numbers'} like 0,5 or [0, 5]") from None
-    return items
-
-
-def flag(args, key: str) -> bool:
-    """The value of flag ``--key`` read as a YAML bool. Raises CheckpointError otherwise."""
-    text = getattr(args, key)
-    value = load_yaml(text) if text.strip() else None
-    if not isinstance(value, bool):
-        raise CheckpointError(f"--{key} {text!r} is invalid: accepted are true and false")
-    return value
-
-
-def add_shared_arguments(p: argparse.ArgumentParser) -> None:
-    """The options that ``--checkpoint`` and ``align`` share (checked by ``shared_values``)."""
-    p.add_argument("--probe_inputs")
-    p.add_argument("--probe_samples", default="1024")
-    p.add_argument("--allow_pickle", action="store_true")
-    p.add_argument("--trust_remote_code", action="store_true")
-    p.add_argument("--thresholds")
-    p.add_argument("--num_threads")
-    p.add_argument("--fold_norms", default="true")
-    p.add_argument("--activation_point", default="pre")
-
-
-def shared_values(a) -> tuple[dict, list[float]]:
-    """The options that ``--checkpoint`` and ``align`` share, checked: ({probe_samples,
-    num_threads}: ints or None when unset, the thresholds).
+    Returns:
+        (positional arguments, every key of ``accepted`` -> its value, the default when not given).
 
     Raises:
-        CheckpointError: an activation point, count or threshold list outside what is accepted.
+        ConfigError: an unknown key or a value of the wrong type (the grammar), a count < 1, or
+            thresholds that are not distinct numbers in (0, 1).
     """
-    if a.activation_point not in ACTIVATION_POINTS:
-        raise CheckpointError(f"--activation_point {a.activation_point!r} is invalid: accepted are "
-                              f"{', '.join(ACTIVATION_POINTS)}")
-    positive = {}
+    positional, given = grammar.parse(argv, ProbeKeys, command=command, accepted=accepted)
+    fields = grammar.fields_of(ProbeKeys)
+    out = {k: grammar.default(fields[k]) for k in accepted} | (defaults or {}) | given
     for key in ("probe_samples", "num_threads"):
-        text = getattr(a, key)
-        if text is not None and not (text.isdigit() and int(text) >= 1):
-            raise CheckpointError(f"--{key} {text!r} is invalid: accepted is an integer >= 1")
-        positive[key] = int(text) if text is not None else None
-    thresholds = number_list(a.thresholds, "--thresholds", float) if a.thresholds else list(THRESHOLDS)
-    if not all(0 < t < 1 for t in thresholds) or len(set(thresholds)) < len(thresholds):
-        raise CheckpointError(f"--thresholds {a.thresholds!r} is invalid: accepted are distinct "
-                              f"numbers in (0, 1)")
-    return positive, thresholds
+        if key in out and out[key] is not None and out[key] < 1:
+            raise ConfigError(f"{key}={out[key]} is invalid: accepted is an integer >= 1")
+    if "chance_draws" in out and out["chance_draws"] < 0:
+        raise ConfigError(f"chance_draws={out['chance_draws']} is invalid: accepted is an integer "
+                          f">= 0 (0: no chance baselines)")
+    problem = thresholds_problem(out["thresholds"])
+    if problem:
+        raise ConfigError(problem)
+    return positional, out
 
 
 def parse_args(argv: list[str]) -> Options:
-    """Parse the command line.
+    """Parse the command line of ``probe DIR [DIR ...]`` or its alias ``--checkpoint DIR``
+    (``PROBE_KEYS``; positional DIRs and ``--checkpoint`` ones are probed alike, in order).
 
     Raises:
-        CheckpointError: unknown flag, missing value, or a value outside what is accepted.
+        ConfigError: no checkpoint, an unknown key, or a value outside what is accepted.
     """
-    p = _Parser(prog="probes/run.py", add_help=False, allow_abbrev=False)
-    p.add_argument("--checkpoint", action="append", required=True)
-    p.add_argument("--output_dir", default=DEFAULT_OUTPUT)
-    add_shared_arguments(p)
-    p.add_argument("--heatmap_layers")
-    p.add_argument("--heatmap_component")
-    p.add_argument("--spectral_metrics", default="true")
-    p.add_argument("--merge_probe", default="false")
-    p.add_argument("--chance_draws", default="0")
-    p.add_argument("--chance_nulls", default="both")
-    p.add_argument("--reference")
-    a = p.parse_args(argv)
-    fold, spectral, merge = (flag(a, key) for key in ("fold_norms", "spectral_metrics",
-                                                       "merge_probe"))
-    if merge and not a.probe_inputs:
-        raise CheckpointError("--merge_probe true needs --probe_inputs: accepted are a text file of "
-                              "lines or a token task, whose next-token loss the merges are scored by")
-    if not a.chance_draws.isdigit():
-        raise CheckpointError(f"--chance_draws {a.chance_draws!r} is invalid: accepted is an "
-                              f"integer >= 0 (0: no chance baselines)")
-    if a.chance_nulls not in CHANCE_NULLS:
-        raise CheckpointError(f"--chance_nulls {a.chance_nulls!r} is invalid: accepted are "
-                              f"{', '.join(CHANCE_NULLS)}")
-    positive, thresholds = shared_values(a)
-    layers = number_list(a.heatmap_layers, "--heatmap_layers", int) if a.heatmap_layers else None
-    return Options(a.checkpoint, Path(a.output_dir), a.probe_inputs, positive["probe_samples"],
-                   a.allow_pickle, a.trust_remote_code, thresholds, layers, a.heatmap_component,
-                   positive["num_threads"], fold, a.activation_point, merge_probe=merge,
-                   spectral_metrics=spectral, chance_draws=int(a.chance_draws),
-                   chance_nulls=a.chance_nulls, reference=a.reference)
+    positional, v = values(argv, "probe", PROBE_KEYS)
+    checkpoints = [*positional, *v["checkpoint"]]
+    if not checkpoints:
+        raise ConfigError("probe needs a checkpoint: accepted are probe DIR [DIR ...] or "
+                          "--checkpoint DIR (a save_pretrained folder, a series, gguf:FILE)")
+    if v["merge_probe"] and not v["probe_inputs"]:
+        raise ConfigError("merge_probe=true needs probe_inputs: accepted are a text file of "
+                          "lines or a token task, whose next-token loss the merges are scored by")
+    return Options(checkpoints, Path(v["output_dir"]), v["probe_inputs"], v["probe_samples"],
+                   v["allow_pickle"], v["trust_remote_code"], v["thresholds"],
+                   v["heatmap_layers"], v["heatmap_component"], v["num_threads"], v["fold_norms"],
+                   v["activation_point"], merge_probe=v["merge_probe"],
+                   spectral_metrics=v["spectral_metrics"], chance_draws=v["chance_draws"],
+                   chance_nulls=v["chance_nulls"], reference=v["reference"])
 
 
 def main(argv: list[str]) -> int:
     """Entry of ``probes/run.py --checkpoint ...``; returns the exit code (2 on bad input)."""
     if any(a in ("-h", "--help") for a in argv):
-        print(USAGE)
+        print(probe_help())
         return 0
     try:
         opts = parse_args(argv)
@@ -164,7 +116,7 @@ def main(argv: list[str]) -> int:
             recover(opts.output_dir)
         check_replaceable(opts.output_dir, CHECKPOINT_OUTPUTS)
         plans, notes = plan_all(opts)
-    except (CheckpointError, OutputError) as e:
+    except (CheckpointError, ConfigError, OutputError) as e:
         if os.environ.get("RANK", "0") == "0":  # every process fails alike; the main one says so
             print(f"error: {e}", file=sys.stderr)
         return 2

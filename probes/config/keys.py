@@ -1,9 +1,16 @@
-"""Every key of a run, with its type, default, section and one line of help: the fields of
-``RunKeys``, which ``probes.config.run_config.RunConfig`` extends with the run's identity.
+"""Every key of every command, with its type, default, section and one line of help: the fields
+of ``RunKeys`` (training; ``probes.config.run_config.RunConfig`` extends it with the run's
+identity), ``ProbeKeys`` (``probe`` / ``--checkpoint`` and ``align``) and ``TableKeys``.
+
+A key that several commands take is written once: ``ThreadKeys`` and ``AnalysisKeys`` are bases of
+both ``RunKeys`` and ``ProbeKeys``, so its type, default and help are the same everywhere. The
+command line reads these fields through one grammar (``probes.config.grammar``); ``--help`` lists
+them from their metadata.
 
 This module uses the standard library only, so that ``--help`` (built from these fields'
-metadata by ``probes.train.usage``) and the key lists read here load neither torch nor the
-tasks. A key's help is ``field.metadata["help"]`` and its section ``field.metadata["section"]``.
+metadata) and the key lists read here load neither torch nor the tasks. A key's help is
+``field.metadata["help"]``, its section ``field.metadata["section"]`` and, for a key that takes
+one of a few names, ``field.metadata["choices"]``.
 """
 
 from __future__ import annotations
@@ -12,6 +19,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from probes.config.grammar import hints, list_item
+
 EXPERIMENT = "experiment level (not part of a run's identity)"
 TASK = "task"
 TASK_OPTIONS = 'options of the other tasks (None: the task\'s own default); lists are strings like "34,43"'
@@ -19,14 +28,22 @@ MODEL = "model"
 INIT = "initialization rate: std = d_in^-gamma; a part's own gamma overrides when set"
 OPTIMIZATION = "optimization"
 PROBES = "probes"  # what is measured of a trained model: the analysis keys
+CHECKPOINTS = "checkpoints"  # what probe and align read, and how
+CHANCE_NULLS = ("both", "isotropic", "covariance")  # probes.measure.chance.NULLS and both
+ACTIVATION_POINTS = ("pre", "post")  # probes.checkpoint.activations: before / after the nonlinearity
+THRESHOLDS = [0.7, 0.9, 0.95, 0.99]  # probes.measure.metrics.THRESHOLDS
+LOG_LEVELS = ("debug", "info", "warning", "error")  # probes.logs.LOG_LEVELS
 
 
 def _keys_of(section: str):
     """A maker of the fields of ``section``: ``make(default, help)``, or ``make(None, help,
-    factory=f)`` for a mutable default (``f()`` is called for each RunKeys)."""
+    factory=f)`` for a mutable default (``f()`` is called for each instance); ``choices``: the
+    names the key accepts."""
 
-    def make(default: Any, help_text: str, *, factory=None) -> Any:
+    def make(default: Any, help_text: str, *, factory=None, choices=None) -> Any:
         meta = {"section": section, "help": help_text}
+        if choices is not None:
+            meta["choices"] = choices
         if factory is not None:
             return dataclasses.field(default_factory=factory, metadata=meta)
         return dataclasses.field(default=default, metadata=meta)
@@ -34,19 +51,42 @@ def _keys_of(section: str):
     return make
 
 
-_experiment, _task, _task_option, _model, _init, _optimization, _probes = (
-    _keys_of(s) for s in (EXPERIMENT, TASK, TASK_OPTIONS, MODEL, INIT, OPTIMIZATION, PROBES))
+_experiment, _task, _task_option, _model, _init, _optimization, _probes, _checkpoints = (
+    _keys_of(s) for s in (EXPERIMENT, TASK, TASK_OPTIONS, MODEL, INIT, OPTIMIZATION, PROBES,
+                          CHECKPOINTS))
 
 
 @dataclass
-class RunKeys:
-    """Every setting of one run and the experiment-level keys, each with its help (field
-    metadata). Instantiate ``RunConfig``, which adds the run id and the task's options."""
+class ThreadKeys:
+    """The thread count, taken by every command that measures (train, measure, probe, align)."""
 
+    num_threads: int | None = _experiment(None, "torch threads per process; default: all cores / processes")
+
+
+@dataclass
+class AnalysisKeys:
+    """What is measured, shared by training, ``measure`` and ``probe`` (each key written once)."""
+
+    merge_probe: bool = _probes(
+        False, "merge each layer's condensed groups into one unit each and score the narrower model "
+               "(training: at the final probe; probe: needs probe_inputs, a text file or token "
+               "task, and a causal LM)")
+    thresholds: list[float] = _probes(
+        None, "cosine thresholds tau of the group counts (a list by nature: never a grid, as merge_steps)",
+        factory=lambda: list(THRESHOLDS))
+    chance_draws: int = _probes(
+        0, "null unit sets drawn per unit set and probe for the chance level of n_groups and mean |cos| "
+           "(probes.measure.chance; 0: off; 199: p-values down to 0.005)")
+    chance_nulls: str = _probes("both", "the chance baselines' nulls: isotropic | covariance | both",
+                                choices=CHANCE_NULLS)
+
+
+@dataclass
+class TrainingKeys(ThreadKeys):
+    """The keys of a run that only training takes (``RunKeys`` adds ``AnalysisKeys``)."""
     experiment: str = _experiment("default", "the experiment's name: its output folder and runs.csv column")
     output_dir: str | None = _experiment(None, "default: reports/<experiment>")
     overwrite: bool = _experiment(False, "retrain runs whose results exist")
-    num_threads: int | None = _experiment(None, "torch threads per process; default: all cores / processes")
     save_checkpoints: str = _experiment("probes", "probes (the model at each probe step) | final | none")
     save_every: int = _experiment(500, "steps between resumable training states (0: none)")
     report_only: bool = _experiment(False, "write the reports of the finished runs, train nothing")
@@ -121,18 +161,99 @@ class RunKeys:
     seed: int = _optimization(0, "seed of the model's init and the batch order")
     n_probes: int = _probes(12, "log-spaced probe steps, step 0 and the last included")
     n_eval: int = _probes(2000, "training samples scored for acc_train and train_loss")
-    merge_probe: bool = _probes(False, "at the final probe, merge each layer's condensed groups and score it")
     merge_steps: list[float] = _probes(
         None, "with merge_probe, also merge at these steps (each: the first probe step at or after it, "
               "if any)",
         factory=list)
-    thresholds: list[float] = _probes(
-        None, "cosine thresholds tau of the group counts (a list by nature: never a grid, as merge_steps)",
-        factory=lambda: [0.7, 0.9, 0.95, 0.99])
-    chance_draws: int = _probes(
-        0, "null unit sets drawn per unit set and probe for the chance level of n_groups and mean |cos| "
-           "(probes.measure.chance; 0: off; 199: p-values down to 0.005)")
-    chance_nulls: str = _probes("both", "the chance baselines' nulls: isotropic | covariance | both")
+
+
+@dataclass
+class RunKeys(AnalysisKeys, TrainingKeys):
+    """Every setting of one run and the experiment-level keys, each with its help (field
+    metadata): ``TrainingKeys``' fields, then ``AnalysisKeys``'. Instantiate ``RunConfig``, which
+    adds the run id and the task's options."""
+
+
+@dataclass
+class ProbeKeys(AnalysisKeys, ThreadKeys):
+    """The keys of ``probe`` (alias ``--checkpoint``) and ``align``: ``ThreadKeys``',
+    ``AnalysisKeys``' and the checkpoints' own (``PROBE_KEYS`` and ``ALIGN_KEYS`` say which each
+    command takes)."""
+
+    checkpoint: list[str] = _checkpoints(
+        None, "a save_pretrained folder, a folder of checkpoint-N / step_N folders (a series), "
+              "gguf:FILE or gguf:smollm2, or a hub id when online; several: repeat it or a,b",
+        factory=list)
+    output_dir: str = _checkpoints("reports/checkpoints", "where the CSVs and figures go")
+    reference: str | None = _checkpoints(
+        None, "a step-0 or base checkpoint of the same architecture: adds rd and angle_mean / "
+              "_median / _max of each weight-basis unit set from it")
+    probe_inputs: str | None = _checkpoints(
+        None, "activation basis too: a task name (this project's models), a text file of lines "
+              "(language models) or a folder of images (vision models)")
+    probe_samples: int = _checkpoints(1024, "samples (tokens, pixel positions, rows) in the probe batch")
+    activation_point: str = _checkpoints(
+        "pre", "activation basis: pre (projection outputs) | post (MLP neurons after their "
+               "nonlinearity); dead units are counted either way", choices=ACTIVATION_POINTS)
+    fold_norms: bool = _checkpoints(
+        True, "weight basis: fold the gain (and bias) of the norm a projection reads into its rows, "
+              "as TransformerLens's fold_ln")
+    spectral_metrics: bool = _checkpoints(
+        True, "stable_rank and effective_rank; false leaves them out and saves most of the time on "
+              "large layers")
+    allow_pickle: bool = _checkpoints(
+        False, "accept pytorch_model.bin weights (pickle can run code: trusted files only)")
+    trust_remote_code: bool = _checkpoints(
+        False, "run the model code a checkpoint ships (trusted checkpoints only)")
+    heatmap_layers: list[int] | None = _checkpoints(
+        None, "layers drawn as heat maps (null: first, middle and last)")
+    heatmap_component: str | None = _checkpoints(
+        None, "component drawn (null: attn.q, else the first component)")
+    threshold: float | None = _checkpoints(
+        None, "merge: the cosine in (0, 1) at which every condensed group is merged into one unit")
+
+
+@dataclass
+class TableKeys:
+    """The keys of ``table`` (``probes.report.split_table``)."""
+
+    out: str | None = dataclasses.field(default=None, metadata={
+        "help": "write the Markdown here (atomically) instead of stdout"})
+    min_seeds: int = dataclasses.field(default=3, metadata={
+        "help": "fitted seeds the split rule needs at each end"})
+    correlations: str | None = dataclasses.field(default=None, metadata={
+        "help": "write every row of the relation (Spearman of final condensation against the ood "
+                "shares, bootstrap 95% intervals) here as CSV"})
+    figure: str | None = dataclasses.field(default=None, metadata={
+        "help": "draw the runs' ood shares over training here (PNG; against samples seen when "
+                "every run records its batch_size)"})
+
+
+@dataclass
+class LogKeys:
+    """Messages and progress bars, taken off every command's line by ``probes/run.py``
+    (``probes.logs`` shows them)."""
+
+    log_level: str = dataclasses.field(default="info", metadata={
+        "help": "messages shown on stderr (the error: line of bad input at every level)",
+        "choices": LOG_LEVELS})
+    progress: bool | None = dataclasses.field(default=None, metadata={
+        "help": "progress bars (null: on a terminal only)"})
+
+
+@dataclass
+class ConvertKeys:
+    """``convert`` takes its two positional arguments (SRC OUT_DIR) and no key."""
+
+
+def thresholds_problem(thresholds: list) -> str | None:
+    """Why ``thresholds`` (a list of numbers) is refused, as an error line, or None: every
+    command takes distinct numbers in (0, 1) (a repeated one would give its rows twice)."""
+    if not thresholds or not all(0 < t < 1 for t in thresholds):
+        return f"thresholds={thresholds} is invalid: accepted are numbers in (0, 1)"
+    if len(set(thresholds)) < len(thresholds):
+        return f"thresholds={thresholds} repeats a value: accepted are distinct numbers in (0, 1)"
+    return None
 
 
 def keys_in(section: str) -> tuple[str, ...]:
@@ -146,3 +267,21 @@ EXPERIMENT_KEYS = keys_in(EXPERIMENT)
 # checkpoints (probes.train.remeasure), never retrains them. n_probes also sets which steps a
 # new run saves; a finished run is measured at the steps it saved.
 ANALYSIS_KEYS = keys_in(PROBES)
+# what `measure DIR` takes: the analysis settings and the thread count
+MEASURE_KEYS = (*ANALYSIS_KEYS, "num_threads")
+# what `probe` (alias --checkpoint) and `align A B` take, in the order their --help lists them
+PROBE_KEYS = ("checkpoint", "output_dir", "reference", "probe_inputs", "probe_samples",
+              "activation_point", "fold_norms", "spectral_metrics", "thresholds", "merge_probe",
+              "chance_draws", "chance_nulls", "heatmap_layers", "heatmap_component", "allow_pickle",
+              "trust_remote_code", "num_threads")
+ALIGN_KEYS = ("output_dir", "thresholds", "probe_inputs", "probe_samples", "activation_point",
+              "fold_norms", "allow_pickle", "trust_remote_code", "num_threads")
+MERGE_KEYS = ("threshold", "output_dir", "fold_norms", "allow_pickle", "trust_remote_code",
+              "num_threads")
+# one value for the whole experiment: one Accelerator per process, one analysis of its runs
+SHARED_KEYS = (*EXPERIMENT_KEYS, "mixed_precision", *ANALYSIS_KEYS)
+# keys whose values are lists by nature: a list there is never a grid
+LIST_KEYS = {k for k, tp in hints(RunKeys).items() if list_item(tp) is not None}
+# the keys a list of values expands into a grid of runs: every other key of a run
+GRID_KEYS = tuple(f.name for f in dataclasses.fields(RunKeys)
+                  if f.name not in SHARED_KEYS and f.name not in LIST_KEYS)

@@ -14,6 +14,8 @@ import yaml
 
 from models import ACTIVATIONS, FAMILIES, LM_FAMILIES, check_gamma
 from models.mlp import MAX_GAMMA as MLP_MAX_GAMMA
+from probes.config import grammar
+from probes.config.keys import GRID_KEYS, RunKeys, thresholds_problem
 from probes.config.run_config import (
     AUTO_PRECISION,
     CHANCE_NULLS,
@@ -54,18 +56,6 @@ def load_yaml(text: str):
     return yaml.load(text, Loader=YamlLoader)  # noqa: S506 (a SafeLoader subclass)
 
 
-NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
-         type(None): "null"}
-
-
-def _type_name(tp) -> str:
-    """'an integer', 'a number or null', ... for an annotated RunConfig type."""
-    union = typing.get_origin(tp) in (typing.Union, types.UnionType)
-    options = typing.get_args(tp) if union else (tp,)
-    return " or ".join("a list" if typing.get_origin(o) is list
-                       else NAMES.get(o, getattr(o, "__name__", str(o))) for o in options)
-
-
 def _accepts(key: str, value) -> bool:
     """Whether ``value`` fits the annotated type of RunConfig field ``key``."""
     tp = HINTS[key]
@@ -100,7 +90,7 @@ def _check_value(key: str, value) -> None:
         raise ConfigError(f"{key}=[] is an empty grid: accepted is a list of at least one value")
     for v in values:
         if not _accepts(key, v):
-            raise ConfigError(f"{key}={v!r} has the wrong type: accepted is {_type_name(HINTS[key])}")
+            raise ConfigError(f"{key}={v!r} has the wrong type: accepted is {grammar.type_name(HINTS[key])}")
 
 
 def _as_list(value):
@@ -278,11 +268,8 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"dropout={cfg.dropout} is invalid: accepted is a number in [0, 1)")
     if cfg.num_threads is not None and cfg.num_threads < 1:
         raise ConfigError(f"num_threads={cfg.num_threads} is invalid: accepted is >= 1 or null")
-    if not cfg.thresholds or not all(0 < t < 1 for t in cfg.thresholds):
-        raise ConfigError(f"thresholds={cfg.thresholds} is invalid: accepted are numbers in (0, 1)")
-    if len(set(cfg.thresholds)) < len(cfg.thresholds):  # each would give its rows twice
-        raise ConfigError(f"thresholds={cfg.thresholds} repeats a value: accepted are distinct "
-                          f"numbers in (0, 1)")
+    if thresholds_problem(cfg.thresholds):
+        raise ConfigError(thresholds_problem(cfg.thresholds))
     if cfg.merge_probe and cfg.model_family == "resnet":  # probes.measure.arch: no merge sites
         raise ConfigError("merge_probe=true has nothing to merge in model_family 'resnet' (a "
                           "channel feeds a batch norm): accepted for 'resnet' is false")
@@ -331,33 +318,20 @@ def _validate_baselines(cfg: RunConfig, task) -> None:
 
 
 def parse_overrides(argv: list[str]) -> tuple[str | None, dict]:
-    """Parse ``[--config FILE] [--key value | --key=value ...]``; values are read as YAML.
+    """Parse ``train``'s ``[--config FILE] [--key value | --key=value ...]`` by the one grammar
+    (``probes.config.grammar``): each value read as its RunKeys field's type, ``[a, b]`` a grid
+    where the key may be one (``GRID_KEYS``).
 
     Returns:
         (config path or None, overrides).
 
     Raises:
-        ConfigError: a token that is not ``--key``, a key without a value, or an unknown key.
+        ConfigError: a stray argument, a key without a value, an unknown key or a value of the
+            wrong type.
     """
-    config, overrides, i = None, {}, 0
-    while i < len(argv):
-        token = argv[i]
-        if not token.startswith("--") or token == "--":
-            raise ConfigError(f"unexpected argument {token!r}: accepted are --config FILE and --KEY VALUE")
-        key, eq, value = token[2:].partition("=")
-        if not eq:
-            if i + 1 >= len(argv):
-                raise ConfigError(f"--{key} needs a value")
-            value, i = argv[i + 1], i + 1
-        i += 1
-        if key == "config":
-            config = value
-            continue
-        _check_key(key)
-        try:
-            overrides[key] = load_yaml(value)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"--{key} {value!r} is not a readable value") from e
-    return config, overrides
-
-
+    positional, overrides = grammar.parse(argv, RunKeys, command="train", grid=GRID_KEYS,
+                                          extra=("config",))
+    if positional:
+        raise ConfigError(f"unexpected argument {positional[0]!r}: accepted are --config FILE and "
+                          f"--KEY VALUE")
+    return overrides.pop("config", None), overrides

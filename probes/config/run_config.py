@@ -13,16 +13,19 @@ from pathlib import Path
 import yaml
 
 from models.mlp import ntk_scale
-from probes.config.keys import ANALYSIS_KEYS, EXPERIMENT_KEYS, RunKeys
+from probes.config.grammar import ConfigError  # noqa: F401 (re-exported: every module raises it)
+from probes.config.keys import (  # noqa: F401 (CHANCE_NULLS, LIST_KEYS, SHARED_KEYS: re-exported)
+    ANALYSIS_KEYS,
+    CHANCE_NULLS,
+    LIST_KEYS,
+    SHARED_KEYS,
+    RunKeys,
+)
 from tasks import TASKS
 
 # the presets (configs/*.yaml), shipped as package data: probes/presets is a link to configs/
 PRESETS = resources.files("probes") / "presets"
 DEFAULT_CONFIG = PRESETS / "default.yaml"
-
-
-class ConfigError(ValueError):
-    """Bad configuration: the message names the bad value and what is accepted."""
 
 
 @dataclass
@@ -94,8 +97,6 @@ def training_keys(cfg: RunConfig) -> list[str]:
     return sorted(keys)
 
 
-# one value for the whole experiment: one Accelerator per process, one analysis of its runs
-SHARED_KEYS = (*EXPERIMENT_KEYS, "mixed_precision", *ANALYSIS_KEYS)
 PRECISIONS = ("no", "fp16", "bf16")  # what a run trains in: its run id and runs.csv hold one
 # asks the command line to pick bf16 or no for the machine (probes.runtime.pick_precision)
 # before any RunConfig is made, so a run id never hashes it
@@ -105,12 +106,10 @@ TRAJECTORY_AXES = ("step", "samples")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 LR_SCHEDULES = ("cosine", "constant")
 LR_SCALINGS = ("none", "ntk")
-CHANCE_NULLS = ("both", "isotropic", "covariance")  # probes.measure.chance.NULLS and both
 # analysis keys added after runs were first saved: the value a run folder or training state
 # saved without the key was measured with
 ANALYSIS_BEFORE = {"chance_draws": 0, "chance_nulls": "both", "merge_steps": []}
 HINTS = typing.get_type_hints(RunConfig)
-LIST_KEYS = {"thresholds", "merge_steps"}
 
 
 def resolved_yaml(cfg: RunConfig, extra: dict | None = None) -> str:

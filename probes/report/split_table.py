@@ -16,7 +16,7 @@ Reads the suite's own reports (``runs.csv``, ``metrics.csv``, ``ood_offsets.csv`
    groups at cosine 0.9) and ood_inferential / ood_symmetric, with paired bootstrap 95% intervals
    (``probes.report.tables.correlations``); ``--correlations FILE`` writes every such row.
 
-    python -m probes.report.split_table reports/split_cpu [more folders] [--out table.md]
+    condensation-probes table reports/split_cpu [more folders] [--out table.md]
         [--correlations relation.csv] [--figure ood_over_training.png]
 
 A source is an experiment output folder, or a prefix P of copies kept under reports/measured
@@ -27,17 +27,23 @@ A run is fitted when acc_test_id >= 0.95 and acc_pair34 >= 0.95 (the ``fitted`` 
 
 from __future__ import annotations
 
-import argparse
+import logging
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from probes.config import load_yaml
+from probes.config import grammar, load_yaml
+from probes.config.grammar import ConfigError
+from probes.config.keys import TableKeys
+from probes.logs import configure
 from probes.report.figures.experiment import ood_over_training
 from probes.report.tables import correlations, final_values, interval_text, select
+from probes.report.usage import table_help
 from probes.store import CONFIG, atomic_write_text, read_csv, run_folder
+
+logger = logging.getLogger(__name__)
 
 # settings worth a column when they differ between the runs compared (run_id and seed excluded)
 SETTING_KEYS = ["experiment", "model_family", "n_layer", "n_embd", "n_train", "fresh_samples",
@@ -255,26 +261,31 @@ def report(dirs: list[Path], min_seeds: int = 3, correlations_out: Path | None =
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m probes.report.split_table DIR [DIR ...]``; returns the exit code (2 on bad
-    input)."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("dirs", nargs="+", type=Path, help="experiment output folders")
-    p.add_argument("--out", type=Path, help="write the Markdown here (atomically) instead of stdout")
-    p.add_argument("--min_seeds", type=int, default=3)
-    p.add_argument("--correlations", type=Path, help="write every relation row here as CSV")
-    p.add_argument("--figure", type=Path, help="draw the runs' ood shares over training here (PNG)")
-    args = p.parse_args(argv)
+    """``condensation-probes table DIR [DIR ...] [--out FILE] [--min_seeds N] [--correlations FILE]
+    [--figure FILE]`` (the one grammar, ``TableKeys``): the Markdown to stdout, or to ``--out``
+    with a note on stderr; returns the exit code (2 on bad input)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(table_help())
+        return 0
     try:
-        text = report(args.dirs, args.min_seeds, args.correlations, args.figure)
-    except (FileNotFoundError, ValueError) as e:
+        dirs, v = grammar.parse(argv, TableKeys, command="table")
+        if not dirs:
+            raise ConfigError("table needs a folder: accepted are one or more experiment output "
+                              "folders DIR [DIR ...]")
+        text = report([Path(d) for d in dirs], v.get("min_seeds", 3),
+                      *(Path(v[k]) if v.get(k) else None for k in ("correlations", "figure")))
+    except (FileNotFoundError, ValueError) as e:  # ConfigError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.out:
-        atomic_write_text(args.out, text)
+    if v.get("out"):
+        atomic_write_text(Path(v["out"]), text)
+        logger.info(f"split table of {len(dirs)} folder(s) -> {v['out']}")
     else:
         print(text, end="")
     return 0
 
 
 if __name__ == "__main__":
+    configure()
     sys.exit(main())

@@ -36,11 +36,12 @@ from probes.config import (
     ConfigError,
     RunConfig,
     checked,
+    grammar,
     load_yaml,
     merge_at,
-    parse_overrides,
     validate,
 )
+from probes.config.keys import MEASURE_KEYS, RunKeys
 from probes.measure.series import SeriesProbe
 from probes.report.experiment import write_all
 from probes.runtime import configure_threads, hub_progress_bars_off, main_process_logger
@@ -56,7 +57,7 @@ from probes.store import (
     save_run,
 )
 from probes.train.loop import build_data, eval_data
-from probes.train.usage import MEASURE_KEYS, MEASURE_USAGE
+from probes.train.usage import measure_help
 from tasks.objective import objective_for
 
 # messages of the main process only (probes.runtime; shown by probes.logs)
@@ -208,24 +209,39 @@ def experiment_configs(out_dir: Path, overrides: dict) -> list[RunConfig]:
     return cfgs
 
 
+def parse_args(argv: list[str]) -> tuple[Path, dict]:
+    """``DIR [--KEY VALUE ...]`` by the one grammar (``probes.config.grammar``, RunKeys' types,
+    one value per key): (the folder, the keys given).
+
+    Raises:
+        ConfigError: not one folder, an unknown key or a value of the wrong type.
+    """
+    positional, overrides = grammar.parse(argv, RunKeys, command="measure")
+    if len(positional) != 1:
+        raise ConfigError(f"measure takes one folder DIR, not {len(positional)} "
+                          f"({' '.join(positional) or 'none'}): accepted is the output folder "
+                          f"of a finished experiment")
+    return Path(positional[0]), overrides
+
+
 def main(argv: list[str]) -> int:
-    """``measure DIR [--KEY VALUE ...]`` (see ``usage.MEASURE_USAGE``); returns the exit code (2
-    on bad input)."""
-    if not argv or argv[0] in ("-h", "--help") or argv[0].startswith("--"):
-        print(MEASURE_USAGE)
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    """``measure DIR [--KEY VALUE ...]`` (see ``usage.measure_help``; the one grammar, one value
+    per key); returns the exit code (2 on bad input)."""
+    if any(a in ("-h", "--help") for a in argv):
+        print(measure_help())
+        return 0
     try:
-        _, overrides = parse_overrides(argv[1:])
+        folder, overrides = parse_args(argv)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     # several processes under accelerate launch --num_processes N (gloo on a CPU), else one
     state = PartialState(cpu=not torch.accelerator.is_available())
-    if state.is_main_process and Path(argv[0]).is_dir():
-        recover(Path(argv[0]))  # a killed measure (or run) of this folder rolled back first
+    if state.is_main_process and folder.is_dir():
+        recover(folder)  # a killed measure (or run) of this folder rolled back first
     state.wait_for_everyone()
     try:
-        cfgs = experiment_configs(Path(argv[0]), overrides)
+        cfgs = experiment_configs(folder, overrides)
         for cfg in cfgs:
             validate(cfg)
             checked_series(cfg)  # before any process starts: none is left waiting for another
