@@ -83,12 +83,13 @@ def test_main_help_lists_every_command_in_one_line_each(capsys):
     text = capsys.readouterr().out
     listed = text.split("Commands (COMMAND --help lists its keys):\n")[1].split("\n\n")[0]
     assert [line.split()[0] for line in listed.splitlines()] == list(COMMANDS) == \
-        ["train", "probe", "measure", "align", "table", "convert"]
+        ["train", "probe", "measure", "align", "merge", "table", "convert"]
 
 
 @pytest.mark.parametrize("argv, cls, names", [
     (["probe", "--help"], "ProbeKeys", "PROBE_KEYS"),
     (["align", "--help"], "ProbeKeys", "ALIGN_KEYS"),
+    (["merge", "--help"], "ProbeKeys", "MERGE_KEYS"),
     (["measure", "--help"], "RunKeys", "MEASURE_KEYS"),
     (["table", "--help"], "TableKeys", None),
 ])

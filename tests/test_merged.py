@@ -95,10 +95,10 @@ def test_align_reads_the_merged_folder(merged, tmp_path):
 
 
 @pytest.mark.parametrize("args, words", [
-    (["--threshold", "1.5"], "--threshold '1.5' is invalid: accepted is a cosine in (0, 1)"),
-    (["--threshold", "x"], "--threshold 'x' is invalid"),
-    ([], "the following arguments are required: --threshold"),
-    (["--threshold", "0.9", "--bogus", "1"], "unrecognized arguments: --bogus"),
+    (["--threshold", "1.5"], "threshold=1.5 is invalid: accepted is a cosine in (0, 1)"),
+    (["--threshold", "x"], "threshold='x' has the wrong type: accepted is a number"),
+    ([], "merge needs --threshold TAU: accepted is a cosine in (0, 1)"),
+    (["--threshold", "0.9", "--bogus", "1"], "unknown key 'bogus': accepted with merge are"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(merged, tmp_path, args, words):
     root, _, _ = merged

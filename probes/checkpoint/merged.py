@@ -74,7 +74,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if len(positional) != 1:
         raise ConfigError(f"merge takes one checkpoint CKPT, not {len(positional)} "
                           f"({' '.join(positional) or 'none'}): accepted is a folder or RUN_DIR@STEP")
-    if v["threshold"] is None or not 0 < v["threshold"] < 1:
+    if v["threshold"] is None:
+        raise ConfigError("merge needs --threshold TAU: accepted is a cosine in (0, 1)")
+    if not 0 < v["threshold"] < 1:
         raise ConfigError(f"threshold={v['threshold']} is invalid: accepted is a cosine in (0, 1)")
     if v["num_threads"] is not None and v["num_threads"] < 1:
         raise ConfigError(f"num_threads={v['num_threads']} is invalid: accepted is an integer >= 1")

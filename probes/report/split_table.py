@@ -45,10 +45,11 @@ from probes.store import CONFIG, atomic_write_text, read_csv, run_folder
 
 logger = logging.getLogger(__name__)
 
-# settings worth a column when they differ between the runs compared (run_id and seed excluded)
-SETTING_KEYS = ["experiment", "model_family", "n_layer", "n_embd", "n_train", "fresh_samples",
+# settings worth a column when they differ between the runs compared (run_id and seed excluded);
+# training settings only: runs trained alike under two experiment names are one setting
+SETTING_KEYS = ["model_family", "n_layer", "n_embd", "n_train", "fresh_samples",
                 "split_modulus", "lr", "lr_schedule", "warmup_steps", "weight_decay", "steps",
-                "batch_size", "dropout", "num_threads"]
+                "batch_size", "mixed_precision", "dropout", "num_threads"]
 SCORES = ["ood_inferential", "ood_symmetric", "ood_other"]
 
 
@@ -215,7 +216,9 @@ def relation_table(corr: pd.DataFrame) -> pd.DataFrame:
             row = {"layer": layer, "site": component,
                    "metric": metric if tau is None else f"{metric} at {tau:g}"}
             for r in cell.itertuples(index=False):
-                row[f"{r.score} ({r.subset}, n={r.n_runs})"] = interval_text(r._asdict())
+                row[f"{r.score} ({r.subset}, n={r.n_runs})"] = (
+                    interval_text(r._asdict())
+                    + (f", p {r.p_value:.2g}" if np.isfinite(r.spearman_rho) else ""))
             rows.append(row)
     return pd.DataFrame(rows)
 
