@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 
 COMMANDS = (["--help"], ["--checkpoint", "x", "--help"], ["train", "--help"], ["probe", "--help"],
-            ["measure", "--help"], ["align", "--help"], ["table", "--help"], ["convert", "--help"])
+            ["measure", "--help"], ["align", "--help"], ["merge", "--help"], ["table", "--help"],
+            ["convert", "--help"])
 GOAL_S = 1.5
 
 
