@@ -182,13 +182,23 @@ def test_d400_run_rows_are_their_csvs(row):
 SETTINGS = table(D400_SECTION, "setting")
 
 
+SETTING = re.compile(r"batch (\d+), (\w+)(?:, ([\d,]+) steps)?")
+
+
 def setting_runs(setting: str, gamma: float) -> list[dict]:
-    """The runs of the d400 table with this setting (``batch B, precision``) and gamma."""
-    m = re.fullmatch(r"batch (\d+), (\w+)", setting)
+    """The runs of the d400 table with this setting (``batch B, precision`` and, when a length is
+    its own setting, ``, N steps``) and gamma. Without a length, the runs of the lengths that other
+    rows of the same batch and precision name are left out."""
+    m = SETTING.fullmatch(setting)
     assert m, setting
+    others = (SETTING.fullmatch(r["setting"]) for r in SETTINGS)
+    named = {int(o.group(3).replace(",", "")) for o in others
+             if o and o.group(3) and o.group(1, 2) == m.group(1, 2)}
     runs = [d400_run(prefix_of(r)) for r in D400_ROWS]
     return [r["row"] for r in runs if r["batch"] == int(m.group(1))
-            and r["row"]["mixed_precision"] == PRECISION[m.group(2)] and r["row"]["gamma"] == gamma]
+            and r["row"]["mixed_precision"] == PRECISION[m.group(2)] and r["row"]["gamma"] == gamma
+            and (r["row"]["steps"] == int(m.group(3).replace(",", "")) if m.group(3)
+                 else r["row"]["steps"] not in named)]
 
 
 @pytest.mark.parametrize("row", SETTINGS, ids=[f"{r['setting']} g{r['gamma']}" for r in SETTINGS])
