@@ -113,3 +113,14 @@ def test_a_step_the_series_lacks_is_refused(merged, tmp_path):
     root, _, _ = merged
     code, err = run("merge", f"{root / 'run'}@8", "--threshold", "0.9", "--output_dir", tmp_path / "o")
     assert code == 2 and "has no step 8: accepted are its steps 7" in err
+
+
+@pytest.mark.parametrize("inside", ["checkpoint-9", "checkpoint-7/sub"])
+def test_an_output_inside_the_merged_series_is_refused(merged, inside):
+    """A merged model written into its own run would join the series (a fake checkpoint-9) or
+    sit inside a saved model: refused before anything is written."""
+    root, _, _ = merged
+    out = root / "run" / inside
+    code, err = run("merge", f"{root / 'run'}@7", "--threshold", "0.9", "--output_dir", out)
+    assert code == 2 and "lies inside the checkpoint it merges" in err
+    assert not out.exists()

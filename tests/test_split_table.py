@@ -150,3 +150,22 @@ def test_table_command_results_to_stdout_messages_to_stderr(tmp_path, capsys):
     assert shown.err == f"split table of 1 folder(s) -> {out}\n"
     assert main(["table", str(d), "--out", str(out), "--log_level", "warning"]) == 0
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["SAME"], "is in more than one source"),
+    (["--min_seeds", "0"], "min_seeds=0 is invalid: accepted is an integer >= 1"),
+    (["--figure", "f.pdf"], "is not a .png path"),
+])
+def test_table_refuses_what_would_mislead(tmp_path, capsys, extra, words):
+    """A run given twice would count twice in every mean and rho; min_seeds < 1 would let the
+    split rule pass on no fitted run; a .pdf name would hold PNG bytes: one error line, exit 2,
+    nothing written."""
+    d = _experiment(tmp_path, "m", [(0.5, 0, 1e-3, 1.0, 1.0, 0.0, 1.0, 0.3),
+                                    (1.0, 0, 1e-3, 0.5, 0.1, 0.9, 0.0, 0.9)])
+    extra = [str(d) if e == "SAME" else str(tmp_path / e) if e.endswith(".pdf") else e for e in extra]
+    out = tmp_path / "t.md"
+    assert split_table.main([str(d), *extra, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and words in err
+    assert not out.exists() and not (tmp_path / "f.pdf").exists()

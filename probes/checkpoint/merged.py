@@ -91,6 +91,11 @@ def merged_model(a: argparse.Namespace):
             merge sites.
     """
     ckpt = resolve(a.checkpoint)
+    source = Path(ckpt.series or ckpt.path).resolve()
+    out = a.output_dir.resolve()
+    if out == source or source in out.parents:  # a merged model inside its own series or folder
+        raise CheckpointError(f"--output_dir {str(a.output_dir)!r} lies inside the checkpoint it "
+                              f"merges ({source}): accepted is a folder outside it")
     if ckpt.gguf:
         raise CheckpointError(f"{a.checkpoint!r} is a GGUF file: accepted are save_pretrained "
                               f"folders (python -m probes.gguf_convert writes one)")

@@ -65,7 +65,8 @@ def load(dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
 
     Raises:
         FileNotFoundError: a folder without runs.csv.
-        ValueError: a runs.csv whose task is not composite (no held-out pair to split on).
+        ValueError: a runs.csv whose task is not composite (no held-out pair to split on); a run
+            in more than one source (a folder and its kept copy, or a folder given twice).
     """
     runs, metrics, offsets = [], [], []
     for d in map(Path, dirs):
@@ -85,7 +86,11 @@ def load(dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
         runs.append(pd.concat([r, pd.DataFrame(settings, index=r.index)], axis=1))
         metrics.append(read_csv(files["metrics"]))
         offsets.append(read_csv(files["ood_offsets"]))
-    runs = pd.concat(runs, ignore_index=True).drop_duplicates("run_id", keep="last")
+    runs = pd.concat(runs, ignore_index=True)
+    twice = runs["run_id"][runs["run_id"].duplicated()].unique()
+    if len(twice):  # its rows would count twice in every mean and correlation
+        raise ValueError(f"run {twice[0]!r} is in more than one source ({len(twice)} run(s) so): "
+                         f"accepted are sources that hold different runs")
     return runs, pd.concat(metrics, ignore_index=True), pd.concat(offsets, ignore_index=True)
 
 
@@ -242,6 +247,10 @@ def report(dirs: list[Path], min_seeds: int = 3, correlations_out: Path | None =
     text; with ``correlations_out``, every relation row is also written there (atomically); with
     ``figure``, the runs' ood shares over training (``ood_over_training``: against samples seen
     when every run records its batch_size, else against the step)."""
+    if min_seeds < 1:
+        raise ValueError(f"min_seeds={min_seeds} is invalid: accepted is an integer >= 1")
+    if figure is not None and Path(figure).suffix.lower() != ".png":
+        raise ValueError(f"figure={str(figure)!r} is not a .png path: accepted is a PNG file name")
     runs, metrics, offsets = load(dirs)
     if figure is not None:
         axis = "samples" if "batch_size" in runs and runs["batch_size"].notna().all() else "step"
