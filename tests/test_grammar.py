@@ -121,11 +121,6 @@ BAD = [
     (["table"], "table needs a folder: accepted are"),
     (["convert", "a.gguf", "OUT", "--foo", "1"], "unknown key 'foo'"),
     (["convert", "a.gguf"], "convert takes SRC OUT_DIR, not 1"),
-    # a one-value key given twice: which was meant is not guessed (a list key joins instead)
-    (["--config", TINY, "--gamma", "0.5", "--gamma", "1.0"],
-     "--gamma is given twice (0.5, then '1.0'): accepted is one value (a grid is one list: [a, b])"),
-    (["merge", "CKPT", "--threshold", "0.5", "--threshold", "0.9"], "--threshold is given twice"),
-    (["--config", TINY, "--config", TINY], "--config is given twice"),
 ]
 
 

@@ -196,12 +196,12 @@ def parse(argv: list[str], cls, *, command: str, accepted: Collection[str] | Non
             that are no field (``config``); grid: the keys that may take a grid.
 
     Returns:
-        (the positional arguments in order, {key: value} of the keys given; a list-typed key
-        given twice, the joined lists).
+        (the positional arguments in order, {key: value} of the keys given; a key given twice
+        keeps its last value, as argparse does (so a base command line can be overridden), a
+        list-typed key the joined lists).
 
     Raises:
-        ConfigError: an unknown key, a key without its value, a value ``read`` refuses, or a
-            key that takes one value given twice (which one was meant is not for us to guess).
+        ConfigError: an unknown key, a key without its value, or a value ``read`` refuses.
     """
     fields, types_ = fields_of(cls), hints(cls)
     accepted = list(accepted if accepted is not None else fields)
@@ -226,9 +226,6 @@ def parse(argv: list[str], cls, *, command: str, accepted: Collection[str] | Non
                 text = "true"  # a flag alone
             else:
                 raise ConfigError(f"--{key} needs a value: accepted is {type_name(tp)}")
-        if key in values and (key in extra or list_item(tp) is None):
-            raise ConfigError(f"--{key} is given twice ({values[key]!r}, then {text!r}): accepted "
-                              f"is one value" + (" (a grid is one list: [a, b])" if key in grid else ""))
         if key in extra:
             values[key] = text
             continue
