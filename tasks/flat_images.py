@@ -31,7 +31,7 @@ import torch.nn.functional as F
 if TYPE_CHECKING:  # imported where used: datasets takes a second to import
     from datasets import DatasetDict
 
-from tasks.images import FIT_ACC, MIN_SIZE, load_images, resize
+from tasks.images import FIT_ACC, check_image_size, load_images, resize
 from tasks.objective import Evaluation
 
 
@@ -63,9 +63,7 @@ class FlatImageTask:
     ood_scores = ()
 
     def __post_init__(self):
-        if self.image_size < MIN_SIZE:
-            raise ValueError(f"image_size={self.image_size} is invalid: accepted is an integer "
-                             f">= {MIN_SIZE}")
+        check_image_size(self.image_size)
         for name in ("n_train", "n_test_id"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} is invalid: accepted is an "

@@ -38,6 +38,12 @@ from tasks.objective import Evaluation
 
 SOURCES = ("digits", "mnist5k")
 MIN_SIZE = 8
+
+
+def check_image_size(size: int) -> None:
+    """Refuse an image side below MIN_SIZE. Raises ValueError naming the value."""
+    if size < MIN_SIZE:
+        raise ValueError(f"image_size={size} is invalid: accepted is an integer >= {MIN_SIZE}")
 FIT_ACC = 0.99
 
 
@@ -147,9 +153,7 @@ class ImageTask:
     ood_scores = ()
 
     def __post_init__(self):
-        if self.image_size < MIN_SIZE:
-            raise ValueError(f"image_size={self.image_size} is invalid: accepted is an integer "
-                             f">= {MIN_SIZE}")
+        check_image_size(self.image_size)
         if not 0 < self.test_fraction < 1:
             raise ValueError(f"test_fraction={self.test_fraction} is invalid: accepted is a "
                              f"number in (0, 1)")

@@ -57,7 +57,8 @@ def values(argv: list[str], command: str, accepted: tuple[str, ...],
 
     Args:
         argv: the command's arguments; command: its name (for error lines); accepted: the keys
-            it takes (``PROBE_KEYS``, ``ALIGN_KEYS``); defaults: its own defaults over the fields'.
+            it takes (``PROBE_KEYS``, ``ALIGN_KEYS``, ``MERGE_KEYS``); defaults: its own defaults
+            over the fields'.
 
     Returns:
         (positional arguments, every key of ``accepted`` -> its value, the default when not given).
@@ -75,7 +76,7 @@ def values(argv: list[str], command: str, accepted: tuple[str, ...],
     if "chance_draws" in out and out["chance_draws"] < 0:
         raise ConfigError(f"chance_draws={out['chance_draws']} is invalid: accepted is an integer "
                           f">= 0 (0: no chance baselines)")
-    problem = thresholds_problem(out["thresholds"])
+    problem = thresholds_problem(out["thresholds"]) if "thresholds" in out else None
     if problem:
         raise ConfigError(problem)
     return positional, out

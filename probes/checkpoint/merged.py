@@ -31,12 +31,12 @@ import shutil
 import sys
 from pathlib import Path
 
+from probes.checkpoint.cli import values
 from probes.checkpoint.discover import CheckpointError, load_config, load_model, resolve
 from probes.checkpoint.inputs import TOKENIZER_FILES
 from probes.checkpoint.usage import MERGE_DEFAULTS, merge_help
-from probes.config import grammar
 from probes.config.grammar import ConfigError
-from probes.config.keys import MERGE_KEYS, ProbeKeys
+from probes.config.keys import MERGE_KEYS
 from probes.measure.arch import UnsupportedModel, check_mergeable
 from probes.measure.merge import merge_model
 from probes.runtime import configure_threads, hub_progress_bars_off
@@ -68,9 +68,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         ConfigError: not one checkpoint, no threshold, an unknown key, a value outside what is
             accepted.
     """
-    positional, given = grammar.parse(argv, ProbeKeys, command="merge", accepted=MERGE_KEYS)
-    fields = grammar.fields_of(ProbeKeys)
-    v = {k: grammar.default(fields[k]) for k in MERGE_KEYS} | MERGE_DEFAULTS | given
+    positional, v = values(argv, "merge", MERGE_KEYS, MERGE_DEFAULTS)
     if len(positional) != 1:
         raise ConfigError(f"merge takes one checkpoint CKPT, not {len(positional)} "
                           f"({' '.join(positional) or 'none'}): accepted is a folder or RUN_DIR@STEP")
@@ -78,8 +76,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         raise ConfigError("merge needs --threshold TAU: accepted is a cosine in (0, 1)")
     if not 0 < v["threshold"] < 1:
         raise ConfigError(f"threshold={v['threshold']} is invalid: accepted is a cosine in (0, 1)")
-    if v["num_threads"] is not None and v["num_threads"] < 1:
-        raise ConfigError(f"num_threads={v['num_threads']} is invalid: accepted is an integer >= 1")
     return argparse.Namespace(checkpoint=positional[0], **(v | {"output_dir": Path(v["output_dir"])}))
 
 
