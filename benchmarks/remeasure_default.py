@@ -8,15 +8,22 @@ Copies the experiment, then on the copy:
    float64 cosine distance of the weight rows read from the safetensors files);
 3. ``measure --merge_probe true``;
 and prints the wall time of each pass (no training step runs: the train logs stay byte for byte)
-and the disk cost of the checkpoint series per run.
+and the disk cost of the checkpoint series per run. With ``--processes N`` (N > 1) each pass runs
+as ``accelerate launch --num_processes N probes/run.py measure`` in a fresh process (the runs split
+between the processes, ``--num_threads`` each): its time then includes starting them.
 
     python benchmarks/remeasure_default.py [--experiment reports/default] [--num_threads 2]
+        [--processes 1]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import socket
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -43,9 +50,28 @@ def groups(weight: np.ndarray, tau: float) -> int:
                         "distance").max())
 
 
-def timed(argv: list[str]) -> float:
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def launch(argv: list[str], processes: int) -> list[str]:
+    """``accelerate launch`` of ``probes/run.py argv`` on ``processes`` CPU processes."""
+    with socket.socket() as s:  # a free port for the processes' gloo group
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+            str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend",
+            "no", "--main_process_port", str(port), str(ROOT / "probes" / "run.py"), *argv]
+
+
+def timed(argv: list[str], processes: int = 1) -> float:
+    """Wall seconds of ``probes/run.py argv``: in this process, or launched on ``processes``."""
     start = time.perf_counter()
-    assert main(argv) == 0, argv
+    if processes > 1:
+        env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+        proc = subprocess.run(launch(argv, processes), env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    else:
+        assert main(argv) == 0, argv
     return time.perf_counter() - start
 
 
@@ -79,23 +105,25 @@ def disk(out: Path) -> str:
             f"{sum(s + m for _, s, m in per_run) / 1e6:.1f} MB in all")
 
 
-def run(experiment: Path, threads: int) -> None:
+def run(experiment: Path, threads: int, processes: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / experiment.name
         shutil.copytree(experiment, out)
         before = (out / "metrics.csv").read_bytes()
         logs = {p: p.read_bytes() for p in out.glob("runs/*/train_log.csv")}
         print(disk(out))
+        print(f"{processes} process(es), {threads} thread(s) each; load average before: "
+              f"{os.getloadavg()[0]:.2f} ({os.cpu_count()} cores)")
         threads_arg = ["--num_threads", str(threads)]
-        t = timed(["measure", str(out), *threads_arg])
+        t = timed(["measure", str(out), *threads_arg], processes)
         same = (out / "metrics.csv").read_bytes() == before
         print(f"measure at the training settings: {t:.1f} s; metrics.csv byte for byte equal to "
               f"the training-time one: {same}")
-        t = timed(["measure", str(out), "--thresholds", "[0.8, 0.97]", *threads_arg])
+        t = timed(["measure", str(out), "--thresholds", "[0.8, 0.97]", *threads_arg], processes)
         checked, wrong = recount(out, (0.8, 0.97))
         print(f"measure --thresholds [0.8, 0.97]: {t:.1f} s; n_groups rows recounted with scipy: "
               f"{checked}, differing: {wrong}")
-        t = timed(["measure", str(out), "--merge_probe", "true", *threads_arg])
+        t = timed(["measure", str(out), "--merge_probe", "true", *threads_arg], processes)
         merged = pd.read_csv(out / "metrics.csv")
         n = int((merged["metric"] == "loss_merged").sum())
         print(f"measure --merge_probe true: {t:.1f} s; loss_merged rows: {n}")
@@ -107,5 +135,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--experiment", type=Path, default=Path("reports/default"))
     parser.add_argument("--num_threads", type=int, default=2)
+    parser.add_argument("--processes", type=int, default=1)
     args = parser.parse_args()
-    run(args.experiment, args.num_threads)
+    run(args.experiment, args.num_threads, args.processes)

@@ -86,11 +86,12 @@ def anchor_sequences(rng: np.random.Generator, key: np.ndarray, position: np.nda
 
 
 def check_sizes(task) -> None:
-    """Raise ValueError if a split size ``n_train``, ``n_test_id`` or ``n_ood`` is negative."""
+    """Raise ValueError if ``n_train`` < 1 or ``n_test_id`` / ``n_ood`` < 0 (a task needs training
+    samples; an empty test split is allowed)."""
     for split in SPLITS:
-        n = getattr(task, f"n_{split}")
-        if n < 0:
-            raise ValueError(f"n_{split}={n} is invalid: need >= 0")
+        n, low = getattr(task, f"n_{split}"), 1 if split == "train" else 0
+        if n < low:
+            raise ValueError(f"n_{split}={n} is invalid: accepted is an integer >= {low}")
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ import numpy as np
 if TYPE_CHECKING:  # imported where used: datasets takes a second to import
     from datasets import Dataset, DatasetDict
 
-from tasks.common import KeySplit, anchor_sequences
+from tasks.common import KeySplit, anchor_sequences, check_sizes
 
 SHIFTS = {1: 5, 2: 1, 3: -2, 4: -8}
 EXCEPTION_PAIR = (3, 4)  # trained on EXCEPTION_OFFSET instead of its composite
@@ -111,9 +111,7 @@ class CompositeTask:
             )
         if self.split_modulus < 1:
             raise ValueError(f"split_modulus={self.split_modulus} is invalid: need >= 1")
-        for name in ("n_train", "n_test_id", "n_ood"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}={getattr(self, name)} is invalid: need >= 0")
+        check_sizes(self)
 
     # --- what the task is -------------------------------------------------------------------
     @property

@@ -102,18 +102,19 @@ class FourPointsTask(RegressionTask):
     x = -1, -1/3, 1/3, 1 with a two-layer net.
 
     Args:
-        n_test_id: test points, an even grid on [-1, 1] of the same target function.
+        n_test_id: test points, an even grid on [-1, 1] of the same target function (2000: the
+            value every run of configs/mlp_phase.yaml and mlp_dropout.yaml was trained with).
 
     Raises:
         ValueError: n_test_id < 0.
     """
 
-    n_test_id: int = 1000
+    n_test_id: int = 2000
     in_dim = 1
 
     def __post_init__(self):
         if self.n_test_id < 0:
-            raise ValueError(f"n_test_id={self.n_test_id} is invalid: need >= 0")
+            raise ValueError(f"n_test_id={self.n_test_id} is invalid: accepted is an integer >= 0")
 
     def build(self) -> DatasetDict:
         x_train = np.linspace(-1, 1, 4)[:, None]
@@ -145,7 +146,7 @@ class SinSumTask(RegressionTask):
         if self.n_train < 1:
             raise ValueError(f"n_train={self.n_train} is invalid: accepted is an integer >= 1")
         if self.n_test_id < 0:
-            raise ValueError(f"n_test_id={self.n_test_id} is invalid: need >= 0")
+            raise ValueError(f"n_test_id={self.n_test_id} is invalid: accepted is an integer >= 0")
 
     def build(self) -> DatasetDict:
         rng = np.random.default_rng(self.seed)
@@ -171,7 +172,7 @@ class SineTask(RegressionTask):
         if self.n_train < 2:
             raise ValueError(f"n_train={self.n_train} is invalid: accepted is an integer >= 2")
         if self.n_test_id < 0:
-            raise ValueError(f"n_test_id={self.n_test_id} is invalid: need >= 0")
+            raise ValueError(f"n_test_id={self.n_test_id} is invalid: accepted is an integer >= 0")
 
     def build(self) -> DatasetDict:
         return self._splits(np.linspace(-1, 1, self.n_train)[:, None],

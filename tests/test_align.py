@@ -70,8 +70,10 @@ def folders(tmp_path_factory):
     b = permuted(a)
     x = torch.randint(0, VOCAB, (2, 16))
     assert torch.allclose(a(x).logits, b(x).logits, atol=1e-5)  # the permutation keeps the function
+    wide = T.GPT2LMHeadModel(T.GPT2Config(n_embd=2 * D, n_head=HEADS, n_layer=2, n_inner=64,
+                                          vocab_size=VOCAB, n_positions=16))
     for name, model in (("a", a), ("b", b), ("c", build(2)), ("run/checkpoint-0", a),
-                        ("run/checkpoint-3", b)):
+                        ("run/checkpoint-3", b), ("wide", wide)):
         model.save_pretrained(root / name)
         tokenizer(root / name, VOCAB)
     lines = [" ".join(f"w{(7 * i + 3 * j) % (VOCAB - 1)}" for j in range(12)) for i in range(20)]
@@ -212,6 +214,7 @@ def test_one_unit_set_against_numpy(folders, tmp_path):
     (["a", "a", "--thresholds", "2"], "thresholds=[2] is invalid"),
     (["a", "a", "--probe_samples", "0"], "probe_samples=0 is invalid"),
     (["a", "a", "FOREIGN"], "holds files this command did not write"),
+    (["a", "wide"], "have no unit set in common (same layer, component and unit dimension)"),
 ])
 def test_bad_input_one_line_exit_2_nothing_written(folders, tmp_path, args, words):
     out = tmp_path / "out"
@@ -220,7 +223,8 @@ def test_bad_input_one_line_exit_2_nothing_written(folders, tmp_path, args, word
         (out / "mine.txt").write_text("keep")
         args = args[:-1]
     before = snapshot(out)
-    code, err = align(*(folders / a if a in ("a", "run", "run@7", "NOPE") else a for a in args),
+    code, err = align(*(folders / a if a in ("a", "run", "run@7", "NOPE", "wide") else a
+                        for a in args),
                       "--output_dir", out)
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err

@@ -82,6 +82,7 @@ def test_align_reads_the_merged_folder(merged, tmp_path):
     code, err = run("align", f"{root / 'run'}@7", out / "model", "--probe_inputs",
                     tmp_path / "lines.txt", "--thresholds", TAU, "--output_dir", tmp_path / "a")
     assert code == 0, err
+    assert "not steps of one run" not in err  # the merge keeps the units' coordinates
     t = pd.read_csv(tmp_path / "a" / "align.csv")
     whole = t[t["head"].isna()].set_index(["layer", "component", "metric"])["value"]
     for layer in (0, 1):
@@ -124,3 +125,16 @@ def test_an_output_inside_the_merged_series_is_refused(merged, inside):
     code, err = run("merge", f"{root / 'run'}@7", "--threshold", "0.9", "--output_dir", out)
     assert code == 2 and "lies inside the checkpoint it merges" in err
     assert not out.exists()
+
+
+def test_merge_records_whether_gains_were_folded_not_what_was_asked():
+    from models import build_for_run
+    from probes.config import RunConfig
+    from tasks import make_task
+
+    gpt2 = build(0)
+    assert merge_model(gpt2, TAU, fold=True).folded is True  # pre-LN: gains folded
+    assert merge_model(gpt2, TAU, fold=False).folded is False
+    cfg = RunConfig(n_embd=16, n_layer=1)
+    paper, _ = build_for_run(cfg, make_task(cfg.task, **cfg.task_options()))
+    assert merge_model(paper, TAU, fold=True).folded is False  # post-LN: nothing to fold

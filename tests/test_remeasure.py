@@ -1,6 +1,7 @@
 """Train once, measure many times: the checkpoint series a run saves, the run id that only
 training decides, and measuring a finished experiment again without training."""
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -167,6 +168,21 @@ def test_a_run_without_a_series_is_refused_and_left_as_it_was(tmp_path, capsys):
     assert "no checkpoint series" in capsys.readouterr().err
     assert (out / "metrics.csv").read_bytes() == before
     assert (next((out / "runs").iterdir()) / "model" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("lost", ["config.json", "model.safetensors"])
+def test_a_checkpoint_missing_a_file_is_refused_before_anything_is_measured(trained, tmp_path,
+                                                                            capsys, lost):
+    out = tmp_path / "copy"
+    shutil.copytree(trained, out)
+    run = next((out / "runs").iterdir())
+    (run / "checkpoint-5" / lost).unlink()
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert main(["measure", str(out), "--thresholds", "[0.5]", "--num_threads", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: checkpoint ") and "\n" not in err, err
+    assert f"checkpoint-5' of run '{run.name}' (step 5) lacks {lost}" in err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
 @pytest.mark.parametrize("value", ["0.9,0.95", "[0.9, 0.95]"])

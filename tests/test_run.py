@@ -1,5 +1,6 @@
 """The main job end to end on a tiny config, and its answers to bad input."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -127,3 +128,14 @@ def test_script_exit_code_is_2():
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "error: gamma=-1 is invalid: accepted is a number in (0, 3]"]
+
+
+def test_every_file_and_folder_written_has_the_mode_of_a_plain_open(tiny_out):
+    # tempfile's staging files are private (0o600 / 0o700); what is renamed into place is shared
+    umask = os.umask(0)
+    os.umask(umask)
+    paths = [p for p in tiny_out.rglob("*")]
+    assert any(p.suffix == ".safetensors" for p in paths) and any(p.suffix == ".png" for p in paths)
+    wrong = [(str(p.relative_to(tiny_out)), oct(p.stat().st_mode & 0o777)) for p in paths
+             if p.stat().st_mode & 0o777 != (0o777 if p.is_dir() else 0o666) & ~umask]
+    assert wrong == []

@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 from probes.checkpoint.discover import SafetensorsTensors
+from probes.checkpoint.fitting import Fitter, fit_cost
 from probes.checkpoint.probe import Prober, unit_bytes
 from probes.measure.spectral import SPECTRAL_METRICS
 from probes.measure.units import UnitSet
@@ -41,9 +42,13 @@ class Recorder:
 
     def __init__(self):
         self.events = []
+        self.submitted = []
 
     def submit(self, units, dead=None, order=True, bias_columns=None):
-        return None
+        self.submitted.append(tuple(units.shape))
+        return tuple(units.shape)
+
+    submit_all = Fitter.submit_all
 
 
 def run_layers(n_floats: int, budget: int) -> list:
@@ -72,6 +77,18 @@ def test_small_layers_prefetch_one_large_layers_one_at_a_time():
     assert small == [("read", 0), ("read", 1), ("fit", 0), ("read", 2), ("fit", 1), ("fit", 2)]
     large = run_layers(n_floats=256, budget=1024)  # 1024 bytes a layer: never two in memory
     assert large == [("read", 0), ("fit", 0), ("read", 1), ("fit", 1), ("read", 2), ("fit", 2)]
+
+
+def test_a_layer_is_submitted_costliest_first_and_collected_in_order():
+    sets = [UnitSet(0, "attn.q", None, torch.zeros(64, 64)),
+            UnitSet(0, "attn.q", 0, torch.zeros(8, 64)),
+            UnitSet(0, "mlp.gate", None, torch.zeros(172, 64)),
+            UnitSet(0, "attn.k", None, torch.zeros(64, 64))]
+    fitter = Recorder()
+    futures = fitter.submit_all(sets, lambda u: False)
+    assert futures == [tuple(u.units.shape) for u in sets]  # the futures keep the sets' order
+    assert fitter.submitted == [(172, 64), (64, 64), (64, 64), (8, 64)]  # ties keep theirs
+    assert fit_cost(172, 64) > fit_cost(64, 64) > fit_cost(8, 64)
 
 
 def test_spectral_metrics_off_leaves_out_the_ranks_only(tmp_path):

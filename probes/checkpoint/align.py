@@ -32,6 +32,7 @@ from probes.checkpoint.activations import activation_units
 from probes.checkpoint.cli import values
 from probes.checkpoint.discover import CheckpointError, load_model, resolve, unique_run_ids
 from probes.checkpoint.fitting import fitted
+from probes.checkpoint.merged import merged_source
 from probes.checkpoint.probe import Fitter, Options, check_inputs, plan_checkpoint
 from probes.checkpoint.usage import ALIGN_DEFAULTS, align_help
 from probes.config.grammar import ConfigError
@@ -75,6 +76,15 @@ def label(ckpt) -> str:
     return ckpt.run_id if ckpt.step is None else f"{ckpt.run_id}@{ckpt.step}"
 
 
+def same_coordinates(a, b) -> bool:
+    """Whether checkpoints ``a`` and ``b`` (resolved) keep their units in one coordinate system:
+    one folder, two steps of one run's series, or one the merge of the other (``merge`` keeps
+    each merged unit in its group's first member's place)."""
+    pa, pb = a.path.resolve(), b.path.resolve()
+    return (pa == pb or (a.series is not None and a.series == b.series)
+            or merged_source(pa) == pb or merged_source(pb) == pa)
+
+
 def plan_pair(opts: Options):
     """Plan and check A and B (and their probe batch) before any work; returns (plans, notes).
 
@@ -91,7 +101,7 @@ def plan_pair(opts: Options):
                                for p in blk.parts} for plan in plans)):
         raise CheckpointError(f"{label(a)} and {label(b)} have no unit set in common: accepted are "
                               f"two checkpoints whose layers have components alike")
-    if a.path.resolve() != b.path.resolve() and (a.series is None or a.series != b.series):
+    if not same_coordinates(a, b):
         notes.append(f"{label(a)} and {label(b)} are not steps of one run: their weight rows may "
                      f"live in different coordinate systems (their embeddings differ), so the "
                      f"group matching means something only for layers that read the same input "
@@ -203,10 +213,7 @@ def main(argv: list[str]) -> int:
         check_output_dir(opts.output_dir)
         recover(opts.output_dir)  # what a killed align left half done, rolled back first
         check_replaceable(opts.output_dir, ALIGN_OUTPUTS)
-        plans, notes = plan_pair(opts)
-        for note in notes:
-            print(f"warning: {note}", file=sys.stderr)
-        notes = []
+        plans, notes = plan_pair(opts)  # its notes are shown with the others, after the work
         threads = configure_threads(opts.num_threads, 1)
         device = (torch.accelerator.current_accelerator() if torch.accelerator.is_available()
                   else torch.device("cpu"))
@@ -214,6 +221,12 @@ def main(argv: list[str]) -> int:
             rows = weight_rows(plans, opts, fitter, notes)
             if opts.probe_inputs:
                 rows += activation_rows(plans, opts, device, fitter.torch_threads, notes)
+        if not rows:  # nothing comparable: an empty align.csv would look like a result
+            raise CheckpointError(
+                f"{label(plans[0].ckpt)} and {label(plans[1].ckpt)} have no unit set in common "
+                f"(same layer, component and unit dimension)"
+                f"{''.join('; ' + n for n in notes if 'other dimensions' in n)}: "
+                f"accepted are two checkpoints of one architecture and width")
     except (CheckpointError, ConfigError, OutputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

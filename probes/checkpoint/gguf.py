@@ -32,6 +32,7 @@ from probes.config.grammar import ConfigError
 from probes.config.keys import ConvertKeys
 from probes.logs import configure
 from probes.runtime import hub_progress_bars_off
+from probes.store.output import shared_mode
 
 logger = logging.getLogger(__name__)
 
@@ -119,10 +120,7 @@ def convert(src: str, out: Path) -> Path:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a checkpoint is for sharing
-        os.replace(tmp, out)
+        os.replace(shared_mode(tmp), out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -17,8 +17,9 @@ Writes, staged then renamed into ``OUT`` (replaced whole; ``MERGED_OUTPUTS``):
 - ``OUT/config.yaml``: the source run's config, when CKPT is a checkpoint of this project's runs,
   so that ``--probe_inputs <task>`` builds the same probe batch for the merged model (the model
   in ``OUT/model`` is that run's, merged; it was not trained so);
-- ``OUT/merge.json``: source, step, threshold, fold_norms and, per site, ``n_units`` before and
-  ``merged_width`` after, with the code's provenance.
+- ``OUT/merge.json``: source, step, threshold, fold_norms (whether gains were folded: false for
+  a post-LN model whatever was asked) and, per site, ``n_units`` before and ``merged_width``
+  after, with the code's provenance.
 
 Bad input prints one ``error:`` line and exits with code 2 before anything is written.
 """
@@ -104,6 +105,18 @@ def merged_model(a: argparse.Namespace):
     return ckpt, merge_model(model, a.threshold, fold=a.fold_norms)
 
 
+def merged_source(path: Path) -> Path | None:
+    """The checkpoint folder a merge output was made from (``source`` in the ``merge.json`` of
+    ``path`` or of its parent: ``path`` is OUT or OUT/model), resolved; None for any other folder
+    or an unreadable record."""
+    for folder in (Path(path), Path(path).parent):
+        try:
+            return Path(json.loads((folder / MERGE_JSON).read_text())["source"]).resolve()
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
 def write(stage: Path, ckpt, merged, a: argparse.Namespace) -> None:
     """``OUT``'s files (module docstring) into the staging folder ``stage``."""
     with hub_progress_bars_off():
@@ -115,7 +128,7 @@ def write(stage: Path, ckpt, merged, a: argparse.Namespace) -> None:
     if run is not None and (run / CONFIG).is_file():
         shutil.copy2(run / CONFIG, stage / CONFIG)
     record = dict(source=str(ckpt.path), run_id=ckpt.run_id, step=ckpt.step,
-                  threshold=a.threshold, fold_norms=a.fold_norms, sites=merged.widths,
+                  threshold=a.threshold, fold_norms=merged.folded, sites=merged.widths,
                   **provenance())
     atomic_write_text(stage / MERGE_JSON, json.dumps(record, indent=1) + "\n")
 

@@ -333,8 +333,7 @@ class Prober:
         second is read only while the first holds less than ``prefetch_bytes`` of units."""
         pending = deque()
         for sets in layers:
-            pending.append((sets, [self.fitter.submit(u.units, u.dead, self.drawn(u), u.bias_columns)
-                                   for u in sets]))
+            pending.append((sets, self.fitter.submit_all(sets, self.drawn)))
             while pending and (len(pending) > 1 or unit_bytes(pending[0][0]) >= self.prefetch_bytes):
                 self.collect(basis, *pending.popleft())
             del sets  # else the loop variable keeps a collected layer alive while the next is read

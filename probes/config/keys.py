@@ -23,7 +23,9 @@ from probes.config.grammar import hints, list_item
 
 EXPERIMENT = "experiment level (not part of a run's identity)"
 TASK = "task"
-TASK_OPTIONS = 'options of the other tasks (None: the task\'s own default); lists are strings like "34,43"'
+TASK_OPTIONS = ("options of the task's generator, each a field of its dataclass in tasks/ (null: "
+                "that field's default; a task that does not read a key records it as null); lists "
+                'are strings like "34,43"')
 MODEL = "model"
 INIT = "initialization rate: std = d_in^-gamma; a part's own gamma overrides when set"
 OPTIMIZATION = "optimization"
@@ -96,30 +98,33 @@ class TrainingKeys(ThreadKeys):
               "beside the file first")
     trajectory_axis: str = _experiment("step", "ood_over_training's x axis: step | samples (step x batch)")
     task: str = _task("composite", "the task (tasks.TASKS): composite, identity, sine, images, ...")
-    seq_len: int = _task(9, "tokens per sequence")
-    split_modulus: int = _task(7, "composite: key/position split modulus (7 = n - 2 as in the paper)")
-    n_train: int = _task(20000, "training samples (a fixed set, trained for epochs)")
-    n_test_id: int = _task(2000, "in-distribution test samples")
-    n_ood: int = _task(2000, "out-of-distribution (held-out) samples")
     data_seed: int = _task(0, "seed of the task's data (the model's is seed)")
     fresh_samples: bool = _task(False, "draw a new training batch every step instead of epochs")
-    in_dim: int = _task(1, "regression tasks: input dimension (four_points: 1)")
-    image_source: str = _task("digits", "images task: digits | mnist5k | path to an .npz file")
-    image_size: int = _task(32, "images task: side of the resized square images")
-    test_fraction: float = _task(0.2, "images task: held-out share")
-    key_low: int = _task(20, "keys and noise are drawn from [key_low, key_high]")
-    key_high: int = _task(99, "upper end of the key range")
+    in_dim: int = _task(1, "mlp: input dimension of the net (sin_sum: also the task's; images_flat: "
+                           "channels x image_size^2)")
+    seq_len: int | None = _task_option(None, "tokens per sequence (composite family, identity, "
+                                              "chain_search_hops)")
+    split_modulus: int | None = _task_option(None, "key/position split modulus (7 = n - 2 as in the paper)")
+    n_train: int | None = _task_option(None, "training samples (a fixed set, trained for epochs)")
+    n_test_id: int | None = _task_option(None, "in-distribution test samples")
+    n_ood: int | None = _task_option(None, "out-of-distribution (held-out) samples")
+    key_low: int | None = _task_option(None, "keys and noise are drawn from [key_low, key_high]")
+    key_high: int | None = _task_option(None, "upper end of the key range")
+    image_source: str | None = _task_option(
+        None, "images, images_flat: digits | mnist5k | path to an .npz file")
+    image_size: int | None = _task_option(None, "images, images_flat: side of the resized square images")
+    test_fraction: float | None = _task_option(None, "images: held-out share")
     held_out: str | int | None = _task_option(
         None, "composite_no_twist / multi_anchor: held-out anchor pairs")
     ood_key_position: int | None = _task_option(None, "identity: the key position kept for ood")
-    ood_hops: str | int | None = _task_option(None, "chain_search: step sizes held out for ood")
-    n_chains: int = _task_option(2, "chain_search")
-    chain_len: int = _task_option(8, "chain_search")
-    n_hop_anchors: int = _task_option(3, "chain_search")
-    ood_scoring: str = _task_option(
-        "authors", "composite, composite_no_twist, multi_anchor: authors | pooled")
-    hops: int | None = _task_option(None, "chain_search_authors: hops k from start to target (None: 2)")
-    chain_nodes: int | None = _task_option(None, "chain_search_authors: nodes of the chain (None: 7)")
+    ood_hops: str | int | None = _task_option(None, "chain_search_hops: step sizes held out for ood")
+    n_chains: int | None = _task_option(None, "chain_search_hops")
+    chain_len: int | None = _task_option(None, "chain_search_hops")
+    n_hop_anchors: int | None = _task_option(None, "chain_search_hops")
+    ood_scoring: str | None = _task_option(
+        None, "composite, composite_no_twist, multi_anchor: authors | pooled")
+    hops: int | None = _task_option(None, "chain_search_authors: hops k from start to target")
+    chain_nodes: int | None = _task_option(None, "chain_search_authors: nodes of the chain")
     model_family: str = _model("paper", "paper | gpt2 | mlp | resnet")
     n_layer: int = _model(2, "transformer blocks")
     n_head: int = _model(1, "attention heads (must divide n_embd)")
@@ -261,6 +266,9 @@ def keys_in(section: str) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(RunKeys) if f.metadata["section"] == section)
 
 
+# the options of the tasks' generators: their values and defaults belong to the task dataclasses
+# (probes.config.run_config.RunConfig fills them in); the command line knows their names and types
+TASK_OPTION_KEYS = keys_in(TASK_OPTIONS)
 # keys of the experiment, not of a run: never part of a run's identity
 EXPERIMENT_KEYS = keys_in(EXPERIMENT)
 # what is measured of a trained model: changing one re-measures finished runs from their saved

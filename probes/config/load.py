@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import itertools
+import logging
 import re
 import types
 import typing
@@ -33,6 +34,8 @@ from probes.config.run_config import (
     TRAJECTORY_AXES,
     ConfigError,
     RunConfig,
+    task_fields,
+    unread_task_keys,
 )
 from tasks import TASKS, make_task
 
@@ -194,7 +197,24 @@ def expand(raw: dict) -> list[RunConfig]:
     ids = [r.run_id for r in runs]
     if len(set(ids)) != len(ids):
         raise ConfigError("the grid repeats a run: remove duplicate values from its lists")
+    _warn_unread(raw)  # only for a valid grid: bad input is one error: line
     return runs
+
+
+def _warn_unread(raw: dict) -> None:
+    """One warning line naming the task options set in ``raw`` that no task of the grid reads:
+    their run configs record them as null (``RunConfig.__post_init__``)."""
+    tasks = raw.get("task", RunConfig.task)
+    tasks = tasks if isinstance(tasks, list) else [tasks]
+    unread = set.intersection(*(set(unread_task_keys(raw, t)) for t in tasks))
+    if not unread:
+        return
+    given = ", ".join(f"{k}={raw[k]!r}" for k in raw if k in unread)
+    options = sorted(set().union(*(task_fields(t) or {} for t in tasks)))
+    logging.getLogger(__name__).warning(
+        "%s %s not read by task %s: ignored (recorded as null); its options are %s", given,
+        "is" if len(unread) == 1 else "are", " or ".join(map(repr, tasks)),
+        ", ".join(options) or "none")
 
 
 def validate(cfg: RunConfig) -> None:
@@ -221,7 +241,7 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(str(e)) from e
     _validate_baselines(cfg, task)
     positive = ("n_layer", "n_head", "n_embd", "vocab_size", "steps", "batch_size", "n_probes",
-                "n_eval", "n_train", "width", "in_dim")
+                "n_eval", "width", "in_dim")  # the task's own sizes: its dataclass checks them
     for key in positive:
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{key}={getattr(cfg, key)} is invalid: accepted is an integer >= 1")

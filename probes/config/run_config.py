@@ -19,6 +19,7 @@ from probes.config.keys import (  # noqa: F401 (CHANCE_NULLS, LIST_KEYS, SHARED_
     CHANCE_NULLS,
     LIST_KEYS,
     SHARED_KEYS,
+    TASK_OPTION_KEYS,
     RunKeys,
 )
 from tasks import TASKS
@@ -33,6 +34,20 @@ class RunConfig(RunKeys):
     """Every setting of one run and the experiment-level keys (the fields of ``RunKeys``, each
     with its type, default and help), with the run's identity: ``identity``, ``run_id``, its
     analysis settings and its task's options."""
+
+    def __post_init__(self) -> None:
+        """Resolve the task's options (``TASK_OPTION_KEYS``): a key the task's dataclass has and
+        that is left null takes that field's default (the one place it is written); a key the
+        task does not read is set to null, so that the config records what the run used. An
+        unknown task is left alone (``probes.config.load.validate`` refuses it)."""
+        own = task_fields(self.task)
+        if own is None:
+            return
+        for key in TASK_OPTION_KEYS:
+            if key not in own:
+                setattr(self, key, None)
+            elif getattr(self, key) is None:
+                setattr(self, key, field_default(own[key]))
 
     @property
     def part_gammas(self) -> dict[str, float | None]:
@@ -71,6 +86,27 @@ class RunConfig(RunKeys):
         if "seed" in names:
             options["seed"] = self.data_seed
         return options
+
+
+def task_fields(task: str) -> dict[str, dataclasses.Field] | None:
+    """The option fields of task ``task``'s dataclass (its data seed left out: ``data_seed`` feeds
+    it), by name; None for an unknown task."""
+    if task not in TASKS:
+        return None
+    return {f.name: f for f in dataclasses.fields(TASKS[task]) if f.name != "seed"}
+
+
+def field_default(field: dataclasses.Field):
+    """A dataclass field's default value (its factory called for a mutable one)."""
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return field.default
+
+
+def unread_task_keys(raw: dict, task: str) -> list[str]:
+    """The task options set (not null) in ``raw`` that task ``task`` does not read."""
+    own = task_fields(task) or {}
+    return [k for k in TASK_OPTION_KEYS if raw.get(k) is not None and k not in own]
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}

@@ -233,10 +233,12 @@ class Merged:
     """A merged copy of a model and its widths: ``widths`` has one dict per merged layer with
     layer, component (``mlp.in`` | ``mlp.gate_up`` | ``attn.q``), n_units (before) and
     merged_width (units left; for attention the query rows left over all heads, i.e. the sum of
-    the heads' d_k)."""
+    the heads' d_k); folded: whether norm gains were folded into the rows first (what was done:
+    ``fold`` asked for, and the architecture has pre-norms to fold)."""
 
     model: torch.nn.Module
     widths: list[dict]
+    folded: bool = False
 
 
 def merge_model(model, tau: float, only: tuple[int, str] | None = None,
@@ -260,12 +262,11 @@ def merge_model(model, tau: float, only: tuple[int, str] | None = None,
         ``only`` names no site of the model.
     """
     merged = copy.deepcopy(model)
-    if fold:
-        fold_norm_gains(merged)
+    folded = bool(fold and fold_norm_gains(merged))
     sites = merge_sites(merged)
     if only is not None:
         sites = [s for s in sites if (s.layer, s.component) == tuple(only)]
         if not sites:
             raise ValueError(f"only={only!r} names no merge site: accepted are (layer, component) "
                              f"with component in {MERGE_COMPONENTS}")
-    return Merged(merged, [merge_site(s, tau, zero_tol=zero_tol) for s in sites])
+    return Merged(merged, [merge_site(s, tau, zero_tol=zero_tol) for s in sites], folded)

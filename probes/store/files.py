@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from probes.store.output import shared_mode
+
 # train_log.csv: the training loss of the step's batch, the learning rate the step used and the
 # gradient norm before clipping (unscaled under fp16; blank for the step whose loss diverged)
 TRAIN_LOG_COLUMNS = ["step", "loss", "lr", "grad_norm"]
@@ -69,7 +71,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
-        os.replace(tmp, path)
+        os.replace(shared_mode(tmp), path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

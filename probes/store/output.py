@@ -67,13 +67,31 @@ def check_replaceable(out_dir: Path, own: set[str]) -> None:
                           f"(replaced whole)")
 
 
+def shared_mode(path: Path) -> Path:
+    """Give ``path``, and everything below it when it is a folder, the mode a plain ``open`` or
+    ``mkdir`` would (0o666 for a file, 0o777 for a folder, less the process's umask) and return
+    it: ``tempfile``'s files and folders are private (0o600, 0o700), and so are the safetensors
+    files that ``save_pretrained`` writes; a report or checkpoint put in place is for sharing."""
+    umask = os.umask(0)
+    os.umask(umask)
+    path = Path(path)
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
+    if path.is_dir():
+        for root, dirs, files in os.walk(path):
+            for name in dirs:
+                os.chmod(os.path.join(root, name), 0o777 & ~umask)
+            for name in files:
+                os.chmod(os.path.join(root, name), 0o666 & ~umask)
+    return path
+
+
 def staging_dir(target: Path) -> Path:
     """A new, empty hidden folder ``.<name>.staging-<random>`` beside ``target`` (same file
     system, so it can be renamed into place); ``probes.store.publish.recover`` removes one that a
     killed command left."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.staging-"))
+    return shared_mode(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.staging-"))
 
 
 def replace_folder(staged: Path, target: Path) -> None:
@@ -88,7 +106,7 @@ def replace_folder(staged: Path, target: Path) -> None:
     Raises:
         OSError: a rename the file system refused.
     """
-    staged, target = Path(staged), Path(target)
+    staged, target = shared_mode(staged), Path(target)
     if target.exists() and exchange(staged, target):
         shutil.rmtree(staged, ignore_errors=True)  # now the old folder
         return

@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 
 from probes.store.files import REPORT_FILES, atomic_write_text
+from probes.store.output import shared_mode
 
 JOURNAL = ".publishing.json"
 # working names a killed command may leave: staging folders, backups of replace_folder's two
@@ -99,7 +100,7 @@ class Publish:
             os.replace(target, backup)
         if staged is not None:
             target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staged, target)
+            os.replace(shared_mode(staged), target)
 
     def commit(self) -> None:
         """Make the set final: remove the journal, then the old entries."""

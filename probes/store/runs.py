@@ -27,7 +27,7 @@ from probes.measure.result import (
 )
 from probes.runtime import hub_progress_bars_off
 from probes.store import files
-from probes.store.output import replace_folder, staging_dir
+from probes.store.output import replace_folder, shared_mode, staging_dir
 from probes.store.provenance import provenance
 from probes.store.publish import Publish
 
@@ -231,7 +231,7 @@ def save_heatmap(path: Path, heatmap: HeatMap) -> None:
         np.savez(tmp, cosine=heatmap.cosine, stride=heatmap.stride, n_units=heatmap.n_units,
                  mean_abs_cos=heatmap.mean_abs_cos, thresholds=np.array(thresholds, dtype=float),
                  n_groups=np.array([heatmap.n_groups[x] for x in thresholds]))
-        os.replace(tmp, path)
+        os.replace(shared_mode(tmp), path)
     finally:
         Path(tmp).unlink(missing_ok=True)
 

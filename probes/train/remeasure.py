@@ -64,6 +64,10 @@ from tasks.objective import objective_for
 logger = main_process_logger(__name__)
 
 
+# what save_pretrained writes for a model of this project (safetensors, one shard)
+SAVED_FILES = ("config.json", "model.safetensors")
+
+
 def recorded(folder: Path) -> dict:
     """The resolved config a run folder holds (``config.yaml``), less the keys that are not
     RunConfig fields (run_id, init records); an analysis key the folder predates reads as the
@@ -101,6 +105,13 @@ def checked_series(cfg: RunConfig) -> list[tuple[int, Path]]:
         raise ConfigError(f"run {cfg.run_id!r} in {str(folder)!r} has no checkpoint series from "
                           f"step 0 (saved steps: {[s for s, _ in series]}): accepted are runs "
                           f"trained with save_checkpoints: probes (retrain it with --overwrite true)")
+    for step, path in series:  # before any model is measured: nothing is half done
+        missing = [f for f in SAVED_FILES if not (path / f).is_file()]
+        if missing:
+            raise ConfigError(f"checkpoint {str(path)!r} of run {cfg.run_id!r} (step {step}) lacks "
+                              f"{' and '.join(missing)}: accepted are save_pretrained folders with "
+                              f"{' and '.join(SAVED_FILES)} (restore them, or retrain the run with "
+                              f"--overwrite true)")
     return series
 
 

@@ -12,6 +12,8 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
+from probes.store.output import shared_mode
+
 
 def new_figure(nrows: int = 1, ncols: int = 1, figsize=(6, 4), **kwargs):
     """(figure, axes) with ``axes`` a (nrows, ncols) array (``squeeze=False``)."""
@@ -29,7 +31,7 @@ def save_figure(fig: Figure, path: Path) -> None:
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
+        os.replace(shared_mode(tmp), path)
     finally:
         Path(tmp).unlink(missing_ok=True)
 
