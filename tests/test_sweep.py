@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from probes.config import ConfigError, expand, load_config
 from probes.run import main
@@ -79,6 +81,15 @@ def test_two_processes_give_the_rows_of_one(tmp_path):
     plan = [line for line in proc.stderr.splitlines() if "4 run(s)" in line]  # the main one's
     assert len(plan) == 1 and "on 2 process(es)" in plan[0], proc.stderr[-2000:]
     same_rows(tmp_path / "one", tmp_path / "two")
+    # each process saves the checkpoint series of the runs it trains (transformers 5 would let
+    # only rank 0 write): the same series, the same tensors
+    one, two = tree(tmp_path / "one" / "runs"), tree(tmp_path / "two" / "runs")
+    models = [k for k in one if k.endswith("model.safetensors")]
+    assert len(models) == 4 * 4 and sorted(models) == sorted(k for k in two if k.endswith(
+        "model.safetensors"))
+    for k in models:
+        a, b = (load_file(str(root / "runs" / k)) for root in (tmp_path / "one", tmp_path / "two"))
+        assert a.keys() == b.keys() and all(torch.equal(a[t], b[t]) for t in a), k
 
 
 def killed_mid_training(args: list[str], out: Path) -> None:

@@ -96,13 +96,26 @@ def write_train_log(folder: Path, rows: list[dict]) -> None:
         (Path(folder) / TRAIN_LOG).unlink(missing_ok=True)
 
 
+def save_model(model, folder: Path) -> None:
+    """``model.save_pretrained(folder)`` (safetensors, float32, no progress bar) on whichever
+    process calls it. transformers 5 writes only on torch.distributed's rank 0
+    (``should_save_on_this_rank``), which suits data-parallel training; here each process trains
+    runs of its own (a split of the grid) and saves their checkpoint series itself, so the rank
+    gate is lifted for this call (older versions have none)."""
+    model.should_save_on_this_rank = lambda is_main_process: is_main_process
+    try:
+        with hub_progress_bars_off():  # one "Writing model shards" bar a probe step
+            model.save_pretrained(folder)
+    finally:
+        del model.should_save_on_this_rank  # the class's own method again
+
+
 def save_checkpoint(folder: Path, model, step: int, scores: dict) -> None:
     """Save ``model`` as ``folder/checkpoint-<step>`` (``save_pretrained``, safetensors) with the
     task's scores at that step (``scores.json``), written whole, then renamed into place."""
     tmp = Path(tempfile.mkdtemp(dir=folder, prefix=f".checkpoint-{step}."))
     try:
-        with hub_progress_bars_off():  # one "Writing model shards" bar a probe step
-            model.save_pretrained(tmp)
+        save_model(model, tmp)
         (tmp / SCORES).write_text(json.dumps({"step": step, **scores}, indent=1, default=float))
         replace_folder(tmp, Path(folder) / f"checkpoint-{step}")
     except BaseException:
@@ -197,8 +210,7 @@ def save_run(result: RunResult, source: Path, publish: Publish | None = None) ->
         row = dict(result.row)
         row.setdefault("checkpoint", "")
         if cfg.save_checkpoints != "none" and result.model is not None:
-            with hub_progress_bars_off():
-                result.model.save_pretrained(stage / MODEL)
+            save_model(result.model, stage / MODEL)
             row["checkpoint"] = str(folder / MODEL)
         init = {"init_method": "init_rate (std = d_in^-gamma)", "init_records": result.init_records}
         files.atomic_write_text(stage / CONFIG, resolved_yaml(cfg, init))
