@@ -201,13 +201,19 @@ def test_checkpoint_probe_of_a_run_folder_reads_its_whole_series(trained, tmp_pa
     runs = pd.read_csv(tmp_path / "ck" / "runs.csv")
     assert list(runs["step"]) == probe_steps(30, 4) and runs["run_id"].nunique() == 1
     assert runs["checkpoint"].iloc[-1].endswith("/model")
-    key = ["step", "layer", "component", "metric", "threshold"]
+    # the two measuring paths (the checkpoint probe's streaming reader, the series probe of
+    # training and `measure`) give the same weight-basis rows for the same saved models
+    key = ["step", "layer", "component", "head", "metric", "threshold"]
     ck = pd.read_csv(tmp_path / "ck" / "metrics.csv")
-    ck = ck[(ck["basis"] == "weight") & ck["head"].isna() & (ck["metric"] == "n_groups")]
+    ck = ck[ck["basis"] == "weight"].fillna({"head": -1, "threshold": -1})
     own = pd.read_csv(run / "metrics.csv")
-    own = own[(own["metric"] == "n_groups") & own["head"].isna()]
-    both = ck.set_index(key)["value"].to_frame("ck").join(own.set_index(key)["value"], how="inner")
-    assert len(both) == len(own) and (both["ck"] == both["value"]).all()
+    own = own[own["basis"] == "weight"].fillna({"head": -1, "threshold": -1})
+    both = ck.set_index(key)[["value", "n_units"]].join(
+        own.set_index(key)[["value", "n_units"]], how="inner", lsuffix="_ck")
+    condensation = own[~own["metric"].isin(["rd", "angle_mean", "angle_median", "angle_max"])]
+    assert len(both) == len(condensation) > 0, (len(both), len(condensation))  # no reference: no rd
+    assert (both["n_units_ck"] == both["n_units"]).all()
+    assert np.allclose(both["value_ck"], both["value"], rtol=1e-12, atol=0, equal_nan=True)
 
 
 def test_runs_csv_has_exactly_its_columns_and_the_package_version(trained):
