@@ -209,7 +209,7 @@ def test_checkpoint_probe_of_a_run_folder_reads_its_whole_series(trained, tmp_pa
     own = pd.read_csv(run / "metrics.csv")
     own = own[own["basis"] == "weight"].fillna({"head": -1, "threshold": -1})
     both = ck.set_index(key)[["value", "n_units"]].join(
-        own.set_index(key)[["value", "n_units"]], how="inner", lsuffix="_ck")
+        own.set_index(key)[["value", "n_units"]], how="inner", suffixes=("_ck", ""))
     # the probe had no --reference (no rd or angles); merge rows are not unit-set rows
     condensation = own[own["metric"].isin(set(ck["metric"]))]
     assert len(both) == len(condensation) > 0, (len(both), len(condensation))
