@@ -5,13 +5,13 @@ a key its task does not read as null and says so."""
 from __future__ import annotations
 
 import dataclasses
-import logging
 from pathlib import Path
 
 import pytest
 
-from probes.config import RunConfig, expand, load_config
+from probes.config import RunConfig, expand, load_config, unread_options
 from probes.config.keys import TASK_OPTION_KEYS
+from probes.run import main
 from tasks import TASKS
 
 TINY = str(Path(__file__).with_name("tiny.yaml"))
@@ -54,25 +54,36 @@ def test_a_value_given_wins_and_enters_the_run_id():
     assert cfg.run_id != RunConfig(task="composite").run_id
 
 
-def test_a_key_the_task_does_not_read_is_recorded_null_and_warned(caplog):
-    with caplog.at_level(logging.WARNING, logger="probes"):
-        (cfg,) = expand(load_config(TINY, {"task": "chain_search_authors", "vocab_size": 201, "gamma": 0.5,
-                                           "seq_len": 40}))
+def test_a_key_the_task_does_not_read_is_recorded_null_and_warned():
+    raw = load_config(TINY, {"task": "chain_search_authors", "vocab_size": 201, "gamma": 0.5,
+                             "seq_len": 40})
+    (cfg,) = expand(raw)
     assert cfg.seq_len is None
     (without,) = expand(load_config(TINY, {"task": "chain_search_authors", "vocab_size": 201,
-                                             "gamma": 0.5}))
+                                           "gamma": 0.5}))
     assert cfg == without and cfg.run_id == without.run_id
-    lines = [r.getMessage() for r in caplog.records if "is not read by task" in r.getMessage()]
-    assert lines == ["seq_len=40 is not read by task 'chain_search_authors': ignored (recorded as "
-                     "null); its options are chain_nodes, hops, n_ood, n_test_id, n_train"]
+    assert unread_options(raw) == ("seq_len=40 is not read by task 'chain_search_authors': "
+                                   "ignored (recorded as null); its options are chain_nodes, "
+                                   "hops, n_ood, n_test_id, n_train")
 
 
-def test_a_grid_over_tasks_warns_only_for_keys_no_task_reads(caplog):
-    with caplog.at_level(logging.WARNING, logger="probes"):
-        runs = expand(load_config(TINY, {"task": ["composite", "chain_search_authors"],
-                                         "vocab_size": 201, "seq_len": 9, "gamma": 0.5}))
+def test_a_grid_over_tasks_warns_only_for_keys_no_task_reads():
+    raw = load_config(TINY, {"task": ["composite", "chain_search_authors"], "vocab_size": 201,
+                             "seq_len": 9, "gamma": 0.5})
+    runs = expand(raw)
     assert {r.task: r.seq_len for r in runs} == {"composite": 9, "chain_search_authors": None}
-    assert not [r for r in caplog.records if "is not read by task" in r.getMessage()]
+    assert unread_options(raw) is None
+
+
+def test_the_command_line_warns_once_on_the_main_process_and_never_beside_an_error(tmp_path,
+                                                                                   capsys):
+    args = ["--config", TINY, "--gamma", "0.5", "--task", "identity", "--ood_scoring", "pooled",
+            "--steps", "5", "--num_threads", "1", "--output_dir", str(tmp_path / "out")]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert err.count("warning: ood_scoring='pooled' is not read by task 'identity'") == 1
+    assert main([*args, "--lr", "-1"]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: lr=-1")
 
 
 def test_task_sizes_are_checked_by_the_task():

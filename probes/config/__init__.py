@@ -27,7 +27,7 @@ __all__ = ["ALIGN_KEYS", "ANALYSIS_BEFORE", "ANALYSIS_KEYS", "AUTO_PRECISION", "
            "SAVE_CHECKPOINTS", "SHARED_KEYS",
            "ConfigError", "RunConfig", "RunKeys", "YamlLoader", "checked", "config_path",
            "effective_lr", "expand", "load_config", "load_yaml", "merge_at", "parse_overrides",
-           "preset_names", "resolved_yaml", "training_keys", "validate"]
+           "preset_names", "resolved_yaml", "training_keys", "unread_options", "validate"]
 
 
 def __getattr__(name: str):

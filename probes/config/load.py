@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import difflib
 import itertools
-import logging
 import re
 import types
 import typing
@@ -197,24 +196,24 @@ def expand(raw: dict) -> list[RunConfig]:
     ids = [r.run_id for r in runs]
     if len(set(ids)) != len(ids):
         raise ConfigError("the grid repeats a run: remove duplicate values from its lists")
-    _warn_unread(raw)  # only for a valid grid: bad input is one error: line
     return runs
 
 
-def _warn_unread(raw: dict) -> None:
-    """One warning line naming the task options set in ``raw`` that no task of the grid reads:
-    their run configs record them as null (``RunConfig.__post_init__``)."""
+def unread_options(raw: dict) -> str | None:
+    """The warning for the task options set in ``raw`` (a checked config mapping) that no task
+    of its grid reads, which its run configs record as null (``RunConfig.__post_init__``); None
+    when every option set is read. The command line shows it on the main process once the runs
+    are valid, so bad input stays one ``error:`` line."""
     tasks = raw.get("task", RunConfig.task)
     tasks = tasks if isinstance(tasks, list) else [tasks]
     unread = set.intersection(*(set(unread_task_keys(raw, t)) for t in tasks))
     if not unread:
-        return
+        return None
     given = ", ".join(f"{k}={raw[k]!r}" for k in raw if k in unread)
     options = sorted(set().union(*(task_fields(t) or {} for t in tasks)))
-    logging.getLogger(__name__).warning(
-        "%s %s not read by task %s: ignored (recorded as null); its options are %s", given,
-        "is" if len(unread) == 1 else "are", " or ".join(map(repr, tasks)),
-        ", ".join(options) or "none")
+    return (f"{given} {'is' if len(unread) == 1 else 'are'} not read by task "
+            f"{' or '.join(map(repr, tasks))}: ignored (recorded as null); its options are "
+            f"{', '.join(options) or 'none'}")
 
 
 def validate(cfg: RunConfig) -> None:

@@ -20,7 +20,14 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
-from probes.config import AUTO_PRECISION, ConfigError, expand, load_config, parse_overrides
+from probes.config import (
+    AUTO_PRECISION,
+    ConfigError,
+    expand,
+    load_config,
+    parse_overrides,
+    unread_options,
+)
 from probes.logs import bar_disabled
 from probes.report.experiment import write_all
 from probes.runtime import bf16_native, configure_threads, main_process_logger, pick_precision
@@ -142,6 +149,7 @@ def main(argv: list[str]) -> int:
         launcher = {"mixed_precision": os.environ.get("ACCELERATE_MIXED_PRECISION", "no")}
         raw, picked = resolved_precision(launcher | load_config(path, overrides))
         cfgs = expand(raw)
+        unread = unread_options(raw)
         if cfgs[0].mixed_precision == "fp16" and not torch.accelerator.is_available():
             raise ConfigError("mixed_precision='fp16' needs a GPU (on CPU accelerate trains in float32 "
                               "with no gradient scaling): accepted on CPU are 'no' and 'bf16'")
@@ -159,6 +167,8 @@ def main(argv: list[str]) -> int:
     threads = configure_threads(cfgs[0].num_threads, accelerator.num_processes)
     if picked:
         logger.info(f"mixed_precision {AUTO_PRECISION} -> {cfgs[0].mixed_precision}: {picked}")
+    if unread:
+        logger.warning(unread)
     if accelerator.mixed_precision == "bf16" and accelerator.device.type == "cpu" and not bf16_native():
         logger.warning("this CPU has no native bf16 matmul (no AVX512-BF16 or AMX): bf16 autocast "
                        "runs far slower than float32 here (~1% of its rate on an AVX2 CPU)")
