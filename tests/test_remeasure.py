@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from scipy.cluster.hierarchy import fcluster, linkage
 
 from probes.config import RunConfig
@@ -170,18 +170,56 @@ def test_a_run_without_a_series_is_refused_and_left_as_it_was(tmp_path, capsys):
     assert (next((out / "runs").iterdir()) / "model" / "model.safetensors").is_file()
 
 
-@pytest.mark.parametrize("lost", ["config.json", "model.safetensors"])
-def test_a_checkpoint_missing_a_file_is_refused_before_anything_is_measured(trained, tmp_path,
-                                                                            capsys, lost):
+def _nan_weight(run: Path) -> None:
+    path = run / "checkpoint-5" / "model.safetensors"
+    tensors = load_file(path)
+    tensors["h.0.attn.q_proj.weight"][0, 0] = float("nan")
+    save_file(tensors, path, metadata={"format": "pt"})
+
+
+def _other_shape(run: Path) -> None:
+    path = run / "checkpoint-5" / "model.safetensors"
+    tensors = load_file(path)
+    tensors["h.0.attn.q_proj.weight"] = tensors["h.0.attn.q_proj.weight"][:-1]
+    save_file(tensors, path, metadata={"format": "pt"})
+
+
+DAMAGE = {  # what is done to a finished run's folder -> what the one error line says
+    "no config.json": (lambda run: (run / "checkpoint-5" / "config.json").unlink(),
+                       "(step 5) lacks config.json"),
+    "no weights": (lambda run: (run / "checkpoint-5" / "model.safetensors").unlink(),
+                   "(step 5) lacks model.safetensors"),
+    "no final model": (lambda run: shutil.rmtree(run / "model"),
+                       "lacks the model of step(s) [30] (model/, the final one)"),
+    "a step lost": (lambda run: shutil.rmtree(run / "checkpoint-1"), "lacks the model of step(s) [1]"),
+    "a step added": (lambda run: shutil.copytree(run / "checkpoint-5", run / "checkpoint-12"),
+                     "holds checkpoint-<step> folders of no probe step: [12]"),
+    "corrupt weights": (lambda run: (run / "checkpoint-5" / "model.safetensors").write_text("x"),
+                        "(step 5) holds a file that cannot be read"),
+    "corrupt config": (lambda run: (run / "checkpoint-5" / "config.json").write_text("{bad"),
+                       "(step 5) holds a file that cannot be read"),
+    "no run.json": (lambda run: (run / "run.json").unlink(), "lacks its run.json"),
+    "a NaN weight": (_nan_weight, "(step 5): units contain NaN or inf"),
+    "a tensor of another shape": (_other_shape, "(step 5) does not load as the run's model (a "
+                                  "tensor's shape differs from the model's)"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_a_damaged_series_is_one_error_line_and_leaves_the_experiment(trained, tmp_path, capsys,
+                                                                       damage):
     out = tmp_path / "copy"
     shutil.copytree(trained, out)
     run = next((out / "runs").iterdir())
-    (run / "checkpoint-5" / lost).unlink()
+    hurt, words = DAMAGE[damage]
+    hurt(run)
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert main(["measure", str(out), "--thresholds", "[0.5]", "--num_threads", "1"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: checkpoint ") and "\n" not in err, err
-    assert f"checkpoint-5' of run '{run.name}' (step 5) lacks {lost}" in err
+    lines = capsys.readouterr().err.strip().splitlines()
+    # refused before any work: the error line alone; found when the model is loaded or
+    # measured: after the plan's info line
+    assert lines[-1].startswith("error: ") and words in lines[-1] and "accepted" in lines[-1], lines
+    assert len(lines) == 1 or (len(lines) == 2 and "measured again on" in lines[0]), lines
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 

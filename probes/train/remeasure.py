@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import sys
 from pathlib import Path
 
@@ -27,6 +28,7 @@ import pandas as pd
 import torch
 from accelerate import PartialState
 from accelerate.utils import gather_object
+from safetensors import SafetensorError, safe_open
 
 from models import build_for_run
 from probes.config import (
@@ -47,6 +49,7 @@ from probes.report.experiment import write_all
 from probes.runtime import configure_threads, hub_progress_bars_off, main_process_logger
 from probes.store import (
     CONFIG,
+    RUN_JSON,
     Publish,
     RunResult,
     checkpoint_series,
@@ -56,7 +59,7 @@ from probes.store import (
     run_folder,
     save_run,
 )
-from probes.train.loop import build_data, eval_data
+from probes.train.loop import build_data, eval_data, probe_steps
 from probes.train.usage import measure_help
 from tasks.objective import objective_for
 
@@ -93,11 +96,15 @@ def measurable(cfg: RunConfig, series: list | None = None) -> bool:
 
 
 def checked_series(cfg: RunConfig) -> list[tuple[int, Path]]:
-    """The saved (step, folder) series of the finished run of ``cfg``.
+    """The saved (step, folder) series of the finished run of ``cfg``, checked before any model
+    is measured, so that nothing is half done and no step is silently left out.
 
     Raises:
         ConfigError: the run saved no checkpoint series from step 0 (``save_checkpoints`` final
-            or none, or a run of an older version).
+            or none, or a run of an older version); its run.json or config.yaml is missing; its
+            saved steps are not its probe steps (a checkpoint or the final ``model/`` lost, or a
+            folder that is no probe step); a model folder lacks config.json or
+            model.safetensors, or holds one that cannot be read.
     """
     folder = run_dir(cfg)
     series = checkpoint_series(folder)
@@ -105,14 +112,57 @@ def checked_series(cfg: RunConfig) -> list[tuple[int, Path]]:
         raise ConfigError(f"run {cfg.run_id!r} in {str(folder)!r} has no checkpoint series from "
                           f"step 0 (saved steps: {[s for s, _ in series]}): accepted are runs "
                           f"trained with save_checkpoints: probes (retrain it with --overwrite true)")
-    for step, path in series:  # before any model is measured: nothing is half done
-        missing = [f for f in SAVED_FILES if not (path / f).is_file()]
-        if missing:
-            raise ConfigError(f"checkpoint {str(path)!r} of run {cfg.run_id!r} (step {step}) lacks "
-                              f"{' and '.join(missing)}: accepted are save_pretrained folders with "
-                              f"{' and '.join(SAVED_FILES)} (restore them, or retrain the run with "
-                              f"--overwrite true)")
+    row = read_run_json(folder)
+    if row is None or not (folder / CONFIG).is_file():
+        raise ConfigError(f"run {cfg.run_id!r} in {str(folder)!r} lacks its "
+                          f"{RUN_JSON if row is None else CONFIG}: accepted are run folders as "
+                          f"training wrote them (retrain it with --overwrite true)")
+    check_steps(cfg, folder, row, [s for s, _ in series])
+    for step, path in series:
+        check_model_files(cfg, step, path)
     return series
+
+
+def check_steps(cfg: RunConfig, folder: Path, row: dict, saved: list[int]) -> None:
+    """Raise ConfigError unless ``saved`` are the run's probe steps (``probe_steps`` of the steps
+    and n_probes its config.yaml records; a diverged run: those up to where it stopped)."""
+    recorded = load_yaml((folder / CONFIG).read_text()) or {}
+    wanted = probe_steps(int(recorded.get("steps", cfg.steps)),
+                         int(recorded.get("n_probes", cfg.n_probes)))
+    diverged = bool(row.get("diverged"))
+    if saved == wanted or (diverged and saved == wanted[:len(saved)]):
+        return
+    missing = [s for s in wanted if s not in saved and (not diverged or s < max(saved))]
+    extra = [s for s in saved if s not in wanted]
+    what = (f"lacks the model of step(s) {missing}" + (" (model/, the final one)"
+                                                       if wanted[-1] in missing else "")
+            if missing else f"holds checkpoint-<step> folders of no probe step: {extra}")
+    raise ConfigError(f"run {cfg.run_id!r} in {str(folder)!r} {what}: accepted is the series "
+                      f"it saved, at its probe steps {wanted} (restore it, or retrain the run "
+                      f"with --overwrite true)")
+
+
+def check_model_files(cfg: RunConfig, step: int, path: Path) -> None:
+    """Raise ConfigError unless ``path`` holds a readable config.json and model.safetensors
+    (their headers only: the tensors are read when the model is loaded)."""
+    where = f"checkpoint {str(path)!r} of run {cfg.run_id!r} (step {step})"
+    missing = [f for f in SAVED_FILES if not (path / f).is_file()]
+    if missing:
+        raise ConfigError(f"{where} lacks {' and '.join(missing)}: accepted are save_pretrained "
+                          f"folders with {' and '.join(SAVED_FILES)} (restore them, or retrain "
+                          f"the run with --overwrite true)")
+    try:
+        json.loads((path / SAVED_FILES[0]).read_text())
+        with safe_open(path / SAVED_FILES[1], "pt"):
+            pass
+    except (OSError, ValueError, SafetensorError) as e:
+        raise ConfigError(f"{where} holds a file that cannot be read ({str(e).splitlines()[0]}): "
+                          f"accepted are save_pretrained folders as training wrote them") from e
+
+
+def first_line(error: Exception) -> str:
+    """The first line of an exception's message (library messages run over several)."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def load_model(model_class, path: Path):
@@ -143,7 +193,18 @@ def measure_run(cfg: RunConfig, task, data: dict, device) -> RunResult:
                         chance=(cfg.chance_draws, cfg.chance_nulls))
     model_class = type(build_for_run(cfg, task)[0])  # built once: only its class is needed
     for step, path in series:
-        probe.measure(load_model(model_class, path).to(device), step)
+        where = f"checkpoint {str(path)!r} of run {cfg.run_id!r} (step {step})"
+        try:
+            model = load_model(model_class, path).to(device)
+        except (OSError, RuntimeError, ValueError) as e:
+            why = ("a tensor's shape differs from the model's" if "mismatched" in str(e)
+                   else first_line(e))
+            raise ConfigError(f"{where} does not load as the run's model ({why}): accepted are "
+                              f"the models training saved") from e
+        try:
+            probe.measure(model, step)
+        except ValueError as e:  # units that are not finite
+            raise ConfigError(f"{where}: {first_line(e)}: accepted are finite weights") from e
     raw = load_yaml((folder / CONFIG).read_text()) or {}
     row = dict(read_run_json(folder))
     last = probe.metrics[-1]["step"] if probe.metrics else 0
@@ -263,12 +324,17 @@ def main(argv: list[str]) -> int:
     threads = configure_threads(cfgs[0].num_threads, state.num_processes)
     logger.info(f"{len(cfgs)} run(s) of {cfgs[0].out_dir}/ measured again on "
                 f"{state.num_processes} process(es), {threads} thread(s) each")
-    # the run folders and the reports as one set: a kill leaves the experiment as it was
-    with Publish(cfgs[0].out_dir) if state.is_main_process else contextlib.nullcontext() as publish:
-        with state.split_between_processes(cfgs) as mine:
-            data_for = build_data(list(mine))
-        measure_all(cfgs, data_for, torch.device("cpu"), publish, state)
-        if state.is_main_process:
-            write_all(cfgs, publish)
+    # the run folders and the reports as one set: a kill, or a model found unusable only once
+    # it is loaded (non-finite weights, a tensor of another shape), leaves the experiment as it was
+    try:
+        with Publish(cfgs[0].out_dir) if state.is_main_process else contextlib.nullcontext() as publish:
+            with state.split_between_processes(cfgs) as mine:
+                data_for = build_data(list(mine))
+            measure_all(cfgs, data_for, torch.device("cpu"), publish, state)
+            if state.is_main_process:
+                write_all(cfgs, publish)
+    except ConfigError as e:  # said by the process that met it (the others are stopped by the launcher)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     state.wait_for_everyone()
     return 0
