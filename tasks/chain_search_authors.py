@@ -61,9 +61,9 @@ class ChainSearchAuthorsTask(ChainScoring, ReasoningTask):
     DatasetDict.
 
     Args:
-        hops: k, the hops from the start to the target, fixed for the data set; None means 2 (the
+        hops: k, the hops from the start to the target, fixed for the data set; default 2 (the
             authors' ``2order``). Accepted: 1 <= k <= chain_nodes - 1.
-        chain_nodes: nodes of the chain; None means 7 (the authors' seq_len 13). Accepted: 2..19
+        chain_nodes: nodes of the chain; default 7 (the authors' seq_len 13). Accepted: 2..19
             (a residue class of 1..99 holds 19 or 20 values, so a chain never runs out of them).
         n_train, n_test_id, n_ood: split sizes (samples).
         seed: seed of the data generator.
@@ -81,8 +81,8 @@ class ChainSearchAuthorsTask(ChainScoring, ReasoningTask):
         ValueError: on sizes < 0, chain_nodes outside 2..19 or hops outside 1..chain_nodes - 1.
     """
 
-    hops: int | None = None
-    chain_nodes: int | None = None
+    hops: int = DEFAULT_HOPS
+    chain_nodes: int = DEFAULT_CHAIN_NODES
     n_train: int = 20000
     n_test_id: int = 2000
     n_ood: int = 2000
@@ -104,11 +104,11 @@ class ChainSearchAuthorsTask(ChainScoring, ReasoningTask):
     @property
     def k(self) -> int:
         """Hops from the start to the target."""
-        return DEFAULT_HOPS if self.hops is None else self.hops
+        return self.hops
 
     @property
     def n_nodes(self) -> int:
-        return DEFAULT_CHAIN_NODES if self.chain_nodes is None else self.chain_nodes
+        return self.chain_nodes
 
     @property
     def n_edges(self) -> int:

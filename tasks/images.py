@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import gzip
 import importlib.util
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -157,10 +158,18 @@ class ImageTask:
         if not 0 < self.test_fraction < 1:
             raise ValueError(f"test_fraction={self.test_fraction} is invalid: accepted is a "
                              f"number in (0, 1)")
-        if self.image_source not in SOURCES:
-            load_images(self.image_source)  # a user's file is checked now: shape errors early
-        elif self.image_source == "mnist5k":
+        if self.image_source == "mnist5k":
             mnist5k_path()
+        _, labels = load_images(self.image_source)  # a user's file is checked now: errors early
+        # the stratified split (scikit-learn's: ceil(test_fraction n) test images) needs one
+        # image of every class on each side
+        n, classes = len(labels), len(np.unique(labels))
+        n_test = math.ceil(self.test_fraction * n)
+        if min(n_test, n - n_test) < classes:
+            raise ValueError(f"test_fraction={self.test_fraction} leaves {n_test} test and "
+                             f"{n - n_test} training images of {n}: accepted is a share that "
+                             f"leaves at least {classes} (one per class) on each side, about "
+                             f"[{classes / n:.4f}, {1 - classes / n:.4f}]")
 
     @property
     def num_channels(self) -> int:

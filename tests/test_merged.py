@@ -138,3 +138,14 @@ def test_merge_records_whether_gains_were_folded_not_what_was_asked():
     cfg = RunConfig(n_embd=16, n_layer=1)
     paper, _ = build_for_run(cfg, make_task(cfg.task, **cfg.task_options()))
     assert merge_model(paper, TAU, fold=True).folded is False  # post-LN: nothing to fold
+
+
+def test_align_of_two_merges_of_one_checkpoint_keeps_quiet(merged, tmp_path):
+    root, _, out = merged
+    code, err = run("merge", f"{root / 'run'}@7", "--threshold", 0.8, "--fold_norms", "false",
+                    "--output_dir", tmp_path / "m08")
+    assert code == 0, err
+    code, err = run("align", out / "model", tmp_path / "m08" / "model", "--thresholds", TAU,
+                    "--output_dir", tmp_path / "a")
+    assert code == 0, err
+    assert "not steps of one run" not in err  # both keep the source's coordinates

@@ -91,3 +91,38 @@ def test_task_sizes_are_checked_by_the_task():
         TASKS["composite"](n_train=0)
     with pytest.raises(ValueError, match=r"n_ood=-1 is invalid: accepted is an integer >= 0"):
         TASKS["chain_search_authors"](n_ood=-1)
+
+
+def test_a_default_is_a_value_so_one_model_has_one_id():
+    # chain_search_authors once took None for "2 hops, 7 nodes": three ids for one trained model
+    cfg = RunConfig(task="chain_search_authors", vocab_size=201)
+    assert (cfg.hops, cfg.chain_nodes) == (2, 7)
+    assert cfg.run_id == RunConfig(task="chain_search_authors", vocab_size=201, hops=2,
+                                   chain_nodes=7).run_id
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--config", "resnet_digits", "--test_fraction", "0.001"],
+     "test_fraction=0.001 leaves 2 test and 1795 training images of 1797: accepted is a share "
+     "that leaves at least 10 (one per class) on each side"),
+    (["--config", "resnet_digits", "--test_fraction", "0.999"], "leaves 1796 test and 1 training"),
+    (["--config", "mlp_phase", "--n_test_id", "0"], "n_test_id=0 is invalid: accepted is an integer >= 1"),
+    (["--config", "mlp_initial", "--n_test_id", "0"], "n_test_id=0 is invalid: accepted is an integer >= 1"),
+])
+def test_sizes_a_task_cannot_train_with_are_one_error_line(args, words, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main([*args, "--output_dir", str(out), "--num_threads", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and words in err, err
+    assert not out.exists()
+
+
+def test_a_grid_point_that_changes_nothing_is_named_in_the_error(tmp_path, capsys):
+    args = ["--config", TINY, "--gamma", "0.5", "--task", "[composite, chain_search_authors]",
+            "--vocab_size", "201", "--hops", "[1, 2]", "--output_dir", str(tmp_path / "o")]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: the grid gives run 'paper-g0.5-s0-") and "\n" not in err
+    assert "(hops=1 and 2): task 'composite' with model_family 'paper' does not read hops" in err
+    assert main([*args[:4], "--seed", "[1, 1]", "--output_dir", str(tmp_path / "o")]) == 2
+    assert "a value is listed twice" in capsys.readouterr().err

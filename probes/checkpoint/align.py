@@ -49,6 +49,7 @@ from probes.store import (
     folder_replaced,
     frame,
     recover,
+    run_of_model,
     write_csv,
 )
 
@@ -78,11 +79,14 @@ def label(ckpt) -> str:
 
 def same_coordinates(a, b) -> bool:
     """Whether checkpoints ``a`` and ``b`` (resolved) keep their units in one coordinate system:
-    one folder, two steps of one run's series, or one the merge of the other (``merge`` keeps
-    each merged unit in its group's first member's place)."""
-    pa, pb = a.path.resolve(), b.path.resolve()
-    return (pa == pb or (a.series is not None and a.series == b.series)
-            or merged_source(pa) == pb or merged_source(pb) == pa)
+    each taken as the checkpoint it was merged from, if it is a ``merge`` output (the merge keeps
+    each merged unit in its group's first member's place), they are one folder, two steps of one
+    series, or two models of one run of this project."""
+    pa, pb = (merged_source(p) or p for p in (a.path.resolve(), b.path.resolve()))
+    if pa == pb or (a.series is not None and a.series == b.series):
+        return True
+    run = run_of_model(pa)
+    return run is not None and run == run_of_model(pb)
 
 
 def plan_pair(opts: Options):

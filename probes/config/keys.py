@@ -102,8 +102,8 @@ class TrainingKeys(ThreadKeys):
     fresh_samples: bool = _task(False, "draw a new training batch every step instead of epochs")
     in_dim: int = _task(1, "mlp: input dimension of the net (sin_sum: also the task's; images_flat: "
                            "channels x image_size^2)")
-    seq_len: int | None = _task_option(None, "tokens per sequence (composite family, identity, "
-                                              "chain_search_hops)")
+    seq_len: int | None = _task_option(None, "tokens per sequence (composite, composite_no_twist, "
+                                              "multi_anchor, identity)")
     split_modulus: int | None = _task_option(None, "key/position split modulus (7 = n - 2 as in the paper)")
     n_train: int | None = _task_option(None, "training samples (a fixed set, trained for epochs)")
     n_test_id: int | None = _task_option(None, "in-distribution test samples")

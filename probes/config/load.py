@@ -188,15 +188,33 @@ def expand(raw: dict) -> list[RunConfig]:
         raise ConfigError(f"{shared[0]}={grid[shared[0]]} is a list: accepted is one value, since "
                           f"{', '.join(SHARED_KEYS)} are shared by all runs of an experiment")
     fixed = {k: v for k, v in raw.items() if k not in grid}
-    runs = []
+    runs, points = [], []
     for combo in itertools.product(*grid.values()):
-        cfg = RunConfig(**fixed, **dict(zip(grid, combo)))
+        points.append(dict(zip(grid, combo)))
+        cfg = RunConfig(**fixed, **points[-1])
         validate(cfg)
         runs.append(cfg)
     ids = [r.run_id for r in runs]
     if len(set(ids)) != len(ids):
-        raise ConfigError("the grid repeats a run: remove duplicate values from its lists")
+        raise ConfigError(_repeat(runs, ids, points))
     return runs
+
+
+def _repeat(runs: list[RunConfig], ids: list[str], points: list[dict]) -> str:
+    """The error for a grid whose points give one run twice: which values coincide, and why (a
+    key the run's task or family does not read, or a value listed twice)."""
+    second = next(i for i, run_id in enumerate(ids) if ids.index(run_id) != i)
+    first = ids.index(ids[second])
+    a, b = points[first], points[second]
+    differ = [k for k in a if a[k] != b[k]]
+    if not differ:
+        return ("the grid repeats a run (a value is listed twice): accepted are lists of "
+                "distinct values")
+    run = runs[first]
+    where = ", ".join(f"{k}={a[k]!r} and {b[k]!r}" for k in differ)
+    return (f"the grid gives run {ids[first]!r} twice ({where}): task {run.task!r} with "
+            f"model_family {run.model_family!r} does not read {', '.join(differ)}: accepted are "
+            f"grids whose points each change the trained model (one experiment per task)")
 
 
 def unread_options(raw: dict) -> str | None:
@@ -212,8 +230,8 @@ def unread_options(raw: dict) -> str | None:
     given = ", ".join(f"{k}={raw[k]!r}" for k in raw if k in unread)
     options = sorted(set().union(*(task_fields(t) or {} for t in tasks)))
     return (f"{given} {'is' if len(unread) == 1 else 'are'} not read by task "
-            f"{' or '.join(map(repr, tasks))}: ignored (recorded as null); its options are "
-            f"{', '.join(options) or 'none'}")
+            f"{' or '.join(map(repr, tasks))}: ignored (recorded as null); "
+            f"{'its' if len(tasks) == 1 else 'their'} options are {', '.join(options) or 'none'}")
 
 
 def validate(cfg: RunConfig) -> None:
