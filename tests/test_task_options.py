@@ -68,11 +68,24 @@ def test_a_key_the_task_does_not_read_is_recorded_null_and_warned():
 
 
 def test_a_grid_over_tasks_warns_only_for_keys_no_task_reads():
-    raw = load_config(TINY, {"task": ["composite", "chain_search_authors"], "vocab_size": 201,
-                             "seq_len": 9, "gamma": 0.5})
+    one = {"activation": "tanh", "gamma": 2.0, "seed": 0}
+    raw = load_config("mlp_initial", {**one, "task": ["four_points", "sin_sum"]})
     runs = expand(raw)
-    assert {r.task: r.seq_len for r in runs} == {"composite": 9, "chain_search_authors": None}
-    assert unread_options(raw) is None
+    assert {r.task: r.n_train for r in runs} == {"four_points": None, "sin_sum": 80}
+    assert unread_options(raw) is None  # sin_sum reads n_train
+    assert unread_options(load_config("mlp_initial", {**one, "task": "four_points"})) == (
+        "n_train=80 is not read by task 'four_points': ignored (recorded as null); its options "
+        "are n_test_id")
+
+
+def test_a_grid_over_reasoning_tasks_is_refused(tmp_path, capsys):
+    # their correlations, summary and figures read one task's scores
+    assert main(["--config", TINY, "--task", "[composite, identity]", "--output_dir",
+                 str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("error: task=['composite', 'identity'] is a grid over tasks: accepted is one "
+                   "reasoning task per experiment, since its correlations, summary and figures "
+                   "read that task's scores (run each task with its own --output_dir)")
 
 
 def test_the_command_line_warns_once_on_the_main_process_and_never_beside_an_error(tmp_path,
@@ -118,11 +131,12 @@ def test_sizes_a_task_cannot_train_with_are_one_error_line(args, words, tmp_path
 
 
 def test_a_grid_point_that_changes_nothing_is_named_in_the_error(tmp_path, capsys):
-    args = ["--config", TINY, "--gamma", "0.5", "--task", "[composite, chain_search_authors]",
-            "--vocab_size", "201", "--hops", "[1, 2]", "--output_dir", str(tmp_path / "o")]
+    args = ["--config", "mlp_initial", "--activation", "tanh", "--gamma", "2.0", "--seed", "0",
+            "--task", "[four_points, sin_sum]", "--n_train", "[80, 90]", "--output_dir",
+            str(tmp_path / "o")]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: the grid gives run 'paper-g0.5-s0-") and "\n" not in err
-    assert "(hops=1 and 2): task 'composite' with model_family 'paper' does not read hops" in err
-    assert main([*args[:4], "--seed", "[1, 1]", "--output_dir", str(tmp_path / "o")]) == 2
+    assert err.startswith("error: the grid gives run 'mlp-g2-s0-") and "\n" not in err, err
+    assert "(n_train=80 and 90): task 'four_points' with model_family 'mlp' does not read n_train" in err
+    assert main(["--config", TINY, "--seed", "[1, 1]", "--output_dir", str(tmp_path / "o")]) == 2
     assert "a value is listed twice" in capsys.readouterr().err

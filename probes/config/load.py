@@ -187,6 +187,12 @@ def expand(raw: dict) -> list[RunConfig]:
     if shared:
         raise ConfigError(f"{shared[0]}={grid[shared[0]]} is a list: accepted is one value, since "
                           f"{', '.join(SHARED_KEYS)} are shared by all runs of an experiment")
+    tasks = grid.get("task", [])
+    reasoning = [t for t in tasks if t in TASKS and not hasattr(TASKS[t], "families")]
+    if len(set(tasks)) > 1 and reasoning:
+        raise ConfigError(f"task={tasks} is a grid over tasks: accepted is one reasoning task "
+                          f"per experiment, since its correlations, summary and figures read "
+                          f"that task's scores (run each task with its own --output_dir)")
     fixed = {k: v for k, v in raw.items() if k not in grid}
     runs, points = [], []
     for combo in itertools.product(*grid.values()):

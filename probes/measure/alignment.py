@@ -245,7 +245,8 @@ def group_alignment(units_a, labels_a: dict, units_b, labels_b: dict,
     Returns:
         (metric, tau, value) for each tau: ``matched_share`` (groups matched with centroid
         cosine >= tau / the larger number of condensed groups; NaN when neither side has one),
-        ``mean_matched_cos`` (over the matched pairs; NaN without pairs), ``n_condensed_a``,
+        ``mean_matched_cos`` (over the min(k_a, k_b) assigned pairs, those below tau
+        included; NaN without pairs), ``n_condensed_a``,
         ``n_condensed_b`` (groups of >= 2 units).
 
     Raises:
