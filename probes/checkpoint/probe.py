@@ -31,11 +31,10 @@ from probes.checkpoint.gguf import load_gguf
 from probes.checkpoint.merge import check_merge, merge_rows
 from probes.checkpoint.validate import check_batch, check_index, check_reference, check_weights
 from probes.measure.arch import REGISTRY, Layout, UnsupportedModel, discover_layout, layout_for
-from probes.measure.chance import chance_rows
-from probes.measure.drift import drift, drift_rows
+from probes.measure.drift import drift
 from probes.measure.family_units import NO_RD
-from probes.measure.metrics import metric_rows
 from probes.measure.result import HeatMap
+from probes.measure.rows import unit_set_rows
 from probes.measure.units import ModelTensors, base_prefix, block_units
 from probes.store import provenance
 
@@ -354,10 +353,8 @@ class Prober:
                                          f"{u.component} ({basis} basis)")
             base = dict(run_id=ckpt.run_id, step=ckpt.step, layer=u.layer, component=u.component,
                         head=u.head, basis=basis)
-            self.metrics += metric_rows(fit, base) + chance_rows(chance, base)
-            if basis == "weight" and (u.layer, u.component, u.head) in self.drift:
-                self.metrics += drift_rows(self.drift.pop((u.layer, u.component, u.head)), base,
-                                           fit.n_units_)
+            found = self.drift.pop((u.layer, u.component, u.head), None) if basis == "weight" else None
+            self.metrics += unit_set_rows(fit, chance, base, found)
             if self.drawn(u) and fit.n_units_ > 1:
                 self.maps.append(dict(basis=basis, layer=u.layer, threshold=self.threshold,
                                       map=HeatMap.of(fit)))

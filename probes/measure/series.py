@@ -18,14 +18,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from probes.measure.chance import chance_baselines, chance_rows
-from probes.measure.drift import drift, drift_rows
+from probes.measure.chance import chance_baselines
+from probes.measure.drift import drift
 from probes.measure.family_units import NO_RD, all_units, neuron_features
 from probes.measure.lineage import LineageTracker
 from probes.measure.merge_probe import merge_rows
-from probes.measure.metrics import Condensation, metric_rows
+from probes.measure.metrics import Condensation
 from probes.measure.neurons import count_directions, loss_fell
 from probes.measure.result import HEATMAP_UNITS, HeatMap, ProbeResult, metric_row
+from probes.measure.rows import unit_set_rows
 
 
 class SeriesProbe:
@@ -106,17 +107,14 @@ class SeriesProbe:
         fit = Condensation(self.thresholds).fit(u.units, bias_columns=u.bias_columns)
         where = dict(run_id=self.run_id, step=step, layer=u.layer, component=u.component,
                      head=u.head, basis="weight")
-        rows = metric_rows(fit, where)
-        rows += chance_rows(chance_baselines(u.units.numpy(), fit, self.chance_nulls,
-                                             self.chance_draws), where)
+        chance = chance_baselines(u.units.numpy(), fit, self.chance_nulls, self.chance_draws)
+        found = None
         if u.component not in NO_RD:  # a set whose membership changes has no lineage either
             result.lineage += self.tracker.rows(fit, len(u.units), where)
+            found = drift(u.units, self.units0[(u.layer, u.component, u.head)])
         if (u.layer, u.component, u.head) == HEATMAP_UNITS and fit.n_units_ > 1:
             result.heatmap = HeatMap.of(fit)
-        if u.component not in NO_RD:
-            found = drift(u.units, self.units0[(u.layer, u.component, u.head)])
-            rows += drift_rows(found, where, fit.n_units_)
-        return rows
+        return unit_set_rows(fit, chance, where, found)
 
     def directions(self, model, step: int) -> tuple[list[dict], list[dict]]:
         """1-D two-layer nets: (neurons.csv rows, metrics rows). Directions are counted from the
