@@ -139,3 +139,13 @@ def test_every_file_and_folder_written_has_the_mode_of_a_plain_open(tiny_out):
     wrong = [(str(p.relative_to(tiny_out)), oct(p.stat().st_mode & 0o777)) for p in paths
              if p.stat().st_mode & 0o777 != (0o777 if p.is_dir() else 0o666) & ~umask]
     assert wrong == []
+
+
+def test_no_ood_samples_draw_no_offsets_figure_and_no_library_warning(tmp_path, capfd):
+    out = tmp_path / "out"
+    assert main(["--config", TINY, "--gamma", "0.5", "--n_ood", "0", "--steps", "5",
+                 "--warmup_steps", "1", "--num_threads", "1", "--output_dir", str(out)]) == 0
+    err = capfd.readouterr().err
+    assert "UserWarning" not in err, err
+    figures = sorted(p.name for p in (out / "figures").iterdir())
+    assert "ood_offsets.png" not in figures and "ood_over_training.png" in figures

@@ -185,9 +185,12 @@ def ood_vs_gamma(runs: pd.DataFrame, path: Path, scores: tuple[str, ...],
 def ood_offsets(runs: pd.DataFrame, offsets: pd.DataFrame, path: Path,
                 offset_label: str = "offset", min_share: float = 0.01) -> None:
     """Mean share of each final answer offset per gamma; offsets below ``min_share`` for every
-    gamma are pooled into one "rest" column so that the picture stays readable."""
+    gamma are pooled into one "rest" column so that the picture stays readable. Nothing is drawn
+    when no run has an ood answer (``n_ood: 0``)."""
     last = offsets.groupby("run_id")["step"].transform("max")
     final = offsets[offsets["step"] == last].merge(runs[["run_id", "gamma"]], on="run_id")
+    if final.empty:
+        return
     n_seeds = runs.groupby("gamma")["run_id"].nunique()
     table = final.pivot_table(index="gamma", columns="offset", values="share", aggfunc="sum")
     table = table.div(n_seeds, axis=0).fillna(0.0)  # mean share over the runs of each gamma
