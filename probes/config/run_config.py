@@ -81,9 +81,9 @@ class RunConfig(RunKeys):
 
     def task_options(self) -> dict:
         """Options of the task generator: the config keys its dataclass has (data_seed -> seed)."""
-        names = {f.name for f in dataclasses.fields(TASKS[self.task])}
-        options = {k: v for k, v in dataclasses.asdict(self).items() if k in names and k != "seed"}
-        if "seed" in names:
+        names = task_fields(self.task)
+        options = {k: v for k, v in dataclasses.asdict(self).items() if k in names}
+        if "seed" in {f.name for f in dataclasses.fields(TASKS[self.task])}:
             options["seed"] = self.data_seed
         return options
 
@@ -127,7 +127,7 @@ def training_keys(cfg: RunConfig) -> list[str]:
     of its task's generator (``data_seed`` is the generator's seed), its family's keys, and
     ``lr_min`` under the cosine schedule only (the constant one never reads it)."""
     keys = set(COMMON_TRAINING_KEYS) | set(FAMILY_TRAINING_KEYS[cfg.model_family])
-    keys |= {f.name for f in dataclasses.fields(TASKS[cfg.task]) if f.name != "seed"}
+    keys |= set(task_fields(cfg.task))
     if cfg.lr_schedule == "cosine":
         keys.add("lr_min")
     return sorted(keys)

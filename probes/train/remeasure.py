@@ -126,9 +126,8 @@ def checked_series(cfg: RunConfig) -> list[tuple[int, Path]]:
 def check_steps(cfg: RunConfig, folder: Path, row: dict, saved: list[int]) -> None:
     """Raise ConfigError unless ``saved`` are the run's probe steps (``probe_steps`` of the steps
     and n_probes its config.yaml records; a diverged run: those up to where it stopped)."""
-    recorded = load_yaml((folder / CONFIG).read_text()) or {}
-    wanted = probe_steps(int(recorded.get("steps", cfg.steps)),
-                         int(recorded.get("n_probes", cfg.n_probes)))
+    was = recorded(folder)
+    wanted = probe_steps(int(was.get("steps", cfg.steps)), int(was.get("n_probes", cfg.n_probes)))
     diverged = bool(row.get("diverged"))
     if saved == wanted or (diverged and saved == wanted[:len(saved)]):
         return
