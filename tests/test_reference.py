@@ -14,7 +14,8 @@ import transformers as T
 from safetensors.numpy import load_file
 
 import probes
-from probes.measure.result import ProbeResult
+from probes.measure.fitting import Fitter
+from probes.measure.probe import measure_units
 from probes.measure.series import SeriesProbe
 from probes.measure.units import read_units
 from probes.run import main
@@ -132,8 +133,10 @@ def test_rd_rows_are_the_training_runs_rows(run, tmp_path):
     models = [T.GPT2LMHeadModel.from_pretrained(run / f"checkpoint-{s}") for s in (0, 5)]
     start = {(u.layer, u.component, u.head): u.units for u in read_units(models[0])}
     series = SeriesProbe("checkpoint-5", None, None, "cpu", [0.9], units0=start)
-    trained = [r for u in read_units(models[1])
-               for r in series.condensation(u, 5, ProbeResult(5)) if r["metric"] in DRIFT]
+    with Fitter([0.9], 1) as fitter:
+        found = measure_units([read_units(models[1])], fitter, dict(run_id="checkpoint-5", step=5),
+                              drift=series.drift)
+    trained = [r for r in found.metrics if r["metric"] in DRIFT]
     mine = metrics[metrics["metric"].isin(DRIFT)]
     assert len(trained) == len(mine) > 0 and set(mine["metric"]) == set(DRIFT)
     cols = ["layer", "component", "head", "basis", "metric", "threshold", "value", "n_units"]

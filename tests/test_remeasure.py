@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from safetensors.torch import load_file, save_file
 from scipy.cluster.hierarchy import fcluster, linkage
 
@@ -155,7 +156,14 @@ def test_rerunning_the_command_with_analysis_changes_measures_without_training(t
 def test_measure_refuses_a_training_key_and_a_folder_without_runs(trained, tmp_path, capsys):
     assert main(["measure", str(trained), "--lr", "0.1"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: --lr changes training") and "\n" not in err
+    assert err.startswith("error: --lr is not an analysis setting") and "\n" not in err
+    assert main(["measure", str(trained), "--hops", "3"]) == 2  # a task option, even unread
+    assert capsys.readouterr().err.startswith("error: --hops is not an analysis setting")
+    recorded = yaml.safe_load(next((trained / "runs").glob("*/config.yaml")).read_text())
+    assert main(["measure", str(trained), "--n_probes", str(recorded["n_probes"] + 1)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: --n_probes {recorded['n_probes'] + 1}: measure measures the "
+                          f"steps run") and "accepted is that value" in err and "\n" not in err
     assert main(["measure", str(tmp_path)]) == 2
     assert "holds no runs.csv" in capsys.readouterr().err
 
@@ -199,7 +207,7 @@ DAMAGE = {  # what is done to a finished run's folder -> what the one error line
     "corrupt config": (lambda run: (run / "checkpoint-5" / "config.json").write_text("{bad"),
                        "(step 5) holds a file that cannot be read"),
     "no run.json": (lambda run: (run / "run.json").unlink(), "lacks its run.json"),
-    "a NaN weight": (_nan_weight, "(step 5): units contain NaN or inf"),
+    "a NaN weight": (_nan_weight, "(step 5) layer 0 attn.q (weight basis): units contain NaN or inf"),
     "a tensor of another shape": (_other_shape, "(step 5) does not load as the run's model (a "
                                   "tensor's shape differs from the model's)"),
 }

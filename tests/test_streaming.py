@@ -8,8 +8,8 @@ import torch
 from safetensors.torch import save_file
 
 from probes.checkpoint.discover import SafetensorsTensors
-from probes.checkpoint.fitting import Fitter, fit_cost
-from probes.checkpoint.probe import Prober, unit_bytes
+from probes.measure import probe
+from probes.measure.fitting import Fitter, fit_cost, unit_bytes
 from probes.measure.spectral import SPECTRAL_METRICS
 from probes.measure.units import UnitSet
 
@@ -51,12 +51,10 @@ class Recorder:
     submit_all = Fitter.submit_all
 
 
-def run_layers(n_floats: int, budget: int) -> list:
-    fitter = Recorder()
-    prober = Prober.__new__(Prober)  # only measure's scheduling is under test
-    prober.fitter, prober.prefetch_bytes = fitter, budget
-    prober.drawn = lambda u: False
-    prober.collect = lambda basis, sets, futures: fitter.events.append(("fit", sets[0].layer))
+def run_layers(n_floats: int, budget: int, monkeypatch) -> list:
+    fitter = Recorder()  # only measure_units' scheduling is under test
+    monkeypatch.setattr(probe, "_collect",
+                        lambda result, sets, *rest: fitter.events.append(("fit", sets[0].layer)))
 
     def layers():
         for layer in range(3):
@@ -65,17 +63,18 @@ def run_layers(n_floats: int, budget: int) -> list:
             yield [UnitSet(layer, "attn.q", None, rows),
                    UnitSet(layer, "attn.q", 0, rows[:2])]  # a per-head view: counted once
 
-    prober.measure("weight", layers())
+    probe.measure_units(layers(), fitter, dict(run_id="r", step=None), prefetch_bytes=budget)
     return fitter.events
 
 
-def test_small_layers_prefetch_one_large_layers_one_at_a_time():
+def test_small_layers_prefetch_one_large_layers_one_at_a_time(monkeypatch):
     rows = torch.zeros(10, 8)
     assert unit_bytes([UnitSet(0, "x", None, rows), UnitSet(0, "x", 1, rows[:3])]) == 320
     assert unit_bytes([UnitSet(0, "x", None, rows), UnitSet(0, "y", None, rows.clone())]) == 640
-    small = run_layers(n_floats=64, budget=1024)  # 256 bytes a layer: read ahead
+    small = run_layers(n_floats=64, budget=1024, monkeypatch=monkeypatch)  # 256 bytes a layer: read ahead
     assert small == [("read", 0), ("read", 1), ("fit", 0), ("read", 2), ("fit", 1), ("fit", 2)]
-    large = run_layers(n_floats=256, budget=1024)  # 1024 bytes a layer: never two in memory
+    # 1024 bytes a layer: never two in memory
+    large = run_layers(n_floats=256, budget=1024, monkeypatch=monkeypatch)
     assert large == [("read", 0), ("fit", 0), ("read", 1), ("fit", 1), ("read", 2), ("fit", 2)]
 
 

@@ -19,7 +19,8 @@ from torch import nn
 
 from probes.api.live import eval_mode, live_plan, model_device
 from probes.checkpoint.activations import ACTIVATION_POINTS
-from probes.checkpoint.probe import Fitter, Options, Prober, plan_all, plan_reference, set_reference
+from probes.checkpoint.probe import Options, Prober, plan_all, plan_reference, set_reference
+from probes.measure.fitting import Fitter
 from probes.measure.metrics import THRESHOLDS
 from probes.store import METRICS_COLUMNS, frame
 
@@ -154,7 +155,7 @@ def _run(plans, notes, opts: Options, device) -> pd.DataFrame:
         for plan in plans:
             result = Prober(plan, opts, fitter, device=device, warn=_warn).run()
             rows += result.metrics
-            runs.append(result.row)
+            runs.append(result.record)
     df = frame(rows, METRICS_COLUMNS)
     df.attrs.update(done(runs))
     return df
@@ -165,7 +166,7 @@ def done(runs: list[dict]) -> dict:
     runs.csv records it (``CHECKPOINT_RUNS_COLUMNS``).
 
     Args:
-        runs: one runs row per measured checkpoint (``Prober.run().row``), in step order.
+        runs: one runs row per measured checkpoint (``Prober.run().record``), in step order.
 
     Returns:
         ``fold_norms`` (bool: norm gains folded into the weight-basis rows), ``activation_point``

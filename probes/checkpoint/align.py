@@ -31,13 +31,13 @@ import torch
 from probes.checkpoint.activations import activation_units
 from probes.checkpoint.cli import values
 from probes.checkpoint.discover import CheckpointError, load_model, resolve, unique_run_ids
-from probes.checkpoint.fitting import fitted
 from probes.checkpoint.merged import merged_source
-from probes.checkpoint.probe import Fitter, Options, check_inputs, plan_checkpoint
+from probes.checkpoint.probe import Options, check_inputs, plan_checkpoint
 from probes.checkpoint.usage import ALIGN_DEFAULTS, align_help
 from probes.config.grammar import ConfigError
 from probes.config.keys import ALIGN_KEYS
 from probes.measure.alignment import CKA, group_alignment, linear_cka
+from probes.measure.fitting import Fitter, UnitsError, fitted
 from probes.measure.units import block_units
 from probes.runtime import configure_threads
 from probes.store import (
@@ -132,7 +132,10 @@ def _sets(plan, block, fold: bool) -> dict:
 
 
 def _fit(future, plan, key):
-    return fitted(future, f"checkpoint {str(plan.ckpt.path)!r} layer {key[0]} {key[1]}")[0]
+    try:
+        return fitted(future, f"checkpoint {str(plan.ckpt.path)!r} layer {key[0]} {key[1]}")[0]
+    except UnitsError as e:
+        raise CheckpointError(str(e)) from e
 
 
 def weight_rows(plans, opts: Options, fitter: Fitter, notes: list[str]) -> list[dict]:

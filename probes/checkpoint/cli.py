@@ -28,12 +28,13 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from probes.checkpoint.discover import CheckpointError
-from probes.checkpoint.probe import Fitter, Options, Prober, plan_all
+from probes.checkpoint.probe import Options, Prober, plan_all
 from probes.checkpoint.usage import probe_help
 from probes.config import grammar
 from probes.config.grammar import ConfigError
 from probes.config.keys import PROBE_KEYS, ProbeKeys, thresholds_problem
 from probes.logs import bar_disabled
+from probes.measure.fitting import Fitter
 from probes.report.checkpoint import summary, write_outputs
 from probes.runtime import configure_threads, main_process_logger
 from probes.store import (

@@ -9,7 +9,6 @@ checkpoint's files from ``probes.checkpoint.discover``; the probe batch from
 from __future__ import annotations
 
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,15 +25,15 @@ from probes.checkpoint.discover import (
     open_weights,
     unique_run_ids,
 )
-from probes.checkpoint.fitting import Fitter, fitted, unit_bytes  # noqa: F401 (unit_bytes: re-exported)
 from probes.checkpoint.gguf import load_gguf
 from probes.checkpoint.merge import check_merge, merge_rows
 from probes.checkpoint.validate import check_batch, check_index, check_reference, check_weights
 from probes.measure.arch import REGISTRY, Layout, UnsupportedModel, discover_layout, layout_for
 from probes.measure.drift import drift
 from probes.measure.family_units import NO_RD
-from probes.measure.result import HeatMap
-from probes.measure.rows import unit_set_rows
+from probes.measure.fitting import Fitter, UnitsError
+from probes.measure.probe import PREFETCH_BYTES, measure_units
+from probes.measure.result import ProbeResult
 from probes.measure.units import ModelTensors, base_prefix, block_units
 from probes.store import provenance
 
@@ -224,15 +223,6 @@ def check_inputs(plan: Plan, opts: Options) -> list[str]:
 
 # --- probing ----------------------------------------------------------------------------------
 
-@dataclass
-class Result:
-    """What one checkpoint hands to the report: metrics rows, its runs row, heat-map panels."""
-
-    metrics: list[dict]
-    row: dict
-    maps: list[dict]
-
-
 def applied(plan: Plan, opts: Options) -> tuple[bool, str, list[str]]:
     """What the options did to one checkpoint, for its runs row (what was done, not what was
     asked): whether norm gains were folded into the weight-basis rows (``units.block_parts``
@@ -271,25 +261,31 @@ class Prober:
         self.plan, self.opts, self.fitter, self.device = plan, opts, fitter, device
         self.progress = progress or (lambda: None)
         self.warn = warn or (lambda text: None)
-        self.metrics, self.maps, self.n_samples = [], [], None
+        self.n_samples = None
         self.drift = {}  # (layer, component, head) -> drift() of the weight set, until collected
         self.threshold = opts.heatmap_threshold
 
-    def run(self) -> Result:
-        """Measure the checkpoint; frees its weights and model afterwards."""
+    def run(self) -> ProbeResult:
+        """Measure the checkpoint (``measure_units`` for each basis); frees its weights and
+        model afterwards. The result's ``record`` is the checkpoint's runs.csv row.
+
+        Raises:
+            CheckpointError: a tensor that cannot be read, units that are not finite.
+        """
         start = time.perf_counter()
         plan = self.plan
+        result = ProbeResult(plan.ckpt.step)
         if "weight" in self.opts.bases:
-            self.measure("weight", (self.weight_sets(b) for b in plan.layout.blocks))
+            result.add(self.measure("weight", (self.weight_sets(b) for b in plan.layout.blocks)))
         if self.opts.probe_inputs and "activation" in self.opts.bases:
-            self.measure("activation", self.activation_sets())
+            result.add(self.measure("activation", self.activation_sets()))
         if self.opts.merge_probe:  # last: it folds the model's norm gains
-            self.metrics += merge_rows(self.load_model(), plan.batch, self.opts.thresholds,
+            result.metrics += merge_rows(self.load_model(), plan.batch, self.opts.thresholds,
                                        dict(run_id=plan.ckpt.run_id, step=plan.ckpt.step),
                                        self.device, self.opts.fold_norms, self.fitter.torch_threads)
         plan.source = plan.model = plan.batch = None  # free memory before the next checkpoint
         folded, point, notes = applied(plan, self.opts)
-        row = dict(run_id=plan.ckpt.run_id, step=plan.ckpt.step, checkpoint=str(plan.ckpt.path),
+        result.record = dict(run_id=plan.ckpt.run_id, step=plan.ckpt.step, checkpoint=str(plan.ckpt.path),
                    format=plan.fmt, model_type=getattr(plan.config, "model_type", ""),
                    architecture=(getattr(plan.config, "architectures", None) or [""])[0],
                    n_params=plan.n_params, n_layers=len({b.layer for b in plan.layout.blocks}),
@@ -299,7 +295,7 @@ class Prober:
                    reference=str(plan.reference.ckpt.path) if plan.reference else "",
                    n_samples=self.n_samples, wall_s=round(time.perf_counter() - start, 2),
                    **provenance(), notes="; ".join(notes))
-        return Result(self.metrics, row, self.maps)
+        return result
 
     def weight_sets(self, block) -> list:
         """The weight-basis unit sets of one block (and, with a reference, their ``drift`` from
@@ -321,44 +317,29 @@ class Prober:
             raise CheckpointError(f"checkpoint {str(plan.ckpt.path)!r} layer {block.layer}: "
                                   f"{str(e).strip(chr(39))}") from e
 
-    # The next layer is read while this one is fitted only when the layers in flight hold less
-    # than this much unit memory: on small models reading overlaps fitting, while a 7B-sized layer
-    # (0.75 GB of float32 units, ~1 s to read against ~30 s to fit) would cost a second layer's
-    # memory to save a few percent of the time.
-    prefetch_bytes = 256 * 2**20
+    prefetch_bytes = PREFETCH_BYTES  # layers read ahead while fitting (measure_units)
 
-    def measure(self, basis: str, layers) -> None:
-        """Fit every unit set of every layer; at most two layers are in flight at once, and a
-        second is read only while the first holds less than ``prefetch_bytes`` of units."""
-        pending = deque()
-        for sets in layers:
-            pending.append((sets, self.fitter.submit_all(sets, self.drawn)))
-            while pending and (len(pending) > 1 or unit_bytes(pending[0][0]) >= self.prefetch_bytes):
-                self.collect(basis, *pending.popleft())
-            del sets  # else the loop variable keeps a collected layer alive while the next is read
-        while pending:
-            self.collect(basis, *pending.popleft())
+    def measure(self, basis: str, layers) -> ProbeResult:
+        """``measure_units`` of the layers' unit sets in ``basis``; a set with NaN or inf
+        becomes a CheckpointError."""
+        ckpt = self.plan.ckpt
+        try:
+            return measure_units(layers, self.fitter, dict(run_id=ckpt.run_id, step=ckpt.step),
+                                 basis=basis, drift=self.reference_drift, drawn=self.drawn,
+                                 threshold=self.threshold, label=f"checkpoint {str(ckpt.path)!r}",
+                                 progress=self.progress, prefetch_bytes=self.prefetch_bytes)
+        except UnitsError as e:
+            raise CheckpointError(str(e)) from e
+
+    def reference_drift(self, u):
+        """The ``drift`` of weight set ``u`` from the reference's, computed when its layer was
+        read (``weight_sets``); None without a reference."""
+        return self.drift.pop((u.layer, u.component, u.head), None)
 
     def drawn(self, u) -> bool:
         """Whether unit set ``u`` (a UnitSet) is drawn as a heat map (its fit keeps the order)."""
         return (self.plan.draw and u.layer in self.plan.draw_layers and u.head is None
                 and u.component == self.plan.component)
-
-    def collect(self, basis: str, sets, futures) -> None:
-        """The metrics rows (and heat-map panels) of one layer's fitted unit sets."""
-        ckpt = self.plan.ckpt
-        for u, future in zip(sets, futures):
-            step = f" (step {ckpt.step})" if ckpt.step is not None else ""
-            fit, chance = fitted(future, f"checkpoint {str(ckpt.path)!r}{step} layer {u.layer} "
-                                         f"{u.component} ({basis} basis)")
-            base = dict(run_id=ckpt.run_id, step=ckpt.step, layer=u.layer, component=u.component,
-                        head=u.head, basis=basis)
-            found = self.drift.pop((u.layer, u.component, u.head), None) if basis == "weight" else None
-            self.metrics += unit_set_rows(fit, chance, base, found)
-            if self.drawn(u) and fit.n_units_ > 1:
-                self.maps.append(dict(basis=basis, layer=u.layer, threshold=self.threshold,
-                                      map=HeatMap.of(fit)))
-        self.progress()
 
     def activation_sets(self):
         """Per layer, the unit sets of the activation basis (``checkpoint.activations``)."""

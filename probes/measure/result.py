@@ -88,19 +88,36 @@ class HeatMap:
 
 @dataclass
 class ProbeResult:
-    """What measuring one model at one step gives.
+    """What measuring one model at one step gives, on every measuring path
+    (``probes.measure.probe.measure_units`` and the two that call it).
 
     metrics: metrics.csv rows (``metric_row``): condensation of every unit set, relative
-    distance from step 0, the task's scores, merge rows; offsets: ood_offsets.csv rows;
+    distance from the reference, the task's scores, merge rows; offsets: ood_offsets.csv rows;
     neurons: neurons.csv rows (1-D two-layer nets); lineage: lineage.csv rows
-    (``probes.measure.lineage``); scores: the task's scores by name
-    (``train_loss`` first); heatmap: the ``HEATMAP_UNITS`` set's heat map, or None.
+    (``probes.measure.lineage``); scores: the task's scores by name (``train_loss`` first; this
+    project's runs only); heatmaps: the drawn unit sets' heat maps, dicts of ``basis``,
+    ``layer``, ``component``, ``head``, ``threshold`` (the group count shown) and ``map`` (a
+    ``HeatMap``); record: what was done, for a checkpoint its runs.csv row
+    (``store.CHECKPOINT_RUNS_COLUMNS``), empty for a step of a training series.
     """
 
-    step: int
+    step: int | None
     metrics: list[dict] = field(default_factory=list)
     offsets: list[dict] = field(default_factory=list)
     neurons: list[dict] = field(default_factory=list)
     lineage: list[dict] = field(default_factory=list)
     scores: dict[str, float] = field(default_factory=dict)
-    heatmap: HeatMap | None = None
+    heatmaps: list[dict] = field(default_factory=list)
+    record: dict = field(default_factory=dict)
+
+    @property
+    def heatmap(self) -> HeatMap | None:
+        """The first weight-basis heat map (a training run draws ``HEATMAP_UNITS`` only), or
+        None."""
+        return next((h["map"] for h in self.heatmaps if h["basis"] == "weight"), None)
+
+    def add(self, other: ProbeResult) -> ProbeResult:
+        """Append ``other``'s rows and heat maps (the same step) to this result; returns it."""
+        for name in ("metrics", "offsets", "neurons", "lineage", "heatmaps"):
+            getattr(self, name).extend(getattr(other, name))
+        return self

@@ -2,7 +2,8 @@
 measured, live during training (``probes.train.loop``) and again from a saved checkpoint series
 (``probes.train.remeasure``). Same model, same settings: the same rows, bit for bit.
 
-At each step ``SeriesProbe.measure`` gives a ``ProbeResult``: condensation of every unit set in
+At each step ``SeriesProbe.measure`` gives a ``ProbeResult``: through ``measure_units`` (the
+function every measuring path calls, ``probes.measure.probe``), condensation of every unit set in
 the weight basis (``probes.measure.metrics.Condensation``; Xu, Zhang, Zhou, arXiv 2504.09484)
 and, when asked, its chance level (``probes.measure.chance``),
 the relative distance RD from step 0 (Luo, Xu, Ma, Zhang, JMLR 2021) and each unit's angle to
@@ -18,15 +19,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from probes.measure.chance import chance_baselines
 from probes.measure.drift import drift
-from probes.measure.family_units import NO_RD, all_units, neuron_features
+from probes.measure.family_units import all_units, neuron_features
+from probes.measure.fitting import Fitter
 from probes.measure.lineage import LineageTracker
 from probes.measure.merge_probe import merge_rows
-from probes.measure.metrics import Condensation
 from probes.measure.neurons import count_directions, loss_fell
+from probes.measure.probe import measure_units
 from probes.measure.result import HEATMAP_UNITS, HeatMap, ProbeResult, metric_row
-from probes.measure.rows import unit_set_rows
 
 
 class SeriesProbe:
@@ -42,6 +42,8 @@ class SeriesProbe:
             unit angles; None: taken from the model measured at step 0.
         chance: (draws, nulls): the chance baselines of every unit set (``chance_baselines``;
             draws 0: none; nulls ``isotropic``, ``covariance`` or ``both``).
+        workers: threads that fit the unit sets, one BLAS thread each (None: torch's thread
+            count when measuring).
 
     After each ``measure``: ``metrics``, ``offsets``, ``lineage`` (all steps so far), ``neurons``
     (step 0, the end of the initial stage and the latest step), ``heatmap`` (the latest step's).
@@ -49,7 +51,8 @@ class SeriesProbe:
 
     def __init__(self, run_id: str, objective, eval_data: dict, device, thresholds,
                  merge_steps=None, units0: dict | None = None,
-                 chance: tuple[int, str] = (0, "both")):
+                 chance: tuple[int, str] = (0, "both"), workers: int | None = None):
+        self.workers = workers
         self.run_id, self.objective, self.eval_data, self.device = run_id, objective, eval_data, device
         self.chance_draws, self.chance_nulls = chance
         self.thresholds, self.units0 = list(thresholds), units0
@@ -69,18 +72,22 @@ class SeriesProbe:
 
         Raises:
             ValueError: the first step measured is not 0 and no ``units0`` was given (RD needs
-                the weights at initialization), or units that are not finite.
+                the weights at initialization), or units that are not finite (``UnitsError``).
         """
         model.eval()
-        result = ProbeResult(step)
         sets = all_units(model)
         if self.units0 is None:
             if step != 0:
                 raise ValueError(f"the series starts at step {step}: accepted is a series that "
                                  f"starts at step 0 (RD is measured from it)")
             self.units0 = {(u.layer, u.component, u.head): u.units for u in sets}
-        for u in sets:
-            result.metrics += self.condensation(u, step, result)
+        with Fitter(self.thresholds, self.workers or torch.get_num_threads(),
+                    chance=(self.chance_draws, self.chance_nulls)) as fitter:
+            # one "layer" of every set: the sets are already read, and all fit side by side
+            result = measure_units([sets], fitter, dict(run_id=self.run_id, step=step),
+                                   drift=self.drift, lineage=self.tracker,
+                                   drawn=lambda u: (u.layer, u.component, u.head) == HEATMAP_UNITS,
+                                   label=f"run {self.run_id!r}")
         before = self.last_neurons
         result.neurons, neuron_rows = self.directions(model, step)
         result.metrics += neuron_rows
@@ -101,20 +108,9 @@ class SeriesProbe:
         self.keep(result)
         return result
 
-    def condensation(self, u, step: int, result: ProbeResult) -> list[dict]:
-        """Rows of one unit set: its condensation, its chance level and its ``drift`` from step 0
-        (``rd``, ``angle_mean``, ``angle_median``, ``angle_max``); keeps the heat map."""
-        fit = Condensation(self.thresholds).fit(u.units, bias_columns=u.bias_columns)
-        where = dict(run_id=self.run_id, step=step, layer=u.layer, component=u.component,
-                     head=u.head, basis="weight")
-        chance = chance_baselines(u.units.numpy(), fit, self.chance_nulls, self.chance_draws)
-        found = None
-        if u.component not in NO_RD:  # a set whose membership changes has no lineage either
-            result.lineage += self.tracker.rows(fit, len(u.units), where)
-            found = drift(u.units, self.units0[(u.layer, u.component, u.head)])
-        if (u.layer, u.component, u.head) == HEATMAP_UNITS and fit.n_units_ > 1:
-            result.heatmap = HeatMap.of(fit)
-        return unit_set_rows(fit, chance, where, found)
+    def drift(self, u):
+        """``drift`` of unit set ``u`` from its step-0 units."""
+        return drift(u.units, self.units0[(u.layer, u.component, u.head)])
 
     def directions(self, model, step: int) -> tuple[list[dict], list[dict]]:
         """1-D two-layer nets: (neurons.csv rows, metrics rows). Directions are counted from the

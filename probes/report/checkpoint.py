@@ -20,18 +20,19 @@ def write_outputs(out: Path, results: list, plans: list, opts) -> None:
 
     Args:
         out: the output folder.
-        results: ``probes.checkpoint.probe.Result`` per checkpoint (metrics rows, runs row,
-            heat-map panels); plans: their ``Plan`` s, in the same order; opts: the ``Options``.
+        results: a ``ProbeResult`` per checkpoint (``Prober.run``: metrics rows, heat maps, its
+            runs row as ``record``); plans: their ``Plan`` s, in the same order; opts: the ``Options``.
     """
     metrics = frame([r for res in results for r in res.metrics], METRICS_COLUMNS)
-    runs = frame([res.row for res in results], CHECKPOINT_RUNS_COLUMNS)
+    runs = frame([res.record for res in results], CHECKPOINT_RUNS_COLUMNS)
     write_csv(metrics, out / "metrics.csv")
     write_csv(runs, out / "runs.csv")
     for res, plan in zip(results, plans):
-        if res.maps:
+        if res.heatmaps:
             ckpt = plan.ckpt
             title = f"{ckpt.run_id}" + (f" step {ckpt.step}" if ckpt.step is not None else "")
-            cosine_heatmaps(res.maps, out / "figures" / heatmap_name(ckpt.run_id, ckpt.step, plan.component),
+            name = heatmap_name(ckpt.run_id, ckpt.step, plan.component)
+            cosine_heatmaps(res.heatmaps, out / "figures" / name,
                             f"{title}: {plan.component} cosine, units ordered by group")
     series = [p for p in plans if p.ckpt.series is not None]
     if series:

@@ -44,6 +44,7 @@ from probes.config import (
     validate,
 )
 from probes.config.keys import MEASURE_KEYS, RunKeys
+from probes.measure.fitting import UnitsError
 from probes.measure.series import SeriesProbe
 from probes.report.experiment import write_all
 from probes.runtime import configure_threads, hub_progress_bars_off, main_process_logger
@@ -202,7 +203,9 @@ def measure_run(cfg: RunConfig, task, data: dict, device) -> RunResult:
                               f"the models training saved") from e
         try:
             probe.measure(model, step)
-        except ValueError as e:  # units that are not finite
+        except UnitsError as e:  # units that are not finite; it names the run, step and set
+            raise ConfigError(f"checkpoint {str(path)!r} of {e}") from e
+        except ValueError as e:
             raise ConfigError(f"{where}: {first_line(e)}: accepted are finite weights") from e
     raw = load_yaml((folder / CONFIG).read_text()) or {}
     row = dict(read_run_json(folder))
@@ -257,14 +260,16 @@ def experiment_configs(out_dir: Path, overrides: dict) -> list[RunConfig]:
     the analysis ``overrides`` applied.
 
     Raises:
-        ConfigError: no runs.csv, a run folder without its config, or an override of a key that
-            is not an analysis setting.
+        ConfigError: no runs.csv, a run folder without its config, an override of a key that
+            is not an analysis setting, or an ``n_probes`` other than a run's own (its saved
+            steps are what can be measured).
     """
     overrides = checked(overrides)
     bad = [k for k in overrides if k not in MEASURE_KEYS]
     if bad:
-        raise ConfigError(f"--{bad[0]} changes training: accepted by measure are "
-                          f"{', '.join(MEASURE_KEYS)} (train again for other settings)")
+        raise ConfigError(f"--{bad[0]} is not an analysis setting: accepted by measure are "
+                          f"{', '.join(MEASURE_KEYS)} (the other keys decide what is trained: "
+                          f"train again for other settings)")
     runs_csv = Path(out_dir) / "runs.csv"
     if not runs_csv.is_file():
         raise ConfigError(f"{str(out_dir)!r} holds no runs.csv: accepted is the output folder of "
@@ -275,8 +280,12 @@ def experiment_configs(out_dir: Path, overrides: dict) -> list[RunConfig]:
         if not (folder / CONFIG).is_file():
             raise ConfigError(f"run folder {str(folder)!r} has no {CONFIG}: accepted is the output "
                               f"folder of a finished experiment")
-        raw = recorded(folder) | overrides | {"output_dir": str(out_dir)}
-        cfgs.append(RunConfig(**raw))
+        raw = recorded(folder)
+        if "n_probes" in overrides and overrides["n_probes"] != raw.get("n_probes"):
+            raise ConfigError(f"--n_probes {overrides['n_probes']}: measure measures the steps "
+                              f"run {run_id!r} saved (n_probes {raw.get('n_probes')}): accepted is "
+                              f"that value (n_probes sets the steps a new run saves)")
+        cfgs.append(RunConfig(**(raw | overrides | {"output_dir": str(out_dir)})))
     return cfgs
 
 

@@ -1,6 +1,7 @@
 """Fitting unit sets off the reading thread: ``Fitter`` (a thread pool with one BLAS thread a
-worker) and ``unit_bytes`` (what a layer's unit sets hold in memory), shared by checkpoint
-probing, ``align`` and the Python API.
+worker) and ``unit_bytes`` (what a layer's unit sets hold in memory), shared by every measuring
+path (``probes.measure.probe.measure_units``: training probes, ``measure``, checkpoint probing,
+the Python API) and by ``align``.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from threadpoolctl import threadpool_limits
 
-from probes.checkpoint.discover import CheckpointError
 from probes.measure.chance import chance_baselines
 from probes.measure.metrics import Condensation
 
@@ -91,10 +91,14 @@ def fitted(future, where: str):
     """(fit, chance baselines) of a ``Fitter.submit`` future.
 
     Raises:
-        CheckpointError: units with NaN or inf (known only once the tensor is read), naming
-            ``where`` (the checkpoint, layer and component).
+        UnitsError (a ValueError): units with NaN or inf (known only once the tensor is read),
+            naming ``where`` (the model or checkpoint, its step, layer and component).
     """
     try:
         return future.result()
     except ValueError as e:
-        raise CheckpointError(f"{where}: {e}: accepted are finite weights") from e
+        raise UnitsError(f"{where}: {e}: accepted are finite weights") from e
+
+
+class UnitsError(ValueError):
+    """A unit set that cannot be measured (one line, naming where it is)."""
