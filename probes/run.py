@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         argv, shown = grammar.take(argv, LogKeys, command="every command")
     except ConfigError as e:
-        if os.environ.get("RANK", "0") == "0":  # every process fails alike; the main one says so
+        if os.environ.get("RANK", "0") == "0":  # as probes.runtime.say_error (no torch import here)
             print(f"error: {e}", file=sys.stderr)
         return 2
     name, args = command(argv)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -21,6 +22,14 @@ class _MainProcessAdapter(MultiProcessAdapter):
     def process(self, msg, kwargs):
         kwargs.setdefault("stacklevel", 2)
         return msg, kwargs
+
+
+def say_error(error) -> None:
+    """Print ``error: <error>`` on stderr from the launcher's first process only (``RANK`` 0, or
+    no launcher): bad input found before the processes meet is found alike by each of them, and
+    the user should read it once."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"error: {error}", file=sys.stderr)
 
 
 def main_process_logger(name: str) -> logging.LoggerAdapter:

@@ -268,3 +268,22 @@ def test_launcher_shows_only_the_error_line(tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr and any(line.startswith("error: gamma") for line in lines)
+
+
+@pytest.mark.parametrize("argv", [["--lr", "abc", "--output_dir", "OUT"],
+                                  ["--steps", "0", "--output_dir", "OUT"],
+                                  ["measure", "OUT", "OUT2"],
+                                  ["probe", "OUT/none"],
+                                  ["--no_such_key", "1"]])
+def test_bad_input_is_said_once_under_a_launcher(argv, tmp_path, monkeypatch, capsys):
+    """Every process of ``accelerate launch`` meets the same bad value; only the first (RANK 0)
+    says so, and every one exits with 2 without writing anything."""
+    argv = [a.replace("OUT", str(tmp_path / "out")) for a in argv]
+    said = []
+    for rank in ("0", "1"):
+        monkeypatch.setenv("RANK", rank)
+        assert main(argv) == 2
+        said.append(capsys.readouterr().err)
+    assert said[0].startswith("error: ") and said[0].count("\n") == 1 and "accepted" in said[0]
+    assert said[1] == ""
+    assert not (tmp_path / "out").exists()

@@ -148,7 +148,7 @@ def test_series_with_step_0_says_reference_would_give_rd(run, tmp_path):
     code, err = probe(["--checkpoint", str(run), "--output_dir", str(tmp_path / "out")])
     assert code == 0
     assert "rd" not in set(pd.read_csv(tmp_path / "out" / "metrics.csv")["metric"])
-    note = [x for x in err.splitlines() if x.startswith("warning: my-run: its step 0")]
+    note = [x for x in err.splitlines() if x.startswith("my-run: its step 0")]
     assert len(note) == 1 and f"--reference {run / 'checkpoint-0'}" in note[0]
 
 

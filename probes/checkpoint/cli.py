@@ -28,7 +28,7 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from probes.checkpoint.discover import CheckpointError
-from probes.checkpoint.probe import Options, Prober, plan_all
+from probes.checkpoint.probe import Hint, Options, Prober, plan_all
 from probes.checkpoint.usage import probe_help
 from probes.config import grammar
 from probes.config.grammar import ConfigError
@@ -36,7 +36,7 @@ from probes.config.keys import PROBE_KEYS, ProbeKeys, thresholds_problem
 from probes.logs import bar_disabled
 from probes.measure.fitting import Fitter
 from probes.report.checkpoint import summary, write_outputs
-from probes.runtime import configure_threads, main_process_logger
+from probes.runtime import configure_threads, main_process_logger, say_error
 from probes.store import (
     CHECKPOINT_OUTPUTS,
     OutputError,
@@ -119,14 +119,13 @@ def main(argv: list[str]) -> int:
         check_replaceable(opts.output_dir, CHECKPOINT_OUTPUTS)
         plans, notes = plan_all(opts)
     except (CheckpointError, ConfigError, OutputError) as e:
-        if os.environ.get("RANK", "0") == "0":  # every process fails alike; the main one says so
-            print(f"error: {e}", file=sys.stderr)
+        say_error(e)
         return 2
     accelerator = Accelerator(cpu=not torch.accelerator.is_available())
     main_process = accelerator.is_main_process
     threads = configure_threads(opts.num_threads, accelerator.num_processes)
     for note in notes:
-        logger.warning(note)
+        (logger.info if isinstance(note, Hint) else logger.warning)(note)
     with accelerator.split_between_processes(list(range(len(plans)))) as mine:
         mine = list(mine)
     bases = 2 if opts.probe_inputs else 1

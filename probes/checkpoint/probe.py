@@ -153,6 +153,10 @@ def plan_checkpoint(ckpt: Checkpoint, opts: Options, notes: list[str]) -> Plan:
     return plan
 
 
+class Hint(str):
+    """A note that suggests an option (shown as an info line), not a warning about the input."""
+
+
 def plan_all(opts: Options, reference: Plan | None = None) -> tuple[list[Plan], list[str]]:
     """Discover and check every checkpoint named on the command line (see ``plan_checkpoint``)
     and their reference (``reference``, else ``opts.reference`` planned here); only the last
@@ -168,8 +172,8 @@ def plan_all(opts: Options, reference: Plan | None = None) -> tuple[list[Plan], 
         spec = opts.reference or str(reference.ckpt.path)
         set_reference(plans, reference or plan_reference(spec, opts), opts, spec)
     else:
-        notes += [f"{p.ckpt.run_id}: its step 0 is in the series: --reference {p.ckpt.path} "
-                  f"(reference= in probes.measure) would add each step's rd and unit angles"
+        notes += [Hint(f"{p.ckpt.run_id}: its step 0 is in the series: --reference {p.ckpt.path} "
+                       f"(reference= in probes.measure) would add each step's rd and unit angles")
                   for p in plans if p.ckpt.series is not None and p.ckpt.step == 0]
     if opts.probe_inputs:
         for plan in plans:

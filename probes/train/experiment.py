@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import sys
 
 import torch
 from accelerate import Accelerator
@@ -30,7 +29,13 @@ from probes.config import (
 )
 from probes.logs import bar_disabled
 from probes.report.experiment import write_all
-from probes.runtime import bf16_native, configure_threads, main_process_logger, pick_precision
+from probes.runtime import (
+    bf16_native,
+    configure_threads,
+    main_process_logger,
+    pick_precision,
+    say_error,
+)
 from probes.store import (
     OutputError,
     check_output_dir,
@@ -155,7 +160,7 @@ def main(argv: list[str]) -> int:
                               "with no gradient scaling): accepted on CPU are 'no' and 'bf16'")
         check_output_dir(cfgs[0].out_dir)
     except (ConfigError, OutputError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        say_error(e)
         return 2
     # With no accelerator, say so: processes started by torchrun (accelerate launch --multi_gpu)
     # then join one gloo group instead of each believing it is alone.

@@ -47,7 +47,7 @@ from probes.config.keys import MEASURE_KEYS, RunKeys
 from probes.measure.fitting import UnitsError
 from probes.measure.series import SeriesProbe
 from probes.report.experiment import write_all
-from probes.runtime import configure_threads, hub_progress_bars_off, main_process_logger
+from probes.runtime import configure_threads, hub_progress_bars_off, main_process_logger, say_error
 from probes.store import (
     CONFIG,
     RUN_JSON,
@@ -313,7 +313,7 @@ def main(argv: list[str]) -> int:
     try:
         folder, overrides = parse_args(argv)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+        say_error(e)
         return 2
     # several processes under accelerate launch --num_processes N (gloo on a CPU), else one
     state = PartialState(cpu=not torch.accelerator.is_available())
