@@ -67,6 +67,20 @@ def test_a_key_the_task_does_not_read_is_recorded_null_and_warned():
                                    "hops, n_ood, n_test_id, n_train")
 
 
+def test_in_dim_is_recorded_only_for_a_task_with_an_input_dimension():
+    """in_dim is the net's input width, checked against the task's; a token task has none, so
+    its runs record null whatever was given (same run id), and a given value is warned about."""
+    assert RunConfig(task="composite").in_dim is None
+    raw = load_config(TINY, {"in_dim": 5})
+    (cfg,) = expand(raw)[:1]
+    assert cfg.in_dim is None and cfg.run_id == expand(load_config(TINY, {}))[0].run_id
+    assert unread_options(raw).startswith("in_dim=5 is not read by task 'composite': ignored")
+    assert RunConfig(task="sin_sum", model_family="mlp", in_dim=3).in_dim == 3  # its option
+    assert RunConfig(task="four_points", model_family="mlp").in_dim == 1  # checked: fixed at 1
+    assert unread_options(load_config("mlp_initial", {"task": "four_points", "in_dim": 1,
+                                                      "n_train": None})) is None
+
+
 def test_a_grid_over_tasks_warns_only_for_keys_no_task_reads():
     one = {"activation": "tanh", "gamma": 2.0, "seed": 0}
     raw = load_config("mlp_initial", {**one, "task": ["four_points", "sin_sum"]})

@@ -266,7 +266,7 @@ def validate(cfg: RunConfig) -> None:
     positive = ("n_layer", "n_head", "n_embd", "vocab_size", "steps", "batch_size", "n_probes",
                 "n_eval", "width", "in_dim")  # the task's own sizes: its dataclass checks them
     for key in positive:
-        if getattr(cfg, key) < 1:
+        if getattr(cfg, key) is not None and getattr(cfg, key) < 1:  # in_dim: None, no input
             raise ConfigError(f"{key}={getattr(cfg, key)} is invalid: accepted is an integer >= 1")
     if cfg.n_embd % cfg.n_head:
         raise ConfigError(

@@ -38,8 +38,9 @@ class RunConfig(RunKeys):
     def __post_init__(self) -> None:
         """Resolve the task's options (``TASK_OPTION_KEYS``): a key the task's dataclass has and
         that is left null takes that field's default (the one place it is written); a key the
-        task does not read is set to null, so that the config records what the run used. An
-        unknown task is left alone (``probes.config.load.validate`` refuses it)."""
+        task does not read is set to null, so that the config records what the run used; so is
+        ``in_dim`` for a task without an input dimension (the token tasks). An unknown task is
+        left alone (``probes.config.load.validate`` refuses it)."""
         own = task_fields(self.task)
         if own is None:
             return
@@ -48,6 +49,8 @@ class RunConfig(RunKeys):
                 setattr(self, key, None)
             elif getattr(self, key) is None:
                 setattr(self, key, field_default(own[key]))
+        if not has_in_dim(self.task):
+            self.in_dim = None
 
     @property
     def part_gammas(self) -> dict[str, float | None]:
@@ -103,10 +106,20 @@ def field_default(field: dataclasses.Field):
     return field.default
 
 
+def has_in_dim(task: str) -> bool:
+    """Whether task ``task`` has an input dimension (``in_dim``: a field, or fixed by the task),
+    which a run's ``in_dim`` must equal."""
+    return hasattr(TASKS[task], "in_dim")
+
+
 def unread_task_keys(raw: dict, task: str) -> list[str]:
-    """The task options set (not null) in ``raw`` that task ``task`` does not read."""
+    """The task options set (not null) in ``raw`` that task ``task`` does not read, and
+    ``in_dim`` when set for a task without an input dimension."""
     own = task_fields(task) or {}
-    return [k for k in TASK_OPTION_KEYS if raw.get(k) is not None and k not in own]
+    unread = [k for k in TASK_OPTION_KEYS if raw.get(k) is not None and k not in own]
+    if raw.get("in_dim") is not None and task in TASKS and not has_in_dim(task):
+        unread.append("in_dim")
+    return unread
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
