@@ -31,13 +31,13 @@ from probes.measure.units import UnitSet
 PREFETCH_BYTES = 256 * 2**20
 
 
-def never(u: UnitSet) -> bool:
+def _never(u: UnitSet) -> bool:
     return False
 
 
 def measure_units(layers: Iterable[list[UnitSet]], fitter: Fitter, where: dict, *,
                   basis: str = "weight", drift: Callable | None = None, lineage=None,
-                  drawn: Callable[[UnitSet], bool] = never, threshold: float | None = None,
+                  drawn: Callable[[UnitSet], bool] = _never, threshold: float | None = None,
                   label: str = "", progress: Callable[[], None] | None = None,
                   prefetch_bytes: int = PREFETCH_BYTES) -> ProbeResult:
     """Fit every unit set of one model at one step; at most two layers are in flight at once, and
