@@ -63,6 +63,20 @@ def configure_threads(num_threads: int | None, num_processes: int) -> int:
 
 
 @contextlib.contextmanager
+def transformers_quiet():
+    """Inside the block, transformers logs errors only (its load report of missing or unexpected
+    tensors, which the caller turns into one line of its own); after it, as it was."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(was)
+
+
+@contextlib.contextmanager
 def hub_progress_bars_off():
     """Inside the block, no transformers progress bars (``from_pretrained``'s loading bars: the
     suite shows one bar, its own); after it, they are as they were, so that importing or calling

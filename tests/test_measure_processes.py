@@ -10,7 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
+from safetensors.torch import load_file, save_file
 
 from probes.run import main
 
@@ -57,3 +59,28 @@ def test_two_processes_measure_the_bytes_of_one(tmp_path):
     assert after_one["metrics.csv"] != before["metrics.csv"]  # measured at the new thresholds
     assert after_two.keys() == after_one.keys()
     assert [k for k in after_one if after_two[k] != after_one[k]] == []
+
+
+@pytest.mark.slow
+def test_a_run_the_second_process_cannot_measure_is_one_error_line(tmp_path):
+    """A damaged checkpoint in the second process's share: every process stops at the same
+    point (no process left waiting for another, so no traceback of a broken connection), the
+    main one says it once, and the experiment is left as it was."""
+    trained = tmp_path / "trained"
+    assert main(["--config", TINY, "--num_threads", "1", "--output_dir", str(trained)]) == 0
+    last = trained / "runs" / pd.read_csv(trained / "runs.csv")["run_id"].iloc[-1]
+    path = last / "checkpoint-5" / "model.safetensors"
+    tensors = load_file(path)
+    tensors["h.0.attn.q_proj.weight"][0, 0] = float("nan")
+    save_file(tensors, path, metadata={"format": "pt"})
+    before = tree(trained)
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+              "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+              "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+              "probes/run.py", "measure", str(trained), *NEW]
+    proc = subprocess.run(launch, cwd=ROOT, env=ENV, capture_output=True, text=True)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "holds NaN or inf" in errors[0], proc.stderr[-2000:]
+    assert "[rank" not in proc.stderr and "gloo" not in proc.stderr, proc.stderr[-2000:]
+    assert tree(trained) == before

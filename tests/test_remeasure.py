@@ -178,10 +178,17 @@ def test_a_run_without_a_series_is_refused_and_left_as_it_was(tmp_path, capsys):
     assert (next((out / "runs").iterdir()) / "model" / "model.safetensors").is_file()
 
 
-def _nan_weight(run: Path) -> None:
+def _nan_weight(run: Path, name: str = "h.0.attn.q_proj.weight") -> None:
     path = run / "checkpoint-5" / "model.safetensors"
     tensors = load_file(path)
-    tensors["h.0.attn.q_proj.weight"][0, 0] = float("nan")
+    tensors[name][0, 0] = float("nan")
+    save_file(tensors, path, metadata={"format": "pt"})
+
+
+def _tensor_lost(run: Path) -> None:
+    path = run / "checkpoint-5" / "model.safetensors"
+    tensors = load_file(path)
+    del tensors["h.0.attn.k_proj.weight"]  # transformers would initialize it at random
     save_file(tensors, path, metadata={"format": "pt"})
 
 
@@ -207,14 +214,20 @@ DAMAGE = {  # what is done to a finished run's folder -> what the one error line
     "corrupt config": (lambda run: (run / "checkpoint-5" / "config.json").write_text("{bad"),
                        "(step 5) holds a file that cannot be read"),
     "no run.json": (lambda run: (run / "run.json").unlink(), "lacks its run.json"),
-    "a NaN weight": (_nan_weight, "(step 5) layer 0 attn.q (weight basis): units contain NaN or inf"),
+    "a NaN weight": (_nan_weight, "(step 5) does not load as the run's model (tensor "
+                     "h.0.attn.q_proj.weight holds NaN or inf)"),
+    "a NaN in the output head (scored, not measured)": (
+        lambda run: _nan_weight(run, "lm_head.weight"),
+        "(step 5) does not load as the run's model (tensor lm_head.weight holds NaN or inf)"),
+    "a tensor lost": (_tensor_lost, "(step 5) does not load as the run's model (its weights file "
+                      "lacks the tensor(s) h.0.attn.k_proj.weight)"),
     "a tensor of another shape": (_other_shape, "(step 5) does not load as the run's model (a "
                                   "tensor's shape differs from the model's)"),
 }
 
 
 @pytest.mark.parametrize("damage", DAMAGE)
-def test_a_damaged_series_is_one_error_line_and_leaves_the_experiment(trained, tmp_path, capsys,
+def test_a_damaged_series_is_one_error_line_and_leaves_the_experiment(trained, tmp_path, capfd,
                                                                        damage):
     out = tmp_path / "copy"
     shutil.copytree(trained, out)
@@ -223,7 +236,7 @@ def test_a_damaged_series_is_one_error_line_and_leaves_the_experiment(trained, t
     hurt(run)
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert main(["measure", str(out), "--thresholds", "[0.5]", "--num_threads", "1"]) == 2
-    lines = capsys.readouterr().err.strip().splitlines()
+    lines = capfd.readouterr().err.strip().splitlines()  # transformers' own lines included
     # refused before any work: the error line alone; found when the model is loaded or
     # measured: after the plan's info line
     assert lines[-1].startswith("error: ") and words in lines[-1] and "accepted" in lines[-1], lines

@@ -44,10 +44,15 @@ from probes.config import (
     validate,
 )
 from probes.config.keys import MEASURE_KEYS, RunKeys
-from probes.measure.fitting import UnitsError
 from probes.measure.series import SeriesProbe
 from probes.report.experiment import write_all
-from probes.runtime import configure_threads, hub_progress_bars_off, main_process_logger, say_error
+from probes.runtime import (
+    configure_threads,
+    hub_progress_bars_off,
+    main_process_logger,
+    say_error,
+    transformers_quiet,
+)
 from probes.store import (
     CONFIG,
     RUN_JSON,
@@ -166,9 +171,25 @@ def first_line(error: Exception) -> str:
 
 
 def load_model(model_class, path: Path):
-    """The model saved in ``path`` (``model_class.from_pretrained``), in eval mode."""
-    with hub_progress_bars_off():  # one loading bar a checkpoint would flood the log
-        return model_class.from_pretrained(path).eval()
+    """The model saved in ``path`` (``model_class.from_pretrained``), in eval mode.
+
+    Raises:
+        ValueError: a tensor the model expects is missing from the file, or the file holds one
+            it does not expect (transformers would initialize the missing one at random and
+            measure it), or a weight holds NaN or inf (its task scores would be made up).
+        OSError, RuntimeError: files that cannot be read, a tensor of another shape.
+    """
+    # no loading bar per checkpoint, and no load report: what it would say is an error here
+    with hub_progress_bars_off(), transformers_quiet():
+        model, info = model_class.from_pretrained(path, output_loading_info=True)
+    for kind in ("missing_keys", "unexpected_keys"):
+        if info.get(kind):
+            raise ValueError(f"its weights file {'lacks' if kind == 'missing_keys' else 'has'} "
+                             f"the tensor(s) {', '.join(sorted(info[kind])[:3])}")
+    bad = [name for name, t in model.state_dict().items() if not torch.isfinite(t).all()]
+    if bad:
+        raise ValueError(f"tensor {bad[0]} holds NaN or inf")
+    return model.eval()
 
 
 def measure_run(cfg: RunConfig, task, data: dict, device) -> RunResult:
@@ -200,13 +221,12 @@ def measure_run(cfg: RunConfig, task, data: dict, device) -> RunResult:
             why = ("a tensor's shape differs from the model's" if "mismatched" in str(e)
                    else first_line(e))
             raise ConfigError(f"{where} does not load as the run's model ({why}): accepted are "
-                              f"the models training saved") from e
+                              f"the models training saved, with finite weights") from e
         try:
             probe.measure(model, step)
-        except UnitsError as e:  # units that are not finite; it names the run, step and set
-            raise ConfigError(f"checkpoint {str(path)!r} of {e}") from e
-        except ValueError as e:
-            raise ConfigError(f"{where}: {first_line(e)}: accepted are finite weights") from e
+        except ValueError as e:  # not met by a model that loads (finite, of the run's shapes)
+            raise ConfigError(f"{where} cannot be measured ({first_line(e)}): accepted are "
+                              f"the models training saved") from e
     raw = load_yaml((folder / CONFIG).read_text()) or {}
     row = dict(read_run_json(folder))
     last = probe.metrics[-1]["step"] if probe.metrics else 0
@@ -236,6 +256,10 @@ def measure_all(cfgs: list[RunConfig], data_for, device, publish: Publish | None
 
     Returns:
         the runs rows, in the order of ``cfgs`` (empty on a process other than the main one).
+
+    Raises:
+        ConfigError: a run that cannot be measured (``measure_run``), on every process (the
+            first one met, in the order of ``cfgs``), so that none waits for another.
     """
     several = state is not None and state.num_processes > 1
     mine = cfgs
@@ -244,14 +268,20 @@ def measure_all(cfgs: list[RunConfig], data_for, device, publish: Publish | None
             mine = list(share)
         logger.debug(f"process {state.process_index} measures {len(mine)} run(s): "
                      f"{', '.join(c.run_id for c in mine)}", main_process_only=False)
-    results = []
-    for cfg in mine:
-        task, data = data_for(cfg)
-        results.append(measure_run(cfg, task, data, device))
+    results, error = [], None
+    try:
+        for cfg in mine:
+            task, data = data_for(cfg)
+            results.append(measure_run(cfg, task, data, device))
+    except ConfigError as e:  # kept until every process has met the gathering below
+        error = str(e)
     if several:
         results = gather_object(results)
-        if not state.is_main_process:
-            return []
+        error = next((e for e in gather_object([error]) if e), None)
+    if error:
+        raise ConfigError(error)
+    if several and not state.is_main_process:
+        return []
     return [save_run(r, run_dir(r.cfg), publish) for r in results]
 
 
@@ -341,8 +371,9 @@ def main(argv: list[str]) -> int:
             measure_all(cfgs, data_for, torch.device("cpu"), publish, state)
             if state.is_main_process:
                 write_all(cfgs, publish)
-    except ConfigError as e:  # said by the process that met it (the others are stopped by the launcher)
-        print(f"error: {e}", file=sys.stderr)
+    except ConfigError as e:  # met by every process (measure_all): the main one says it
+        if state.is_main_process:
+            print(f"error: {e}", file=sys.stderr)
         return 2
     state.wait_for_everyone()
     return 0
