@@ -472,3 +472,18 @@ def test_unsupported_architecture_without_layers(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "no unit reader and no nn.Linear" in err and "accepted model types" in err
     assert "\n" not in err and not out.exists()
+
+
+def test_summary_lists_a_series_in_step_order():
+    """Steps are numbers: 2 before 12 (as text, "12" < "2"); the row values are their own."""
+    from probes.report.checkpoint import summary
+
+    rows = [dict(run_id="r", step=step, layer=0, component="attn.q", head=None, basis="weight",
+                 metric=metric, threshold=0.9 if metric == "group_ratio" else None,
+                 value=value, n_units=8)
+            for step, value in ((12, 0.25), (2, 0.5), (0, 1.0))
+            for metric in ("group_ratio", "mean_abs_cos")]
+    text = summary(pd.DataFrame(rows), 0.9).splitlines()
+    lines = [line.split() for line in text[3:]]
+    assert [line[-6] for line in lines] == ["0", "2", "12"]  # step, component, 4 values
+    assert [float(line[-4]) for line in lines] == [1.0, 0.5, 0.25]

@@ -5,6 +5,7 @@ before any work."""
 
 import contextlib
 import io
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -150,6 +151,15 @@ def test_series_with_step_0_says_reference_would_give_rd(run, tmp_path):
     assert "rd" not in set(pd.read_csv(tmp_path / "out" / "metrics.csv")["metric"])
     note = [x for x in err.splitlines() if x.startswith("my-run: its step 0")]
     assert len(note) == 1 and f"--reference {run / 'checkpoint-0'}" in note[0]
+
+
+def test_api_series_hint_is_an_attr_not_a_warning(run):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        df = probes.measure(run, thresholds=[0.9])
+    assert sorted(set(df["step"])) == [0, 5] and "rd" not in set(df["metric"])
+    (hint,) = df.attrs["hints"]
+    assert hint.startswith("my-run: its step 0 is in the series") and str(run / "checkpoint-0") in hint
 
 
 def test_api_reference_path_or_module(run):

@@ -156,9 +156,13 @@ def test_rerunning_the_command_with_analysis_changes_measures_without_training(t
 def test_measure_refuses_a_training_key_and_a_folder_without_runs(trained, tmp_path, capsys):
     assert main(["measure", str(trained), "--lr", "0.1"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: --lr is not an analysis setting") and "\n" not in err
+    assert err.startswith("error: --lr is not taken by measure") and "\n" not in err
     assert main(["measure", str(trained), "--hops", "3"]) == 2  # a task option, even unread
-    assert capsys.readouterr().err.startswith("error: --hops is not an analysis setting")
+    assert capsys.readouterr().err.startswith("error: --hops is not taken by measure")
+    assert main(["measure", str(trained), "--bogus", "1"]) == 2  # named with measure's keys only
+    assert capsys.readouterr().err.strip().endswith(
+        "accepted with measure are n_probes, n_eval, merge_steps, merge_probe, thresholds, "
+        "chance_draws, chance_nulls, num_threads")
     recorded = yaml.safe_load(next((trained / "runs").glob("*/config.yaml")).read_text())
     assert main(["measure", str(trained), "--n_probes", str(recorded["n_probes"] + 1)]) == 2
     err = capsys.readouterr().err.strip()

@@ -19,7 +19,7 @@ from torch import nn
 
 from probes.api.live import eval_mode, live_plan, model_device
 from probes.checkpoint.activations import ACTIVATION_POINTS
-from probes.checkpoint.probe import Options, Prober, plan_all, plan_reference, set_reference
+from probes.checkpoint.probe import Hint, Options, Prober, plan_all, plan_reference, set_reference
 from probes.measure.fitting import Fitter
 from probes.measure.metrics import THRESHOLDS
 from probes.store import METRICS_COLUMNS, frame
@@ -82,7 +82,8 @@ def measure(model_or_path, *, thresholds=THRESHOLDS, basis: str = "weight", inpu
         metric, threshold, value, n_units), one row per (unit set, metric, threshold); integer
         columns nullable (``Int64``). Its ``attrs`` say what was done, which may be less than
         what was asked (``done``): ``fold_norms`` as applied, ``activation_point`` as captured,
-        ``notes`` and ``runs`` (the runs.csv rows of ``--checkpoint``). A live model's training
+        ``notes`` and ``runs`` (the runs.csv rows of ``--checkpoint``); ``hints``: options that
+        would add rows (a series with its step 0: ``reference=``). A live model's training
         mode, device and weights are left as they were; no hook stays on it.
 
     Raises:
@@ -146,7 +147,8 @@ def _warn(text: str) -> None:
 
 def _run(plans, notes, opts: Options, device) -> pd.DataFrame:
     for note in notes:
-        _warn(note)
+        if not isinstance(note, Hint):  # a suggestion, not a warning: in attrs["hints"]
+            _warn(note)
     for plan in plans:
         plan.draw = False  # no heat maps: no dendrogram order to build
     rows, runs = [], []
@@ -157,7 +159,7 @@ def _run(plans, notes, opts: Options, device) -> pd.DataFrame:
             rows += result.metrics
             runs.append(result.record)
     df = frame(rows, METRICS_COLUMNS)
-    df.attrs.update(done(runs))
+    df.attrs.update(done(runs), hints=[str(n) for n in notes if isinstance(n, Hint)])
     return df
 
 

@@ -32,7 +32,7 @@ from probes.measure.arch import REGISTRY, Layout, UnsupportedModel, discover_lay
 from probes.measure.drift import drift
 from probes.measure.family_units import NO_RD
 from probes.measure.fitting import Fitter, UnitsError
-from probes.measure.probe import PREFETCH_BYTES, measure_units
+from probes.measure.probe import measure_units
 from probes.measure.result import ProbeResult
 from probes.measure.units import ModelTensors, base_prefix, block_units
 from probes.store import provenance
@@ -321,8 +321,6 @@ class Prober:
             raise CheckpointError(f"checkpoint {str(plan.ckpt.path)!r} layer {block.layer}: "
                                   f"{str(e).strip(chr(39))}") from e
 
-    prefetch_bytes = PREFETCH_BYTES  # layers read ahead while fitting (measure_units)
-
     def measure(self, basis: str, layers) -> ProbeResult:
         """``measure_units`` of the layers' unit sets in ``basis``; a set with NaN or inf
         becomes a CheckpointError."""
@@ -331,7 +329,7 @@ class Prober:
             return measure_units(layers, self.fitter, dict(run_id=ckpt.run_id, step=ckpt.step),
                                  basis=basis, drift=self.reference_drift, drawn=self.drawn,
                                  threshold=self.threshold, label=f"checkpoint {str(ckpt.path)!r}",
-                                 progress=self.progress, prefetch_bytes=self.prefetch_bytes)
+                                 progress=self.progress)
         except UnitsError as e:
             raise CheckpointError(str(e)) from e
 

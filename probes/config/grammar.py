@@ -181,19 +181,26 @@ def unknown(key: str, accepted: Collection[str], command: str) -> ConfigError:
     """The error of an unknown ``--key``: a close match as a hint, and every accepted key."""
     close = difflib.get_close_matches(key, list(accepted), n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
+    if not accepted:
+        return ConfigError(f"unknown key {key!r}: {command} takes no key (accepted are its "
+                           f"positional arguments alone)")
     return ConfigError(f"unknown key {key!r}{hint}: accepted with {command} are "
                        f"{', '.join(accepted)}")
 
 
 def parse(argv: list[str], cls, *, command: str, accepted: Collection[str] | None = None,
-          grid: Collection[str] = (), extra: Collection[str] = ()) -> tuple[list[str], dict]:
+          grid: Collection[str] = (), extra: Collection[str] = (),
+          listed: Collection[str] | None = None) -> tuple[list[str], dict]:
     """Read ``argv`` by the grammar above against the fields of dataclass ``cls``.
 
     Args:
         argv: the command's arguments (its name removed).
         cls: the dataclass whose fields are the keys; command: its name, for error lines.
         accepted: the keys this command takes (default: every field); extra: string options
-            that are no field (``config``); grid: the keys that may take a grid.
+            that are no field (``config``); grid: the keys that may take a grid; listed: the
+            keys an unknown key's error names (default: ``extra`` and ``accepted``), for a
+            command that reads more keys than it takes (``measure`` refuses training keys
+            with a line of its own).
 
     Returns:
         (the positional arguments in order, {key: value} of the keys given; a key given twice
@@ -217,7 +224,7 @@ def parse(argv: list[str], cls, *, command: str, accepted: Collection[str] | Non
             continue
         key, eq, text = token[2:].partition("=")
         if key not in accepted and key not in extra:
-            raise unknown(key, [*extra, *accepted], command)
+            raise unknown(key, [*extra, *accepted] if listed is None else list(listed), command)
         tp = types_.get(key, str)
         if not eq:
             if i < len(argv) and not argv[i].startswith("--"):

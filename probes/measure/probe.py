@@ -2,8 +2,12 @@
 measuring path calls. Training probes and ``measure`` call it through
 ``probes.measure.series.SeriesProbe`` (this project's runs, with their task scores), ``probe`` /
 ``--checkpoint`` and the Python API through ``probes.checkpoint.probe.Prober`` (any checkpoint,
-weight and activation basis); both hand it the unit sets of ``probes.measure.units.block_units``
-one layer at a time and get back a ``ProbeResult``.
+weight and activation basis), and both get back a ``ProbeResult``. ``Prober`` hands it the unit
+sets one layer at a time as it reads them (``probes.measure.units.block_units`` of a tensor
+source, or the activations of a layer), so that reading overlaps fitting; ``SeriesProbe`` hands
+it every set of a live model at once (``probes.measure.family_units.all_units``: the same
+``block_units`` plus the family's extra sets, the ResNet classifier and ``mlp.active``), as one
+group fitted side by side.
 
 Per unit set: its condensation (``Condensation``: cosine similarity, condensed groups at each
 threshold, ranks; Xu, Zhang, Zhou, arXiv 2504.09484), its chance level

@@ -45,14 +45,17 @@ def summary(metrics, threshold: float) -> str:
     """Per checkpoint and component (weight basis, whole layers): the median over layers of the
     group ratio at ``threshold`` and of mean |cos|, and the most condensed layer."""
     m = metrics[metrics["head"].isna() & (metrics["basis"] == "weight")].copy()
+    # steps in number order, not as text (0, 1, 2, ..., 12); a folder without a step shows -
+    m["order"] = m["step"].fillna(-1).astype(int)
     m["step"] = m["step"].astype("string").fillna("-")
     ratio = m[(m["metric"] == "group_ratio") & np.isclose(m["threshold"].astype(float), threshold)]
     cos = m[m["metric"] == "mean_abs_cos"]
-    keys = ["run_id", "step", "component"]
+    keys = ["run_id", "order", "step", "component"]
     low = ratio.loc[ratio.groupby(keys)["value"].idxmin()].set_index(keys)
     table = pd.DataFrame({
         f"group_ratio@{threshold:g} median": ratio.groupby(keys)["value"].median(),
         "lowest": low["value"], "in layer": low["layer"],
         "mean|cos| median": cos.groupby(keys)["value"].median()})
+    table = table.reset_index("order", drop=True)
     return ("condensation over layers (weight basis; group ratio = groups / units, 1 = none):\n"
             + table.round(3).to_string())

@@ -297,9 +297,10 @@ def experiment_configs(out_dir: Path, overrides: dict) -> list[RunConfig]:
     overrides = checked(overrides)
     bad = [k for k in overrides if k not in MEASURE_KEYS]
     if bad:
-        raise ConfigError(f"--{bad[0]} is not an analysis setting: accepted by measure are "
-                          f"{', '.join(MEASURE_KEYS)} (the other keys decide what is trained: "
-                          f"train again for other settings)")
+        raise ConfigError(f"--{bad[0]} is not taken by measure: accepted are "
+                          f"{', '.join(MEASURE_KEYS)} (measure rewrites DIR's measured files in "
+                          f"place, and every other key is fixed by the trained runs: train again "
+                          f"to change one)")
     runs_csv = Path(out_dir) / "runs.csv"
     if not runs_csv.is_file():
         raise ConfigError(f"{str(out_dir)!r} holds no runs.csv: accepted is the output folder of "
@@ -326,7 +327,7 @@ def parse_args(argv: list[str]) -> tuple[Path, dict]:
     Raises:
         ConfigError: not one folder, an unknown key or a value of the wrong type.
     """
-    positional, overrides = grammar.parse(argv, RunKeys, command="measure")
+    positional, overrides = grammar.parse(argv, RunKeys, command="measure", listed=MEASURE_KEYS)
     if len(positional) != 1:
         raise ConfigError(f"measure takes one folder DIR, not {len(positional)} "
                           f"({' '.join(positional) or 'none'}): accepted is the output folder "

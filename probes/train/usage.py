@@ -30,16 +30,21 @@ def experiment_help() -> str:
 
 
 def measure_help() -> str:
-    """The ``--help`` text of ``measure``: what it does and its keys (``MEASURE_KEYS``)."""
+    """The ``--help`` text of ``measure``: what it does and its keys (``MEASURE_KEYS``), each
+    defaulting to what the run recorded."""
+    keys = list(MEASURE_KEYS)
+    recorded = dict.fromkeys(keys[:-1], "as recorded")  # num_threads: its own default
     return f"""usage: condensation-probes measure DIR [--KEY VALUE ...]
        (python probes/run.py measure DIR ...)
 
 Measure every run of the finished experiment in DIR again from its saved checkpoints, without
 training, and rewrite its metrics.csv, lineage.csv, correlations.csv and figures. It takes the
-analysis keys and num_threads, one value each (no grid); a run is measured at the steps it saved,
-whatever n_probes says. Under accelerate launch --num_processes N the processes split the
-runs; the main one writes (the same files as one process, at the same threads a process).
+analysis keys below and num_threads, one value each (no grid); a key not given keeps the value
+each run recorded (its config.yaml). A run is measured at the steps it saved: n_probes takes
+only the value it was trained with. Under accelerate launch --num_processes N the processes
+split the runs; the main one writes (the same files as one process, at the same threads a
+process).
 {OPTIONS_HELP}
 Keys (type, default, meaning):
-{key_help(RunKeys, MEASURE_KEYS, sections=False)}
+{key_help(RunKeys, keys, recorded, sections=False)}
 """
