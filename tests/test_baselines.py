@@ -437,3 +437,27 @@ def test_resnet_run_reports_every_stage_and_reproduces_accuracy(tmp_path):
         pred = model(pixel_values=torch.as_tensor(test["pixel_values"])).logits.argmax(-1).numpy()
     assert run["acc_test"] == pytest.approx(np.mean(pred == test["labels"]))
     assert (out / "figures" / "groups_by_stage.png").stat().st_size > 1000
+
+
+def test_a_baseline_measured_at_other_thresholds_is_shown_at_its_own(tmp_path):
+    """The baselines' summary and figures use 0.7 / 0.95 (0.7 / 0.9 per ResNet stage) when
+    measured; an experiment measured at 0.8 alone (measure --thresholds 0.8) is shown at 0.8,
+    not as an empty table or empty panels."""
+    from probes.report.experiment import baseline_summary
+    from probes.report.figures.baselines import groups_by_stage
+
+    final = pd.DataFrame([dict(gamma=g, dropout=0.0, stage="stage0", threshold=0.8, n_units=8,
+                               mean_abs_cos=0.5 * g, n_groups=2 * g, group_ratio=g / 4,
+                               effective_ratio=np.nan) for g in (1.0, 2.0)])
+    assert baselines.shown_thresholds(final, (0.7, 0.95)) == (0.8,)
+    both = pd.concat([final.assign(threshold=0.7), final.assign(threshold=0.95)])
+    assert baselines.shown_thresholds(both, (0.7, 0.95)) == (0.7, 0.95)
+    assert baselines.shown_thresholds(both, (0.7, 0.9)) == (0.7, 0.95)  # lowest and highest
+    runs = pd.DataFrame([dict(run_id=f"r{g}", gamma=g, seed=0, train_loss=0.1, fitted=True,
+                              wall_s=1.0) for g in (1.0, 2.0)])
+    text = baseline_summary(runs, final, None).split("per stage (mean over runs):\n")[1]
+    rows = [line.split() for line in text.splitlines()[2:]]
+    assert "groups@0.8" in text and "ratio@0.8" in text and "Empty" not in text
+    assert [float(r[-1]) for r in rows] == [0.25, 0.5] and [float(r[-2]) for r in rows] == [2, 4]
+    groups_by_stage(final, tmp_path / "stage.png", baselines.shown_thresholds(final, (0.7, 0.9)))
+    assert (tmp_path / "stage.png").stat().st_size > 0

@@ -27,7 +27,7 @@ from probes.measure.chance import (
 from probes.measure.metrics import Condensation
 from probes.report.figures import experiment as figures
 from probes.run import main
-from probes.train.remeasure import stale
+from probes.train.saved_series import stale
 
 TAUS = (0.7, 0.9, 0.95, 0.99)
 TINY = str(Path(__file__).with_name("tiny.yaml"))

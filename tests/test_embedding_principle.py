@@ -15,7 +15,7 @@ from scipy.spatial.distance import pdist
 from probes.config import ConfigError, RunConfig, expand, load_config, merge_at, resolved_yaml
 from probes.run import main
 from probes.store import run_dir
-from probes.train.remeasure import stale
+from probes.train.saved_series import stale
 from tasks import make_task
 from tasks.images import mnist5k_path
 

@@ -170,6 +170,8 @@ def test_measure_refuses_a_training_key_and_a_folder_without_runs(trained, tmp_p
                           f"steps run") and "accepted is that value" in err and "\n" not in err
     assert main(["measure", str(tmp_path)]) == 2
     assert "holds no runs.csv" in capsys.readouterr().err
+    assert main(["measure", str(next((trained / "runs").iterdir()))]) == 2  # a run's own folder
+    assert "this is one run's folder" in capsys.readouterr().err
 
 
 def test_a_run_without_a_series_is_refused_and_left_as_it_was(tmp_path, capsys):
@@ -187,6 +189,18 @@ def _nan_weight(run: Path, name: str = "h.0.attn.q_proj.weight") -> None:
     tensors = load_file(path)
     tensors[name][0, 0] = float("nan")
     save_file(tensors, path, metadata={"format": "pt"})
+
+
+def _half_tensor(run: Path) -> None:
+    path = run / "checkpoint-5" / "model.safetensors"
+    tensors = load_file(path)
+    tensors["h.0.mlp.fc_in.weight"] = tensors["h.0.mlp.fc_in.weight"].half()
+    save_file(tensors, path, metadata={"format": "pt"})
+
+
+def _edited_config(run: Path) -> None:
+    path = run / "config.yaml"
+    path.write_text(path.read_text().replace("\nseed: 0\n", "\nseed: 3\n"))
 
 
 def _tensor_lost(run: Path) -> None:
@@ -223,6 +237,8 @@ DAMAGE = {  # what is done to a finished run's folder -> what the one error line
     "a NaN in the output head (scored, not measured)": (
         lambda run: _nan_weight(run, "lm_head.weight"),
         "(step 5) does not load as the run's model (tensor lm_head.weight holds NaN or inf)"),
+    "a tensor re-saved as float16": (_half_tensor, "(step 5) stores h.0.mlp.fc_in.weight as F16"),
+    "a training key edited in config.yaml": (_edited_config, "gives run id 'paper-g1-s3-"),
     "a tensor lost": (_tensor_lost, "(step 5) does not load as the run's model (its weights file "
                       "lacks the tensor(s) h.0.attn.k_proj.weight)"),
     "a tensor of another shape": (_other_shape, "(step 5) does not load as the run's model (a "

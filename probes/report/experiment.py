@@ -146,17 +146,18 @@ def baseline_summary(runs: pd.DataFrame, final: pd.DataFrame, slopes: pd.DataFra
                                        **{c: (c, "mean") for c in scores},
                                        wall_s_total=("wall_s", "sum"))
         text = "final scores, mean over seeds:\n" + table.to_string()
-    if len(final):
-        keys = ["gamma", "dropout", "stage"]
-        table = final[np.isclose(final["threshold"], 0.95)].groupby(keys, sort=False)[
+    taus = tables.shown_thresholds(final, (0.7, 0.95)) if len(final) else ()
+    if taus:
+        keys, high = ["gamma", "dropout", "stage"], taus[-1]
+        table = final[np.isclose(final["threshold"], high)].groupby(keys, sort=False)[
             ["n_units", "mean_abs_cos"]].mean()
-        for tau in (0.7, 0.95):
+        for tau in taus:
             f = final[np.isclose(final["threshold"], tau)].groupby(keys, sort=False)
             table[f"groups@{tau:g}"] = f["n_groups"].mean()
-            if tau == 0.95:
-                table["ratio@0.95"] = f["group_ratio"].mean()
+            if tau == high:
+                table[f"ratio@{tau:g}"] = f["group_ratio"].mean()
                 if final["effective_ratio"].notna().any():
-                    table["effective@0.95"] = f["effective_ratio"].mean()
+                    table[f"effective@{tau:g}"] = f["effective_ratio"].mean()
         text += "\n\ncondensation at the last probe, per stage (mean over runs):\n"
         text += table.round(4).to_string()
     if found is not None and len(found):

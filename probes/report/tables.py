@@ -116,6 +116,17 @@ def select(metrics: pd.DataFrame, metric: str | None = None, *, component: str |
     return metrics[keep.fillna(False).astype(bool)]
 
 
+def shown_thresholds(metrics: pd.DataFrame, preferred: tuple[float, ...]) -> tuple[float, ...]:
+    """The thresholds a table or figure shows: ``preferred`` when every one was measured (a
+    ``threshold`` in ``metrics``), else the lowest and the highest measured (one when a single
+    one was; none when none was), so that an experiment measured at other thresholds is shown
+    at its own rather than as empty panels."""
+    measured = sorted(float(t) for t in metrics["threshold"].dropna().unique())
+    if all(any(np.isclose(t, m) for m in measured) for t in preferred):
+        return tuple(preferred)
+    return tuple(dict.fromkeys([measured[0], measured[-1]])) if measured else ()
+
+
 def final_values(metrics: pd.DataFrame) -> pd.DataFrame:
     """Condensation rows (basis set) at each run's last probed step."""
     cond = metrics[metrics["basis"].notna()]

@@ -49,7 +49,8 @@ from probes.store import (
     work_dir,
 )
 from probes.train.loop import Run, build_data
-from probes.train.remeasure import measurable, measure_all, recorded, stale
+from probes.train.remeasure import measure_all
+from probes.train.saved_series import measurable, recorded, stale
 from probes.train.usage import experiment_help
 
 # messages of the main process only (probes.runtime; shown by probes.logs)

@@ -13,14 +13,14 @@ Two ways in: the experiment's own command run again with only analysis settings 
 (``probes.train.experiment``), or ``condensation-probes measure DIR [--KEY VALUE ...]`` on a
 finished experiment folder (``main``), which measures every run of its runs.csv again; under
 ``accelerate launch --num_processes N`` its processes split the runs and the main one writes
-(``measure_all``).
+(``measure_all``). The saved series is checked and each model loaded by
+``probes.train.saved_series``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
@@ -28,13 +28,9 @@ import pandas as pd
 import torch
 from accelerate import PartialState
 from accelerate.utils import gather_object
-from safetensors import SafetensorError, safe_open
 
 from models import build_for_run
 from probes.config import (
-    ANALYSIS_BEFORE,
-    ANALYSIS_KEYS,
-    FIELDS,
     ConfigError,
     RunConfig,
     checked,
@@ -48,148 +44,27 @@ from probes.measure.series import SeriesProbe
 from probes.report.experiment import write_all
 from probes.runtime import (
     configure_threads,
-    hub_progress_bars_off,
     main_process_logger,
     say_error,
-    transformers_quiet,
 )
 from probes.store import (
     CONFIG,
     RUN_JSON,
     Publish,
     RunResult,
-    checkpoint_series,
     read_run_json,
     recover,
     run_dir,
     run_folder,
     save_run,
 )
-from probes.train.loop import build_data, eval_data, probe_steps
+from probes.train.loop import build_data, eval_data
+from probes.train.saved_series import checked_series, first_line, load_model, recorded
 from probes.train.usage import measure_help
 from tasks.objective import objective_for
 
 # messages of the main process only (probes.runtime; shown by probes.logs)
 logger = main_process_logger(__name__)
-
-
-# what save_pretrained writes for a model of this project (safetensors, one shard)
-SAVED_FILES = ("config.json", "model.safetensors")
-
-
-def recorded(folder: Path) -> dict:
-    """The resolved config a run folder holds (``config.yaml``), less the keys that are not
-    RunConfig fields (run_id, init records); an analysis key the folder predates reads as the
-    value it was measured with (``ANALYSIS_BEFORE``)."""
-    raw = load_yaml((Path(folder) / CONFIG).read_text()) or {}
-    return ANALYSIS_BEFORE | {k: v for k, v in raw.items() if k in FIELDS}
-
-
-def stale(cfg: RunConfig) -> bool:
-    """Whether the finished run of ``cfg`` was measured with other analysis settings (n_probes
-    aside: a finished run keeps the steps it saved)."""
-    was = recorded(run_dir(cfg))
-    default = RunConfig()  # a key added after the run was measured had its default then
-    return any(was.get(k, getattr(default, k)) != getattr(cfg, k)
-               for k in ANALYSIS_KEYS if k != "n_probes")
-
-
-def measurable(cfg: RunConfig, series: list | None = None) -> bool:
-    """Whether the finished run of ``cfg`` saved a checkpoint series (``series``, read from its
-    folder when not given) from step 0."""
-    series = checkpoint_series(run_dir(cfg)) if series is None else series
-    return bool(series) and series[0][0] == 0
-
-
-def checked_series(cfg: RunConfig) -> list[tuple[int, Path]]:
-    """The saved (step, folder) series of the finished run of ``cfg``, checked before any model
-    is measured, so that nothing is half done and no step is silently left out.
-
-    Raises:
-        ConfigError: the run saved no checkpoint series from step 0 (``save_checkpoints`` final
-            or none, or a run of an older version); its run.json or config.yaml is missing; its
-            saved steps are not its probe steps (a checkpoint or the final ``model/`` lost, or a
-            folder that is no probe step); a model folder lacks config.json or
-            model.safetensors, or holds one that cannot be read.
-    """
-    folder = run_dir(cfg)
-    series = checkpoint_series(folder)
-    if not measurable(cfg, series):
-        raise ConfigError(f"run {cfg.run_id!r} in {str(folder)!r} has no checkpoint series from "
-                          f"step 0 (saved steps: {[s for s, _ in series]}): accepted are runs "
-                          f"trained with save_checkpoints: probes (retrain it with --overwrite true)")
-    row = read_run_json(folder)
-    if row is None or not (folder / CONFIG).is_file():
-        raise ConfigError(f"run {cfg.run_id!r} in {str(folder)!r} lacks its "
-                          f"{RUN_JSON if row is None else CONFIG}: accepted are run folders as "
-                          f"training wrote them (retrain it with --overwrite true)")
-    check_steps(cfg, folder, row, [s for s, _ in series])
-    for step, path in series:
-        check_model_files(cfg, step, path)
-    return series
-
-
-def check_steps(cfg: RunConfig, folder: Path, row: dict, saved: list[int]) -> None:
-    """Raise ConfigError unless ``saved`` are the run's probe steps (``probe_steps`` of the steps
-    and n_probes its config.yaml records; a diverged run: those up to where it stopped)."""
-    was = recorded(folder)
-    wanted = probe_steps(int(was.get("steps", cfg.steps)), int(was.get("n_probes", cfg.n_probes)))
-    diverged = bool(row.get("diverged"))
-    if saved == wanted or (diverged and saved == wanted[:len(saved)]):
-        return
-    missing = [s for s in wanted if s not in saved and (not diverged or s < max(saved))]
-    extra = [s for s in saved if s not in wanted]
-    what = (f"lacks the model of step(s) {missing}" + (" (model/, the final one)"
-                                                       if wanted[-1] in missing else "")
-            if missing else f"holds checkpoint-<step> folders of no probe step: {extra}")
-    raise ConfigError(f"run {cfg.run_id!r} in {str(folder)!r} {what}: accepted is the series "
-                      f"it saved, at its probe steps {wanted} (restore it, or retrain the run "
-                      f"with --overwrite true)")
-
-
-def check_model_files(cfg: RunConfig, step: int, path: Path) -> None:
-    """Raise ConfigError unless ``path`` holds a readable config.json and model.safetensors
-    (their headers only: the tensors are read when the model is loaded)."""
-    where = f"checkpoint {str(path)!r} of run {cfg.run_id!r} (step {step})"
-    missing = [f for f in SAVED_FILES if not (path / f).is_file()]
-    if missing:
-        raise ConfigError(f"{where} lacks {' and '.join(missing)}: accepted are save_pretrained "
-                          f"folders with {' and '.join(SAVED_FILES)} (restore them, or retrain "
-                          f"the run with --overwrite true)")
-    try:
-        json.loads((path / SAVED_FILES[0]).read_text())
-        with safe_open(path / SAVED_FILES[1], "pt"):
-            pass
-    except (OSError, ValueError, SafetensorError) as e:
-        raise ConfigError(f"{where} holds a file that cannot be read ({str(e).splitlines()[0]}): "
-                          f"accepted are save_pretrained folders as training wrote them") from e
-
-
-def first_line(error: Exception) -> str:
-    """The first line of an exception's message (library messages run over several)."""
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
-
-
-def load_model(model_class, path: Path):
-    """The model saved in ``path`` (``model_class.from_pretrained``), in eval mode.
-
-    Raises:
-        ValueError: a tensor the model expects is missing from the file, or the file holds one
-            it does not expect (transformers would initialize the missing one at random and
-            measure it), or a weight holds NaN or inf (its task scores would be made up).
-        OSError, RuntimeError: files that cannot be read, a tensor of another shape.
-    """
-    # no loading bar per checkpoint, and no load report: what it would say is an error here
-    with hub_progress_bars_off(), transformers_quiet():
-        model, info = model_class.from_pretrained(path, output_loading_info=True)
-    for kind in ("missing_keys", "unexpected_keys"):
-        if info.get(kind):
-            raise ValueError(f"its weights file {'lacks' if kind == 'missing_keys' else 'has'} "
-                             f"the tensor(s) {', '.join(sorted(info[kind])[:3])}")
-    bad = [name for name, t in model.state_dict().items() if not torch.isfinite(t).all()]
-    if bad:
-        raise ValueError(f"tensor {bad[0]} holds NaN or inf")
-    return model.eval()
 
 
 def measure_run(cfg: RunConfig, task, data: dict, device) -> RunResult:
@@ -303,8 +178,10 @@ def experiment_configs(out_dir: Path, overrides: dict) -> list[RunConfig]:
                           f"to change one)")
     runs_csv = Path(out_dir) / "runs.csv"
     if not runs_csv.is_file():
+        run = (Path(out_dir) / RUN_JSON).is_file() or any(Path(out_dir).glob("checkpoint-*"))
         raise ConfigError(f"{str(out_dir)!r} holds no runs.csv: accepted is the output folder of "
-                          f"a finished experiment")
+                          f"a finished experiment" + (" (this is one run's folder: measure its "
+                          "experiment's folder, or probe this one with probe DIR)" if run else ""))
     cfgs = []
     for run_id in pd.read_csv(runs_csv)["run_id"]:
         folder = run_folder(out_dir, run_id)
@@ -316,7 +193,12 @@ def experiment_configs(out_dir: Path, overrides: dict) -> list[RunConfig]:
             raise ConfigError(f"--n_probes {overrides['n_probes']}: measure measures the steps "
                               f"run {run_id!r} saved (n_probes {raw.get('n_probes')}): accepted is "
                               f"that value (n_probes sets the steps a new run saves)")
-        cfgs.append(RunConfig(**(raw | overrides | {"output_dir": str(out_dir)})))
+        cfg = RunConfig(**(raw | overrides | {"output_dir": str(out_dir)}))
+        if cfg.run_id != run_id:  # a training key edited by hand: not the model that was saved
+            raise ConfigError(f"{str(folder / CONFIG)!r} gives run id {cfg.run_id!r}, not its "
+                              f"folder's {run_id!r} (a training setting in it was changed): "
+                              f"accepted is the {CONFIG} training wrote")
+        cfgs.append(cfg)
     return cfgs
 
 
@@ -333,6 +215,16 @@ def parse_args(argv: list[str]) -> tuple[Path, dict]:
                           f"({' '.join(positional) or 'none'}): accepted is the output folder "
                           f"of a finished experiment")
     return Path(positional[0]), overrides
+
+
+def failed(error: ConfigError, state: PartialState) -> int:
+    """Exit code 2 after an error every process met: the main one says it, and all leave
+    together (a process that exits while another still holds the process group can make that
+    one abort instead of returning)."""
+    if state.is_main_process:
+        print(f"error: {error}", file=sys.stderr)
+    state.wait_for_everyone()
+    return 2
 
 
 def main(argv: list[str]) -> int:
@@ -357,9 +249,7 @@ def main(argv: list[str]) -> int:
             validate(cfg)
             checked_series(cfg)  # before any process starts: none is left waiting for another
     except ConfigError as e:
-        if state.is_main_process:  # every process fails alike; the main one says so
-            print(f"error: {e}", file=sys.stderr)
-        return 2
+        return failed(e, state)
     threads = configure_threads(cfgs[0].num_threads, state.num_processes)
     logger.info(f"{len(cfgs)} run(s) of {cfgs[0].out_dir}/ measured again on "
                 f"{state.num_processes} process(es), {threads} thread(s) each")
@@ -372,9 +262,7 @@ def main(argv: list[str]) -> int:
             measure_all(cfgs, data_for, torch.device("cpu"), publish, state)
             if state.is_main_process:
                 write_all(cfgs, publish)
-    except ConfigError as e:  # met by every process (measure_all): the main one says it
-        if state.is_main_process:
-            print(f"error: {e}", file=sys.stderr)
-        return 2
+    except ConfigError as e:  # met by every process (measure_all)
+        return failed(e, state)
     state.wait_for_everyone()
     return 0

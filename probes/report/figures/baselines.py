@@ -11,6 +11,9 @@
   classifier (resnet) against step, one line per run;
 - ``groups_by_stage.png`` (resnet): final group ratio per stage at 0.7 and 0.9, and the mean
   |cos| between a stage's units, per gamma.
+
+An experiment measured without those thresholds is drawn at its own lowest and highest
+(``probes.report.tables.shown_thresholds``).
 """
 
 from __future__ import annotations
@@ -177,11 +180,13 @@ def draw_all(out_dir: Path, runs: pd.DataFrame, metrics: pd.DataFrame,
         component = "mlp.in"
     else:
         component = "classifier"
-    if over_training(runs, metrics, fig_dir / "groups_over_training.png", component, "n_groups",
-                     0.95, f"groups at cosine 0.95 ({component})"):
+    tau = tables.shown_thresholds(metrics, (0.95,))[-1:]
+    if tau and over_training(runs, metrics, fig_dir / "groups_over_training.png", component,
+                             "n_groups", tau[0], f"groups at cosine {tau[0]:g} ({component})"):
         written.append(fig_dir / "groups_over_training.png")
     if family == "resnet" and len(final):
-        groups_by_stage(final, fig_dir / "groups_by_stage.png")
+        groups_by_stage(final, fig_dir / "groups_by_stage.png",
+                        tables.shown_thresholds(final, (0.7, 0.9)))
         written.append(fig_dir / "groups_by_stage.png")
     titles = {r["run_id"]: _label(r) for _, r in runs.iterrows()}
     if merge_loss_vs_width(metrics, fig_dir / MERGE_FIGURE, titles):
