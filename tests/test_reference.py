@@ -136,7 +136,7 @@ def test_rd_rows_are_the_training_runs_rows(run, tmp_path):
     series = SeriesProbe("checkpoint-5", None, None, "cpu", [0.9], units0=start)
     with Fitter([0.9], 1) as fitter:
         found = measure_units([read_units(models[1])], fitter, dict(run_id="checkpoint-5", step=5),
-                              drift=series.drift)
+                              drift=series.drift_from_start)
     trained = [r for r in found.metrics if r["metric"] in DRIFT]
     mine = metrics[metrics["metric"].isin(DRIFT)]
     assert len(trained) == len(mine) > 0 and set(mine["metric"]) == set(DRIFT)

@@ -52,9 +52,10 @@ class Recorder:
 
 
 def run_layers(n_floats: int, budget: int, monkeypatch) -> list:
-    fitter = Recorder()  # only measure_units' scheduling is under test
-    monkeypatch.setattr(probe, "_collect",
-                        lambda result, sets, *rest: fitter.events.append(("fit", sets[0].layer)))
+    fitter = Recorder()  # only measure_units' scheduling is under test: nothing is fitted
+    monkeypatch.setattr(probe, "fitted", lambda future, where: (None, None))
+    monkeypatch.setattr(probe, "unit_set_rows", lambda *args: [])
+    collected = iter(range(3))  # layers are collected in order: progress() says the next one
 
     def layers():
         for layer in range(3):
@@ -63,7 +64,8 @@ def run_layers(n_floats: int, budget: int, monkeypatch) -> list:
             yield [UnitSet(layer, "attn.q", None, rows),
                    UnitSet(layer, "attn.q", 0, rows[:2])]  # a per-head view: counted once
 
-    probe.measure_units(layers(), fitter, dict(run_id="r", step=None), prefetch_bytes=budget)
+    probe.measure_units(layers(), fitter, dict(run_id="r", step=None), prefetch_bytes=budget,
+                        progress=lambda: fitter.events.append(("fit", next(collected))))
     return fitter.events
 
 

@@ -285,20 +285,22 @@ class Prober:
             result.add(self.measure("activation", self.activation_sets()))
         if self.opts.merge_probe:  # last: it folds the model's norm gains
             result.metrics += merge_rows(self.load_model(), plan.batch, self.opts.thresholds,
-                                       dict(run_id=plan.ckpt.run_id, step=plan.ckpt.step),
-                                       self.device, self.opts.fold_norms, self.fitter.torch_threads)
+                                         dict(run_id=plan.ckpt.run_id, step=plan.ckpt.step),
+                                         self.device, self.opts.fold_norms,
+                                         self.fitter.torch_threads)
         plan.source = plan.model = plan.batch = None  # free memory before the next checkpoint
         folded, point, notes = applied(plan, self.opts)
-        result.record = dict(run_id=plan.ckpt.run_id, step=plan.ckpt.step, checkpoint=str(plan.ckpt.path),
-                   format=plan.fmt, model_type=getattr(plan.config, "model_type", ""),
-                   architecture=(getattr(plan.config, "architectures", None) or [""])[0],
-                   n_params=plan.n_params, n_layers=len({b.layer for b in plan.layout.blocks}),
-                   unit_reader=plan.layout.reader, fold_norms=folded,
-                   spectral_metrics=self.opts.spectral_metrics, activation_point=point,
-                   probe_inputs=self.opts.probe_inputs or "",
-                   reference=str(plan.reference.ckpt.path) if plan.reference else "",
-                   n_samples=self.n_samples, wall_s=round(time.perf_counter() - start, 2),
-                   **provenance(), notes="; ".join(notes))
+        result.record = dict(
+            run_id=plan.ckpt.run_id, step=plan.ckpt.step, checkpoint=str(plan.ckpt.path),
+            format=plan.fmt, model_type=getattr(plan.config, "model_type", ""),
+            architecture=(getattr(plan.config, "architectures", None) or [""])[0],
+            n_params=plan.n_params, n_layers=len({b.layer for b in plan.layout.blocks}),
+            unit_reader=plan.layout.reader, fold_norms=folded,
+            spectral_metrics=self.opts.spectral_metrics, activation_point=point,
+            probe_inputs=self.opts.probe_inputs or "",
+            reference=str(plan.reference.ckpt.path) if plan.reference else "",
+            n_samples=self.n_samples, wall_s=round(time.perf_counter() - start, 2),
+            **provenance(), notes="; ".join(notes))
         return result
 
     def weight_sets(self, block) -> list:

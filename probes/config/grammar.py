@@ -179,11 +179,11 @@ def _chosen(key: str, values: list, choices) -> list:
 
 def unknown(key: str, accepted: Collection[str], command: str) -> ConfigError:
     """The error of an unknown ``--key``: a close match as a hint, and every accepted key."""
-    close = difflib.get_close_matches(key, list(accepted), n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
     if not accepted:
         return ConfigError(f"unknown key {key!r}: {command} takes no key (accepted are its "
                            f"positional arguments alone)")
+    close = difflib.get_close_matches(key, list(accepted), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
     return ConfigError(f"unknown key {key!r}{hint}: accepted with {command} are "
                        f"{', '.join(accepted)}")
 

@@ -100,8 +100,8 @@ class TrainingKeys(ThreadKeys):
     task: str = _task("composite", "the task (tasks.TASKS): composite, identity, sine, images, ...")
     data_seed: int = _task(0, "seed of the task's data (the model's is seed)")
     fresh_samples: bool = _task(False, "draw a new training batch every step instead of epochs")
-    in_dim: int | None = _task(1, "mlp: input dimension of the net (sin_sum: also the task's; images_flat: "
-                           "channels x image_size^2)")
+    in_dim: int | None = _task(1, "mlp: input dimension of the net (sin_sum: also the task's; "
+                                  "images_flat: channels x image_size^2)")
     seq_len: int | None = _task_option(None, "tokens per sequence (composite, composite_no_twist, "
                                               "multi_anchor, identity)")
     split_modulus: int | None = _task_option(None, "key/position split modulus (7 = n - 2 as in the paper)")

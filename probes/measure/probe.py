@@ -72,34 +72,32 @@ def measure_units(layers: Iterable[list[UnitSet]], fitter: Fitter, where: dict, 
             the component and the basis; whatever reading ``layers`` raises.
     """
     result = ProbeResult(where["step"])
+    step = f" (step {where['step']})" if where["step"] is not None else ""
+
+    def collect(sets, futures) -> None:
+        """Rows, lineage and heat maps of one layer's fitted unit sets, into ``result``."""
+        for u, future in zip(sets, futures):
+            fit, chance = fitted(future, f"{label}{step} layer {u.layer} {u.component} "
+                                         f"({basis} basis)")
+            at = dict(run_id=where["run_id"], step=where["step"], layer=u.layer,
+                      component=u.component, head=u.head, basis=basis)
+            weight = basis == "weight" and u.component not in NO_RD
+            if weight and lineage is not None:
+                result.lineage += lineage.rows(fit, len(u.units), at)
+            found = drift(u) if weight and drift is not None else None
+            result.metrics += unit_set_rows(fit, chance, at, found)
+            if drawn(u) and fit.n_units_ > 1:
+                result.heatmaps.append(dict(basis=basis, layer=u.layer, component=u.component,
+                                            head=u.head, threshold=threshold, map=HeatMap.of(fit)))
+        if progress is not None:
+            progress()
+
     pending = deque()
     for sets in layers:
         pending.append((sets, fitter.submit_all(sets, drawn)))
         while pending and (len(pending) > 1 or unit_bytes(pending[0][0]) >= prefetch_bytes):
-            _collect(result, *pending.popleft(), where, basis, drift, lineage, drawn, threshold, label)
-            if progress is not None:
-                progress()
+            collect(*pending.popleft())
         del sets  # else the loop variable keeps a collected layer alive while the next is read
     while pending:
-        _collect(result, *pending.popleft(), where, basis, drift, lineage, drawn, threshold, label)
-        if progress is not None:
-            progress()
+        collect(*pending.popleft())
     return result
-
-
-def _collect(result: ProbeResult, sets, futures, where: dict, basis: str, drift, lineage, drawn,
-             threshold, label: str) -> None:
-    """Rows, lineage and heat maps of one layer's fitted unit sets, into ``result``."""
-    step = f" (step {where['step']})" if where["step"] is not None else ""
-    for u, future in zip(sets, futures):
-        fit, chance = fitted(future, f"{label}{step} layer {u.layer} {u.component} ({basis} basis)")
-        at = dict(run_id=where["run_id"], step=where["step"], layer=u.layer,
-                  component=u.component, head=u.head, basis=basis)
-        weight = basis == "weight" and u.component not in NO_RD
-        if weight and lineage is not None:
-            result.lineage += lineage.rows(fit, len(u.units), at)
-        found = drift(u) if weight and drift is not None else None
-        result.metrics += unit_set_rows(fit, chance, at, found)
-        if drawn(u) and fit.n_units_ > 1:
-            result.heatmaps.append(dict(basis=basis, layer=u.layer, component=u.component,
-                                        head=u.head, threshold=threshold, map=HeatMap.of(fit)))

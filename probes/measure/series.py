@@ -85,7 +85,7 @@ class SeriesProbe:
                     chance=(self.chance_draws, self.chance_nulls)) as fitter:
             # one "layer" of every set: the sets are already read, and all fit side by side
             result = measure_units([sets], fitter, dict(run_id=self.run_id, step=step),
-                                   drift=self.drift, lineage=self.tracker,
+                                   drift=self.drift_from_start, lineage=self.tracker,
                                    drawn=lambda u: (u.layer, u.component, u.head) == HEATMAP_UNITS,
                                    label=f"run {self.run_id!r}")
         before = self.last_neurons
@@ -108,7 +108,7 @@ class SeriesProbe:
         self.keep(result)
         return result
 
-    def drift(self, u):
+    def drift_from_start(self, u):
         """``drift`` of unit set ``u`` from its step-0 units."""
         return drift(u.units, self.units0[(u.layer, u.component, u.head)])
 
