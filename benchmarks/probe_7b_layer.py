@@ -15,7 +15,9 @@ download), written as safetensors with one shard per layer, then:
    peak flat in the number of layers), and the 32-layer time extrapolated from the two;
 3. the 1-layer probe again with ``--spectral_metrics false`` (no stable_rank / effective_rank:
    their float64 Gram matrices and eigenvalues are most of the time), and per component the
-   share of the time they take.
+   share of the time they take;
+4. the 1-layer and N-layer probes with ``--spectral_metrics stable`` (the stable ranks alone,
+   from s_max by Lanczos: no spectrum), and per component its time.
 """
 
 from __future__ import annotations
@@ -131,7 +133,7 @@ def components(folder: Path, baseline: bool) -> None:
     by_comp = defaultdict(list)
     for u in sets:
         by_comp[u.component].append(u.units.numpy())
-    totals = [0.0, 0.0, 0.0]  # new path, float64 path, new path without the ranks
+    totals = [0.0, 0.0, 0.0, 0.0]  # new path, float64 path, without the ranks, stable ranks
     print(f"{'component':14s} {'sets':>4s} {'new s':>7s} {'f64 s':>7s} {'ratio':>6s}  same groups,"
           " max |metric diff| (relative); without the ranks")
     for comp, units in by_comp.items():
@@ -143,9 +145,14 @@ def components(folder: Path, baseline: bool) -> None:
             for u in units:
                 Condensation(THRESHOLDS, order=False, spectral=False).fit(u)
             fast = time.perf_counter() - start
+            start = time.perf_counter()
+            for u in units:
+                Condensation(THRESHOLDS, order=False, spectral="stable").fit(u)
+            stable = time.perf_counter() - start
             line = f"{comp:14s} {len(units):4d} {new:7.1f}"
             totals[0] += new
             totals[2] += fast
+            totals[3] += stable
             if baseline:
                 start = time.perf_counter()
                 refs = [float64_fit(u) for u in units]
@@ -156,11 +163,13 @@ def components(folder: Path, baseline: bool) -> None:
                            for f, r in zip(fits, refs)
                            for m in ("mean_abs_cos", "stable_rank", "effective_rank"))
                 line += f" {old:7.1f} {old / new:5.1f}x  {same}, {diff:.1e}"
-        print(f"{line}; {fast:.1f} s ({1 - fast / new:.0%} of the time is the ranks)")
+        print(f"{line}; {fast:.1f} s ({1 - fast / new:.0%} of the time is the ranks); "
+              f"stable ranks alone {stable:.1f} s")
     line = f"{'all (1 thread)':14s} {len(sets):4d} {totals[0]:7.1f}"
     if baseline:
         line += f" {totals[1]:7.1f} {totals[1] / totals[0]:5.1f}x"
-    print(f"{line}; {totals[2]:.1f} s without the ranks")
+    print(f"{line}; {totals[2]:.1f} s without the ranks; {totals[3]:.1f} s with the stable ranks "
+          "alone")
 
 
 def probe(folder: Path, threads: int, *flags: str) -> tuple[float, float]:
@@ -200,15 +209,21 @@ def main() -> None:
         wf, rssf = probe(one, args.threads, "--spectral_metrics", "false")
         print(f"the same with --spectral_metrics false (no stable_rank / effective_rank): "
               f"{wf:.1f} s wall ({w1 / wf:.1f}x faster), peak RSS {rssf / GB:.2f} GB")
+        ws, rsss = probe(one, args.threads, "--spectral_metrics", "stable")
+        print(f"the same with --spectral_metrics stable (stable ranks alone, no spectrum): "
+              f"{ws:.1f} s wall ({w1 / ws:.1f}x faster), peak RSS {rsss / GB:.2f} GB")
         if args.layers > 1:
             many.mkdir()
             build(many, args.layers, dtype, args.vocab)
-            wn, rssn = probe(many, args.threads)
-            per_layer = (wn - w1) / (args.layers - 1)
-            print(f"probe, {args.layers} layers: {wn:.1f} s wall, peak RSS {rssn / GB:.2f} GB "
-                  f"({rssn / rss1:.2f}x the 1-layer peak: flat if ~1); {per_layer:.1f} s a layer")
-            print(f"extrapolated 32-layer 7B model: {w1 - per_layer + 32 * per_layer:.0f} s "
-                  f"({(w1 - per_layer + 32 * per_layer) / 60:.1f} min; before: ~34 min)")
+            for flags, first, name in (((), w1, "every metric"),
+                                       (("--spectral_metrics", "stable"), ws, "stable ranks alone")):
+                wn, rssn = probe(many, args.threads, *flags)
+                per_layer = (wn - first) / (args.layers - 1)
+                total = first - per_layer + 32 * per_layer
+                print(f"probe, {args.layers} layers, {name}: {wn:.1f} s wall, peak RSS "
+                      f"{rssn / GB:.2f} GB ({rssn / rss1:.2f}x the 1-layer peak: flat if ~1); "
+                      f"{per_layer:.1f} s a layer; extrapolated 32-layer 7B model: {total:.0f} s "
+                      f"({total / 60:.1f} min; goal <= 11 min)")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 

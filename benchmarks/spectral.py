@@ -10,8 +10,10 @@ the old path took an SVD): the time of stable_rank, effective_rank and alpha wit
 could move the effective rank by 1e-8: the path used before), with the default (``spectral=True``:
 the same, an SVD only past 1e-5) and with ``spectral="float32"`` (float32 Gram matrices where they
 meet 1e-5 / 1e-6), the ratios, the routes taken, the relative differences of each metric from the
-old path and the error bounds the routes met. The CPU's model name and whether it has avx512_bf16
-/ amx_bf16 come first.
+old path and the error bounds the routes met. Then ``spectral="stable"`` (the stable rank alone,
+by Lanczos) and, as evidence for a route the suite does not take, a float32 Gram matrix with a
+float32 eigensolver (no error bound: its effective rank's difference from the old path is all
+there is). The CPU's model name and whether it has avx512_bf16 / amx_bf16 come first.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from probes.measure.metrics import Condensation  # noqa: E402
-from probes.measure.spectral import FAST_RANK_TOL, FAST_TOP_TOL  # noqa: E402
+from probes.measure.spectral import FAST_RANK_TOL, FAST_TOP_TOL, Spectrum  # noqa: E402
 
 
 def cpu_line() -> str:
@@ -53,10 +55,25 @@ def timed(spectral, u: np.ndarray, repeat: int):
     for _ in range(repeat):
         start = time.perf_counter()
         spectrum = Condensation(order=False, spectral=spectral)._spectrum(u)
-        alpha = spectrum.alpha  # the weight-only metrics: the same spectrum without bias
+        alpha = None if spectrum.s is None else spectrum.alpha  # (the weight's: no bias here)
         best = min(best, time.perf_counter() - start)
         result = (spectrum, alpha)
     return best, *result
+
+
+def float32_eigensolver(u: np.ndarray, repeat: int):
+    """(best seconds, Spectrum, alpha) from a float32 Gram matrix and a float32 eigensolver (MKL's
+    syevd through torch): the route the suite does not take (its errors cannot be bounded)."""
+    best = np.inf
+    for _ in range(repeat):
+        start = time.perf_counter()
+        gram = u.T @ u if u.shape[0] >= u.shape[1] else u @ u.T
+        lam = torch.linalg.eigvalsh(torch.from_numpy(gram)).numpy()[::-1].astype(np.float64)
+        s = np.sqrt(np.maximum(lam, 0.0))
+        spectrum = Spectrum(s, float(s[0] ** 2), None, "f32-eig", float("nan"))
+        alpha = spectrum.alpha
+        best = min(best, time.perf_counter() - start)
+    return best, spectrum, alpha
 
 
 def sets(planted: bool):
@@ -88,11 +105,14 @@ def main() -> None:
     with threadpool_limits(1):
         for name, u in sets(args.planted):
             old_s, ref, ref_alpha = timed("exact", u, args.repeat)
-            for setting in (True, "float32"):
-                new_s, got, alpha = timed(setting, u, args.repeat)
+            for setting in (True, "float32", "stable", "f32-eig"):
+                new_s, got, alpha = (float32_eigensolver(u, args.repeat) if setting == "f32-eig"
+                                     else timed(setting, u, args.repeat))
+                ranks = (float("nan"), float("nan")) if setting == "stable" else \
+                    (got.effective_rank, alpha)
                 diffs = [abs(a / b - 1) for a, b in ((got.stable_rank, ref.stable_rank),
-                                                     (got.effective_rank, ref.effective_rank),
-                                                     (alpha, ref_alpha))]
+                                                     (ranks[0], ref.effective_rank),
+                                                     (ranks[1], ref_alpha))]
                 label = "default" if setting is True else setting
                 print(f"{name:34s} {old_s:7.2f} {label:>8s} {new_s:7.2f} {old_s / new_s:5.2f}x "
                       f"{got.route:>8s}  " + ", ".join(f"{d:.1e}" for d in diffs)

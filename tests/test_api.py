@@ -325,6 +325,9 @@ def test_callback_schedule_is_log_spaced_with_first_and_last():
      TypeError, "inputs of type int"),
     (lambda: probes.measure(nn.Sequential(nn.Linear(2, 2)), fold_norms="yes"), TypeError,
      "fold_norms='yes'"),
+    (lambda: probes.measure(nn.Sequential(nn.Linear(2, 2)), spectral="effective"), TypeError,
+     "spectral='effective'"),
+    (lambda: probes.CondensationCallback(spectral=1), TypeError, "spectral=1"),
     (lambda: probes.measure("no/such/folder"), ValueError, "'no/such/folder' does not exist"),
     (lambda: probes.measure(".", run_id="x"), ValueError, "run_id='x'"),
     (lambda: probes.measure(nn.Sequential(nn.Linear(2, 2)), device="cpu"), ValueError,
@@ -354,3 +357,18 @@ def test_import_is_cheap_and_exports_resolve():
     importlib.import_module("probes.measure.units")
     assert callable(probes.measure) and probes.measure.units.UnitSet
     assert set(probes.__all__) <= set(dir(probes))
+
+
+def test_spectral_stable_gives_the_stable_ranks_alone():
+    """``spectral="stable"``: stable_rank (rows [W | b]) and stable_rank_weight (W) against
+    numpy's SVD, no effective_rank or alpha row."""
+    torch.manual_seed(0)
+    layer = nn.Linear(60, 90)
+    df = probes.measure(nn.Sequential(layer), spectral="stable", num_threads=1)
+    w = layer.weight.detach().double().numpy()
+    u = np.c_[w, layer.bias.detach().double().numpy()]
+    got = df.set_index("metric")["value"]
+    assert {"effective_rank", "alpha"}.isdisjoint(df["metric"])
+    for name, rows in (("stable_rank", u), ("stable_rank_weight", w)):
+        s = np.linalg.svd(rows, compute_uv=False)
+        assert got[name] == pytest.approx((s**2).sum() / s[0] ** 2, rel=1e-6)

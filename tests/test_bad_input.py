@@ -142,6 +142,8 @@ CASES = [
     ("fold_norms not a bool", "ckpt", None, ["--fold_norms", "maybe"], "fold_norms='maybe'"),
     ("spectral_metrics not a bool", "ckpt", None, ["--spectral_metrics", "1.5"],
      "spectral_metrics='1.5'"),
+    ("spectral_metrics not a choice", "ckpt", None, ["--spectral_metrics", "effective"],
+     "spectral_metrics='effective'"),
     # output folders
     ("ckpt output_dir is a file", "ckpt", "out_file", [], "is a file"),
     ("ckpt output_dir holds other files", "ckpt", "out_foreign", [], "did not write"),

@@ -2,8 +2,8 @@
 rank 1e-6 relative) on the default route (float64 Gram, SVD only past 1e-5) and the opt-in float32
 route, the float32 route's fallback where float32 Gram matrices cannot resolve the spectrum
 (planted low rank, near-square shapes), its error model, and the weight-only columns and the
-power-law alpha against independent computations. The 4096 x 4096 and 11008 x 4096 sets are
-marked slow."""
+power-law alpha against independent computations, and the stable ranks alone (Lanczos, no
+spectrum). The 4096 x 4096 and 11008 x 4096 sets are marked slow."""
 
 import numpy as np
 import pytest
@@ -19,6 +19,7 @@ from probes.measure.spectral import (
     SPECTRAL_METRICS,
     entropy_error,
     powerlaw_alpha,
+    stable_spectrum,
     top_eigenvalue,
 )
 from probes.measure.units import ModelTensors, base_prefix, block_units, read_units
@@ -150,6 +151,49 @@ def test_weight_columns_leave_out_the_bias():
         Condensation(spectral="float16")
 
 
+@pytest.mark.parametrize("n, dim, bias", [(120, 81, 1), (60, 81, 1), (81, 83, 3), (40, 43, 3)])
+def test_weight_spectrum_from_the_units_gram_matches_its_own_svd(n, dim, bias):
+    """W's spectrum is cut from [W | b]'s Gram matrix (its leading block, or u u^T - b b^T for
+    wide units, or a Gram of its own in between): each against W's own float64 SVD."""
+    rng = np.random.default_rng(n)
+    u = rng.standard_normal((n, dim))
+    u[:, -bias:] *= 5
+    w = u[:, :dim - bias]
+    fit = Condensation(order=False).fit(u, bias_columns=bias)
+    s = np.linalg.svd(w, compute_uv=False)
+    assert fit.stable_rank_weight_ == pytest.approx((s**2).sum() / s[0] ** 2, rel=1e-10)
+    assert fit.stable_rank_ == pytest.approx(svd_ranks(u)[0], rel=1e-10)
+    expected = powerlaw_alpha(s**2)
+    assert np.isnan(fit.alpha_) if np.isnan(expected) else fit.alpha_ == pytest.approx(expected,
+                                                                                      rel=1e-9)
+
+
+@pytest.mark.parametrize("units", [random_units(900, 300, seed=6), random_units(300, 900, seed=7),
+                                   planted_low_rank(700, 400, 20, 0.05), random_units(100, 60)],
+                         ids=["tall", "wide", "planted", "dense-top"])
+def test_stable_route_gives_the_stable_rank_without_a_spectrum(units):
+    """spectral="stable": s_max^2 by Lanczos (or a dense solver on small sets), certified to
+    FAST_TOP_TOL; the stable rank against numpy's float64 SVD, and no other spectral row."""
+    found = stable_spectrum(units)
+    assert found is not None and found.s is None and found.top_error <= FAST_TOP_TOL
+    assert found.stable_rank == pytest.approx(svd_ranks(units)[0], rel=FAST_TOP_TOL)
+    b = np.random.default_rng(8).standard_normal((len(units), 1)).astype(np.float32) * 0.1
+    fit = Condensation(order=False, spectral="stable").fit(np.c_[units, b], bias_columns=1)
+    assert fit.stable_rank_ == pytest.approx(svd_ranks(np.c_[units, b])[0], rel=FAST_TOP_TOL)
+    assert fit.stable_rank_weight_ == pytest.approx(svd_ranks(units)[0], rel=FAST_TOP_TOL)
+    assert fit.effective_rank_ is None and fit.alpha_ is None
+    names = [m for m, _, _ in fit.results()]
+    assert [m for m in names if m in SPECTRAL_METRICS] == ["stable_rank", "stable_rank_weight"]
+
+
+def test_stable_route_falls_back_on_a_zero_weight():
+    """A weight of zeros has no top direction: the certificate fails and the float64 route
+    gives the stable rank NaN, as on the default route."""
+    u = np.c_[np.zeros((50, 40), np.float32), np.ones((50, 1), np.float32)]
+    fit = Condensation(order=False, spectral="stable").fit(u, bias_columns=1)
+    assert np.isnan(fit.stable_rank_weight_) and fit.stable_rank_ == pytest.approx(1.0)
+
+
 def alpha_by_definition(evals, thresh=1e-5):
     """Clauset-Shalizi-Newman MLE per candidate xmin and the KS distance written out with the
     empirical CDF of the tail, the first smallest distance winning (WeightWatcher's choice)."""
@@ -213,6 +257,9 @@ def test_large_sets_within_tolerance(shape, kind):
         # float32 Gram matrices only for the random rectangular set; the others fall back
         assert (got.route == "float32") == (setting == "float32" and kind == "random"
                                             and shape[0] > shape[1])
+    stable = Condensation(order=False, spectral="stable")._spectrum(u)
+    assert stable.route == "lanczos"
+    assert stable.stable_rank == pytest.approx(ref.stable_rank, rel=FAST_TOP_TOL)
 
 
 @pytest.mark.parametrize("kind", ["random", "planted exact rank", "spike", "column scales"])

@@ -94,8 +94,8 @@ def test_a_layer_is_submitted_costliest_first_and_collected_in_order():
 
 def test_spectral_metrics_off_leaves_out_the_ranks_only(tmp_path):
     """``--spectral_metrics false`` (the fast path for large layers) drops stable_rank,
-    effective_rank, stable_rank_weight and alpha and changes no other value; with it on they equal
-    the SVD's of the rows."""
+    effective_rank, stable_rank_weight and alpha and changes no other value; ``stable`` keeps the
+    two stable ranks (equal to the full route's); with it on they equal the SVD's of the rows."""
     import numpy as np
     import pandas as pd
     import transformers as T
@@ -108,17 +108,24 @@ def test_spectral_metrics_off_leaves_out_the_ranks_only(tmp_path):
                                              num_key_value_heads=2))
     model.save_pretrained(tmp_path / "ckpt")
     out = {}
-    for flag in ("true", "false"):
+    for flag in ("true", "false", "stable"):
         assert main(["--checkpoint", str(tmp_path / "ckpt"), "--output_dir", str(tmp_path / flag),
                      "--num_threads", "1", "--spectral_metrics", flag]) == 0
         out[flag] = pd.read_csv(tmp_path / flag / "metrics.csv")
-        runs = pd.read_csv(tmp_path / flag / "runs.csv")
-        assert runs["spectral_metrics"].tolist() == [flag == "true"]
-    full, fast = out["true"], out["false"]
+        runs = pd.read_csv(tmp_path / flag / "runs.csv", dtype={"spectral_metrics": str})
+        assert runs["spectral_metrics"].str.lower().tolist() == [flag]  # what was done
+    full, fast, stable = out["true"], out["false"], out["stable"]
     spectral = full["metric"].isin(SPECTRAL_METRICS)
     assert set(full.loc[spectral, "metric"]) == set(SPECTRAL_METRICS)
     assert not fast["metric"].isin(SPECTRAL_METRICS).any()
     pd.testing.assert_frame_equal(full[~spectral].reset_index(drop=True), fast)
+    # "stable": the stable ranks alone (no spectrum), equal to the full route's to 1e-6
+    ranks = full["metric"].isin(["stable_rank", "stable_rank_weight"])
+    kept = stable["metric"].isin(SPECTRAL_METRICS)
+    assert set(stable.loc[kept, "metric"]) == {"stable_rank", "stable_rank_weight"}
+    pd.testing.assert_frame_equal(stable[~kept].reset_index(drop=True), fast)
+    pd.testing.assert_frame_equal(stable[kept].reset_index(drop=True),
+                                  full[ranks].reset_index(drop=True), rtol=1e-6)
     # norm gains are 1 at initialization, so mlp.gate's rows are gate_proj's weight
     s = np.linalg.svd(model.model.layers[1].mlp.gate_proj.weight.detach().double().numpy(),
                       compute_uv=False)

@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 from transformers import TrainerCallback
 
-from probes.api.measure import checked_flag, checked_thresholds, measure
+from probes.api.measure import checked_flag, checked_spectral, checked_thresholds, measure
 from probes.measure.metrics import THRESHOLDS
 from probes.store import METRICS_COLUMNS, frame, read_csv, write_csv
 from probes.train.loop import probe_steps
@@ -60,7 +60,7 @@ class CondensationCallback(TrainerCallback):
     """
 
     def __init__(self, steps=None, *, n_probes: int = 10, thresholds=THRESHOLDS,
-                 fold_norms: bool = True, spectral: bool = True, run_id: str | None = None):
+                 fold_norms: bool = True, spectral: bool | str = True, run_id: str | None = None):
         if steps is not None:
             if isinstance(steps, (str, bytes)) or not hasattr(steps, "__iter__"):
                 raise TypeError(f"steps={steps!r} is not accepted: accepted are a list of "
@@ -76,7 +76,7 @@ class CondensationCallback(TrainerCallback):
         self.n_probes, self.run_id = n_probes, run_id
         self.options = dict(thresholds=checked_thresholds(thresholds),
                             fold_norms=checked_flag("fold_norms", fold_norms),
-                            spectral=checked_flag("spectral", spectral))
+                            spectral=checked_spectral(spectral))
         self.summary_threshold = 0.9 if 0.9 in self.options["thresholds"] else \
             self.options["thresholds"][0]
         self.rows: pd.DataFrame = frame([], METRICS_COLUMNS)

@@ -20,6 +20,7 @@ from torch import nn
 from probes.api.live import eval_mode, live_plan, model_device
 from probes.checkpoint.activations import ACTIVATION_POINTS
 from probes.checkpoint.probe import Hint, Options, Prober, plan_all, plan_reference, set_reference
+from probes.config import SPECTRAL_CHOICES
 from probes.measure.fitting import Fitter
 from probes.measure.metrics import THRESHOLDS
 from probes.store import METRICS_COLUMNS, frame
@@ -30,7 +31,7 @@ PACKAGE_DIR = str(Path(__file__).resolve().parent.parent)  # probes/
 
 def measure(model_or_path, *, thresholds=THRESHOLDS, basis: str = "weight", inputs=None,
             probe_samples: int = 1024, activation_point: str = "pre", fold_norms: bool = True,
-            merge: bool = False, spectral: bool = True, run_id: str | None = None,
+            merge: bool = False, spectral: bool | str = True, run_id: str | None = None,
             step: int | None = None, num_threads: int | None = None, device=None,
             allow_pickle: bool = False, trust_remote_code: bool = False,
             reference=None) -> pd.DataFrame:
@@ -64,7 +65,9 @@ def measure(model_or_path, *, thresholds=THRESHOLDS, basis: str = "weight", inpu
             its rows (TransformerLens's ``fold_ln``); only architectures with a reader have norms.
         merge: merge each condensed group and report the next-token loss (causal LMs with token
             ``inputs``; a live model is merged on a copy and left unchanged).
-        spectral: also ``stable_rank`` and ``effective_rank``.
+        spectral: also ``stable_rank`` and ``effective_rank`` (of a Linear weight without its
+            bias also ``stable_rank_weight`` and ``alpha``); ``"stable"``: the stable ranks
+            alone, without the spectrum (``--spectral_metrics stable``).
         run_id, step: the rows' run_id (default: the class name) and step (default None): live
             models only; a path's come from disk (folder name, checkpoint-<step>).
         num_threads: threads for fitting (default: torch's current count).
@@ -194,6 +197,15 @@ def _default_device() -> torch.device:
     return torch.device("cpu")
 
 
+def checked_spectral(value) -> bool | str:
+    """``spectral`` if it is True, False or "stable" (``probes.config.SPECTRAL_CHOICES``).
+    Raises TypeError otherwise."""
+    if not any(value is c if isinstance(c, bool) else value == c for c in SPECTRAL_CHOICES):
+        raise TypeError(f"spectral={value!r} is not accepted: accepted are True, False and "
+                        f"'stable' (the stable ranks alone)")
+    return value
+
+
 def checked_flag(name: str, value) -> bool:
     """``value`` if it is a bool. Raises TypeError naming ``name`` otherwise."""
     if not isinstance(value, bool):
@@ -249,5 +261,5 @@ def _options(thresholds, basis, inputs, probe_samples, activation_point, fold_no
                    num_threads=_positive("num_threads", num_threads, optional=True),
                    fold_norms=checked_flag("fold_norms", fold_norms),
                    activation_point=activation_point, merge_probe=merge,
-                   spectral_metrics=checked_flag("spectral", spectral),
+                   spectral_metrics=checked_spectral(spectral),
                    bases=("weight", "activation") if basis == "both" else (basis,))

@@ -55,7 +55,7 @@ class Options:
     fold_norms: bool = True
     activation_point: str = "pre"
     merge_probe: bool = False  # merge rows (probes.checkpoint.merge); needs probe_inputs
-    spectral_metrics: bool = True  # stable_rank and effective_rank (Condensation's spectral)
+    spectral_metrics: bool | str = True  # Condensation's spectral: True, False or "stable"
     # the bases measured (activation: with probe_inputs only); probes.measure(basis=...) picks one
     bases: tuple[str, ...] = ("weight", "activation")
     chance_draws: int = 0  # draws of each chance baseline (probes.measure.chance); 0: none

@@ -24,7 +24,7 @@ __all__ = ["ALIGN_KEYS", "ANALYSIS_BEFORE", "ANALYSIS_KEYS", "AUTO_PRECISION", "
            "DEFAULT_CONFIG", "EXPERIMENT_KEYS", "FIELDS", "GRID_KEYS", "HINTS", "LIST_KEYS",
            "MEASURE_KEYS", "PROBE_KEYS", "ProbeKeys",
            "LR_SCALINGS", "LR_SCHEDULES", "OPTIMIZERS", "PRECISIONS", "PRESETS",
-           "SAVE_CHECKPOINTS", "SHARED_KEYS",
+           "SAVE_CHECKPOINTS", "SHARED_KEYS", "SPECTRAL_CHOICES",
            "ConfigError", "RunConfig", "RunKeys", "YamlLoader", "checked", "config_path",
            "effective_lr", "expand", "load_config", "load_yaml", "merge_at", "parse_overrides",
            "preset_names", "resolved_yaml", "training_keys", "unread_options", "validate"]

@@ -173,7 +173,8 @@ def _chosen(key: str, values: list, choices) -> list:
     by_name = {str(c).lower(): c for c in choices}
     for v in values:
         if str(v).lower() not in by_name:
-            raise ConfigError(f"{key}={v!r} is unknown: accepted are {', '.join(map(str, choices))}")
+            names = ", ".join(str(c).lower() if isinstance(c, bool) else str(c) for c in choices)
+            raise ConfigError(f"{key}={v!r} is unknown: accepted are {names}")
     return [by_name[str(v).lower()] for v in values]
 
 

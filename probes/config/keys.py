@@ -32,6 +32,7 @@ OPTIMIZATION = "optimization"
 PROBES = "probes"  # what is measured of a trained model: the analysis keys
 CHECKPOINTS = "checkpoints"  # what probe and align read, and how
 CHANCE_NULLS = ("both", "isotropic", "covariance")  # probes.measure.chance.NULLS and both
+SPECTRAL_CHOICES = (True, False, "stable")  # "stable": probes.measure.spectral.STABLE
 ACTIVATION_POINTS = ("pre", "post")  # probes.checkpoint.activations: before / after the nonlinearity
 THRESHOLDS = [0.7, 0.9, 0.95, 0.99]  # probes.measure.metrics.THRESHOLDS
 LOG_LEVELS = ("debug", "info", "warning", "error")  # probes.logs.LOG_LEVELS
@@ -203,9 +204,10 @@ class ProbeKeys(AnalysisKeys, ThreadKeys):
     fold_norms: bool = _checkpoints(
         True, "weight basis: fold the gain (and bias) of the norm a projection reads into its rows, "
               "as TransformerLens's fold_ln")
-    spectral_metrics: bool = _checkpoints(
-        True, "stable_rank and effective_rank; false leaves them out and saves most of the time on "
-              "large layers")
+    spectral_metrics: bool | str = _checkpoints(
+        True, "stable_rank, effective_rank (and a Linear weight's stable_rank_weight, alpha); "
+              "stable: the stable ranks alone, without the spectrum (a fraction of the time on "
+              "large layers); false: none", choices=SPECTRAL_CHOICES)
     allow_pickle: bool = _checkpoints(
         False, "accept pytorch_model.bin weights (pickle can run code: trusted files only)")
     trust_remote_code: bool = _checkpoints(

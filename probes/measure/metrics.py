@@ -23,11 +23,15 @@ from probes.measure.spectral import (
     FAST_RANK_TOL,
     PRECISIONS,
     RANK_METRICS,
+    STABLE,
     WEIGHT_METRICS,
     Spectrum,
     float32_route,
     float32_spectrum,
     float64_spectrum,
+    gram64,
+    stable_spectrum,
+    weight_gram,
 )
 
 THRESHOLDS = (0.7, 0.9, 0.95, 0.99)
@@ -51,7 +55,9 @@ class Condensation:
             (relative, first order); ``"float32"``: float32 Gram matrices first where they meet
             1e-5 (effective rank) and 1e-6 (stable rank), for rectangular float32 units;
             ``"exact"``: an SVD already from ``rank_tol`` (1e-8). See probes.measure.spectral.
-            False: all are None and ``results`` leaves them out.
+            ``"stable"``: the stable ranks alone, from s_max (Lanczos, certified to 1e-6) and
+            ||U||_F, no spectrum: effective_rank_ and alpha_ stay None, ``results`` leaves
+            them out. False: all are None and ``results`` leaves them out.
 
     Attributes after ``fit(units)``:
         n_units_ (kept units), n_dropped_ (units left out: zero norm, or dead), kept_ (n_in,)
@@ -71,7 +77,7 @@ class Condensation:
 
     Raises:
         ValueError: thresholds outside (0, 1), ``spectral`` not one of False, True, "fast",
-            "float32", "exact", or ``units`` not a finite 2-D array.
+            "float32", "exact", "stable", or ``units`` not a finite 2-D array.
     """
 
     # Cosines are computed once per pair in blocks of ``block_rows`` rows against the rows after
@@ -108,7 +114,7 @@ class Condensation:
         self.antipodal = antipodal
         self.zero_tol = zero_tol
         self.order = order
-        if spectral not in (False, True, *PRECISIONS):
+        if spectral not in (False, True, *PRECISIONS, STABLE):
             raise ValueError(f"spectral={spectral!r} is invalid: accepted are False, True, "
                              f"{', '.join(map(repr, PRECISIONS))}")
         self.spectral = spectral
@@ -189,14 +195,14 @@ class Condensation:
             t: float(np.bincount(lab).max()) / n for t, lab in self.labels_.items()
         }
         if self.spectral:
-            units_spectrum = self._spectrum(u)
+            units_spectrum, weight = self._spectra(u, bias_columns)
             self.stable_rank_ = units_spectrum.stable_rank
-            self.effective_rank_ = units_spectrum.effective_rank
             self.spectral_route_ = units_spectrum.route
-            if self._weight:
-                weight = (units_spectrum if bias_columns == 0
-                          else self._spectrum(u[:, :u.shape[1] - bias_columns]))
-                self.stable_rank_weight_, self.alpha_ = weight.stable_rank, weight.alpha
+            if weight is not None:
+                self.stable_rank_weight_ = weight.stable_rank
+            if self.spectral != STABLE:
+                self.effective_rank_ = units_spectrum.effective_rank
+                self.alpha_ = None if weight is None else weight.alpha
         return self
 
     @property
@@ -207,19 +213,39 @@ class Condensation:
             return None
         return _cosines(self._unit)
 
-    def _spectrum(self, u: np.ndarray) -> Spectrum:
+    def _spectra(self, u: np.ndarray, bias_columns: int | None) -> tuple[Spectrum, Spectrum | None]:
+        """The spectrum of ``u`` (n, dim) and, for a weight matrix (``bias_columns`` not None),
+        that of W, its columns but the bias. Where both take the float64 route, W's Gram matrix
+        is cut from u's (``weight_gram``): one product for both."""
+        if bias_columns is None or bias_columns == 0:
+            units = self._spectrum(u)
+            return units, (units if bias_columns == 0 else None)
+        w = u[:, :u.shape[1] - bias_columns]
+        if self.spectral == STABLE:  # (contiguous: Lanczos multiplies by it many times)
+            return self._spectrum(u), self._spectrum(np.ascontiguousarray(w))
+        if self._float32(u) or self._float32(w):
+            return self._spectrum(u), self._spectrum(w)
+        gram = gram64(u, self.gram_rows)
+        w_gram = weight_gram(gram, u, bias_columns)
+        return self._spectrum(u, gram), self._spectrum(w, w_gram)
+
+    def _float32(self, u: np.ndarray) -> bool:
+        return self.spectral == "float32" and float32_route(u, self.float32_gram_work,
+                                                             self.float32_aspect)
+
+    def _spectrum(self, u: np.ndarray, gram: np.ndarray | None = None) -> Spectrum:
         """Singular values of ``u`` (n, dim): with ``spectral="float32"`` the float32 route where
         it applies and meets its tolerances, else the float64 one (to ``fast_rank_tol``;
-        ``rank_tol`` with ``spectral="exact"``)."""
-        exact = self.spectral == "exact"
-        if self.spectral == "float32" and float32_route(u, self.float32_gram_work,
-                                                         self.float32_aspect):
-            found = float32_spectrum(u, self.torch_eig_from, self.fast_rank_tol,
-                                     rows=self.gram_rows)
+        ``rank_tol`` with ``spectral="exact"``), from ``gram`` when given (u's float64 Gram
+        matrix, ``gram64``)."""
+        if self._float32(u) or self.spectral == STABLE:
+            found = (stable_spectrum(u, self.gram_rows) if self.spectral == STABLE
+                     else float32_spectrum(u, self.torch_eig_from, self.fast_rank_tol,
+                                           rows=self.gram_rows))
             if found is not None:
                 return found
-        tol = self.rank_tol if exact else self.fast_rank_tol
-        return float64_spectrum(u, tol, self.torch_eig_from, self.gram_rows)
+        tol = self.rank_tol if self.spectral == "exact" else self.fast_rank_tol
+        return float64_spectrum(u, tol, self.torch_eig_from, self.gram_rows, gram)
 
     def _singular_values(self, u: np.ndarray) -> np.ndarray:
         """Singular values of ``u`` (n, dim) on the float64 route, descending, float64 (see
@@ -263,10 +289,12 @@ class Condensation:
         """The fitted values as (metric, threshold or None, value) triples for the report."""
         out = [("mean_abs_cos", None, self.mean_abs_cos_)]
         if self.spectral:
-            out += [(m, None, getattr(self, m + "_")) for m in RANK_METRICS]
+            stable = self.spectral == STABLE
+            out += [(m, None, getattr(self, m + "_")) for m in RANK_METRICS
+                    if not stable or m == "stable_rank"]
             if self._weight:  # alpha only where it is fitted (>= 50 eigenvalues)
                 out += [(m, None, getattr(self, m + "_")) for m in WEIGHT_METRICS
-                        if m != "alpha" or not np.isnan(self.alpha_)]
+                        if m != "alpha" or not (stable or np.isnan(self.alpha_))]
         out.append(("n_dropped", None, float(self.n_dropped_)))
         if self.n_dead_ is not None:
             out.append(("n_dead", None, float(self.n_dead_)))

@@ -34,6 +34,13 @@ U U^T), computed by a float64 eigensolver, on one of two routes (``Condensation(
   eigensolver is no way out: its errors (~eps32 lam_max on every eigenvalue, ~250 eps32 relative
   on the largest) moved the effective rank of random 4096 x 4096 units by 3-5e-6, too close to
   1e-5 to be certified.
+- ``lanczos`` (``"stable"``, opt-in): the stable ranks alone, which need only ||U||_F^2 and
+  s_max^2: s_max^2 by Lanczos on products with U (no Gram matrix: ~40 products instead of a
+  min(n, dim)-sized Gram matrix and its eigensolver), certified to ``FAST_TOP_TOL`` by its
+  residual on U in float64 (``top_eigenvalue``); no effective rank and no alpha.
+
+Where both the units [W | b] and W alone take the float64 route, W's Gram matrix is cut from the
+units' (``weight_gram``).
 """
 
 from __future__ import annotations
@@ -43,12 +50,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from scipy.linalg import eigh
-from scipy.sparse.linalg import ArpackNoConvergence, eigsh
+from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 
 RANK_METRICS = ("stable_rank", "effective_rank")
 WEIGHT_METRICS = ("stable_rank_weight", "alpha")
 SPECTRAL_METRICS = RANK_METRICS + WEIGHT_METRICS
 PRECISIONS = ("fast", "float32", "exact")
+STABLE = "stable"  # the stable ranks alone (stable_spectrum: no spectrum)
 
 EPS32 = float(np.finfo(np.float32).eps)
 FAST_RANK_TOL = 1e-5  # relative error of effective_rank by default (first-order bound)
@@ -56,6 +64,9 @@ FAST_TOP_TOL = 1e-6  # relative error of s_max^2, so of stable_rank, on the floa
 # Lanczos stops when its residual on the float32 Gram is below this (relative): the Gram's own
 # rounding (~1e-7) then dominates the residual that ``top_eigenvalue`` measures on the units
 LANCZOS_TOL = 1e-7
+# up to this size a Gram matrix is formed and its top eigenvector taken by a dense eigensolver:
+# cheaper than Lanczos's ~40 products there (GPT-2's 64-unit heads)
+DENSE_TOP = 128
 # WeightWatcher 0.7.7 (CPU): eigenvalues <= 1e-5 are left out of the fit (EVALS_THRESH; it is
 # 1e-4 when CUDA is present); we fit only where >= 50 remain (its small-sample estimator, below 20,
 # then never applies)
@@ -67,14 +78,15 @@ ALPHA_MIN_EVALS = 50
 class Spectrum:
     """Singular values of a unit matrix and the numbers derived from them.
 
-    s: (min(n, dim),) float64, descending, values at rounding level set to 0; top: s_max^2 used by
-    the stable rank; frobenius: ||U||_F^2 (float64) or None (then sum(s^2)); route: ``float64``,
-    ``svd`` or ``float32``; rank_error: the bound on the relative error of the effective rank that
-    the route met (``entropy_error``; 0 for the SVD); top_error: that of s_max^2 (float32 route:
-    ``top_eigenvalue``'s; else NaN: rounding level).
+    s: (min(n, dim),) float64, descending, values at rounding level set to 0 (None on the
+    ``lanczos`` route, which gives the stable rank alone); top: s_max^2 used by the stable rank;
+    frobenius: ||U||_F^2 (float64) or None (then sum(s^2)); route: ``float64``, ``svd``,
+    ``float32`` or ``lanczos``; rank_error: the bound on the relative error of the effective rank
+    that the route met (``entropy_error``; 0 for the SVD); top_error: that of s_max^2 (float32 and
+    lanczos routes: ``top_eigenvalue``'s; else NaN: rounding level).
     """
 
-    s: np.ndarray
+    s: np.ndarray | None
     top: float
     frobenius: float | None
     route: str
@@ -119,6 +131,21 @@ def gram64(u: np.ndarray, rows: int) -> np.ndarray:
     return gram
 
 
+def weight_gram(gram: np.ndarray, u: np.ndarray, bias_columns: int) -> np.ndarray | None:
+    """The float64 Gram matrix of W = u[:, :dim - bias_columns] cut from ``gram`` = gram64(u):
+    W^T W is the leading block of u^T u (n >= dim), W W^T = u u^T - B B^T (n <= dim - bias_columns,
+    B the bias columns), so that one product serves both spectra; None when W's smaller Gram
+    matrix has another size than u's (dim - bias_columns < n < dim)."""
+    n, dim = u.shape
+    d = dim - bias_columns
+    if n >= dim:
+        return gram[:d, :d].copy()  # (a copy: an in-place eigensolver may overwrite ``gram``)
+    if n <= d:
+        b = np.asarray(u[:, d:], np.float64)
+        return gram - b @ b.T
+    return None
+
+
 def eigenvalues(gram: np.ndarray, torch_from: int) -> np.ndarray:
     """Eigenvalues of a symmetric (N, N) matrix (float32 or float64; read in float64, the lower
     triangle), descending, float64: torch (MKL's syevd) from size ``torch_from``, else scipy
@@ -157,15 +184,17 @@ def entropy_error(lam: np.ndarray, noise: float) -> float:
     return float((dp * (np.abs(np.log(np.maximum(p, dp)) + entropy) + rough)).sum())
 
 
-def float64_spectrum(u: np.ndarray, rank_tol: float, torch_from: int, rows: int) -> Spectrum:
-    """Singular values of ``u`` (n, dim) from its float64 Gram matrix, or from an SVD when the
-    Gram's rounding could move log(effective rank) by more than ``rank_tol``.
+def float64_spectrum(u: np.ndarray, rank_tol: float, torch_from: int, rows: int,
+                     gram: np.ndarray | None = None) -> Spectrum:
+    """Singular values of ``u`` (n, dim) from its float64 Gram matrix (``gram``, else
+    ``gram64(u, rows)``; it may be overwritten), or from an SVD when the Gram's rounding could
+    move log(effective rank) by more than ``rank_tol``.
 
     Eigenvalues lam of the Gram matrix are taken to carry an absolute error up to ``noise`` =
     10 N eps lam_max (N its size); those below it are exact zeros (a zero bias column, duplicated
     units).
     """
-    lam = eigenvalues(gram64(u, rows), torch_from)
+    lam = eigenvalues(gram64(u, rows) if gram is None else gram, torch_from)
     noise = 10 * len(lam) * np.finfo(np.float64).eps * lam[0]
     error = entropy_error(lam, noise) if lam[0] > 0 else float("inf")
     if error <= rank_tol:
@@ -207,28 +236,41 @@ def float32_spectrum(u: np.ndarray, torch_from: int, rank_tol: float = FAST_RANK
                     rank_error, top_error)
 
 
-def top_eigenvalue(u: np.ndarray, gram: np.ndarray, rows: int = 2048) -> tuple[float, float]:
-    """s_max^2 of ``u`` (n, dim) with a relative error bound, from its Gram matrix ``gram``.
+def stable_spectrum(u: np.ndarray, rows: int = 2048) -> Spectrum | None:
+    """s_max^2 and ||u||_F^2 of ``u`` (n, dim), all the stable rank needs, without a Gram matrix
+    or a spectrum: s_max^2 by Lanczos on the products v -> u^T (u v) in u's own type, certified to
+    ``FAST_TOP_TOL`` on ``u`` in float64 (``top_eigenvalue``), ||u||_F^2 summed in float64.
 
-    The top eigenvector v of ``gram`` (Lanczos, ARPACK's ``eigsh``, from a fixed start) is scored
-    on ``u`` itself in float64: theta = v^T (u^T u) v <= s_max^2 (a Rayleigh quotient), and the
-    residual r = (u^T u) v - theta v puts an eigenvalue within |r| of theta (for symmetric
+    Returns:
+        a ``Spectrum`` with ``s`` None (route ``lanczos``), or None when the certificate misses
+        ``FAST_TOP_TOL`` (then a full route decides).
+    """
+    top, top_error = top_eigenvalue(u, None, rows)
+    if not top_error <= FAST_TOP_TOL:
+        return None
+    frobenius = sum(float(np.square(u[r:r + rows], dtype=np.float64).sum())
+                    for r in range(0, len(u), rows))
+    return Spectrum(None, top, frobenius, "lanczos", float("nan"), top_error)
+
+
+def top_eigenvalue(u: np.ndarray, gram: np.ndarray | None,
+                   rows: int = 2048) -> tuple[float, float]:
+    """s_max^2 of ``u`` (n, dim) with a relative error bound, from its Gram matrix ``gram`` or,
+    when None, from products with ``u`` in its own type (no Gram matrix formed).
+
+    The top eigenvector v of the Gram matrix (Lanczos, ARPACK's ``eigsh``, from a fixed start) is
+    scored on ``u`` itself in float64: theta = v^T (u^T u) v <= s_max^2 (a Rayleigh quotient),
+    and the residual r = (u^T u) v - theta v puts an eigenvalue within |r| of theta (for symmetric
     matrices), the top one for a Ritz vector of the top eigenvalue. So s_max^2 is in
-    [theta, theta + |r|] whatever the rounding of ``gram`` was.
+    [theta, theta + |r|] whatever the rounding of the products was.
 
     Returns:
         (theta, |r| / theta); (NaN, inf) when Lanczos does not converge.
     """
     n, dim = u.shape
-    gram = np.asarray(gram, np.float64)
-    if len(gram) < 32:  # ARPACK needs a few dimensions more than the vectors it keeps
-        vec = np.linalg.eigh(gram)[1][:, -1:]
-    else:
-        try:
-            _, vec = eigsh(gram, k=1, which="LA", tol=LANCZOS_TOL,
-                           v0=np.random.default_rng(0).standard_normal(len(gram)))
-        except ArpackNoConvergence:
-            return float("nan"), float("inf")
+    vec = _top_vector(u, gram)
+    if vec is None:
+        return float("nan"), float("inf")
     v = vec[:, 0] / np.linalg.norm(vec[:, 0])
     if n >= dim:  # gram = u^T u: v in R^dim
         w = np.concatenate([np.asarray(u[r:r + rows], np.float64) @ v
@@ -243,6 +285,31 @@ def top_eigenvalue(u: np.ndarray, gram: np.ndarray, rows: int = 2048) -> tuple[f
     if theta <= 0:
         return theta, float("inf")
     return theta, float(np.linalg.norm(back - theta * v)) / theta
+
+
+def _top_vector(u: np.ndarray, gram: np.ndarray | None) -> np.ndarray | None:
+    """(N, 1) top eigenvector of u's smaller Gram matrix (N its size): of ``gram``, or of the
+    operator v -> u^T (u v) (n >= dim) or u (u^T v) when ``gram`` is None; None when Lanczos does
+    not converge."""
+    n, dim = u.shape
+    size = min(n, dim)
+    if gram is None and size <= DENSE_TOP:
+        gram = gram64(u, 2048)
+    if gram is not None and len(gram) <= DENSE_TOP:  # (ARPACK needs more dimensions than it keeps)
+        return eigh(np.asarray(gram, np.float64), subset_by_index=[size - 1, size - 1])[1]
+    if gram is not None:
+        op = np.asarray(gram, np.float64)
+    else:
+        def product(v):
+            v = np.asarray(v, u.dtype).ravel()
+            return np.asarray(u.T @ (u @ v) if n >= dim else u @ (u.T @ v), np.float64)
+        op = LinearOperator((size, size), matvec=product, dtype=np.float64)
+    try:
+        _, vec = eigsh(op, k=1, which="LA", tol=LANCZOS_TOL,
+                       v0=np.random.default_rng(0).standard_normal(size))
+    except ArpackNoConvergence:
+        return None
+    return vec
 
 
 def powerlaw_alpha(evals: np.ndarray, thresh: float = ALPHA_EVALS_THRESH,
