@@ -364,7 +364,8 @@ def test_spectral_stable_gives_the_stable_ranks_alone():
     numpy's SVD, no effective_rank or alpha row."""
     torch.manual_seed(0)
     layer = nn.Linear(60, 90)
-    df = probes.measure(nn.Sequential(layer), spectral="stable", num_threads=1)
+    df = probes.measure(nn.Sequential(layer), spectral="Stable", num_threads=1)  # (any case)
+    assert df.attrs["runs"][0]["spectral_metrics"] == "stable"
     w = layer.weight.detach().double().numpy()
     u = np.c_[w, layer.bias.detach().double().numpy()]
     got = df.set_index("metric")["value"]

@@ -487,3 +487,22 @@ def test_summary_lists_a_series_in_step_order():
     lines = [line.split() for line in text[3:]]
     assert [line[-6] for line in lines] == ["0", "2", "12"]  # step, component, 4 values
     assert [float(line[-4]) for line in lines] == [1.0, 0.5, 0.25]
+
+
+def test_summary_skips_a_set_with_every_unit_dropped():
+    """A set of zero rows (every unit dropped) has NaN values: the lowest layer is the lowest
+    measured one, and a component with no measured layer has none (no crash)."""
+    from probes.report.checkpoint import summary
+
+    nan = float("nan")
+    rows = [dict(run_id="r", step=0, layer=layer, component=comp, head=None, basis="weight",
+                 metric=metric, threshold=0.9 if metric == "group_ratio" else None,
+                 value=value, n_units=8)
+            for comp, layer, value in (("attn.q", 0, nan), ("attn.q", 1, 0.5), ("attn.q", 2, 0.75),
+                                       ("attn.qk_heads", 0, nan))
+            for metric in ("group_ratio", "mean_abs_cos")]
+    text = summary(pd.DataFrame(rows), 0.9).splitlines()
+    q = next(line.split() for line in text if "attn.q " in line + " ")
+    assert q[-3:-1] == ["0.5", "1.0"]  # lowest 0.5, in layer 1
+    heads = next(line.split() for line in text if "attn.qk_heads" in line)
+    assert heads[-4:] == ["NaN", "NaN", "NaN", "NaN"]

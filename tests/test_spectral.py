@@ -147,8 +147,9 @@ def test_weight_columns_leave_out_the_bias():
     for bad in (80 + 1, -1, 1.5, True):
         with pytest.raises(ValueError, match="bias_columns"):
             Condensation().fit(np.c_[w, b], bias_columns=bad)
-    with pytest.raises(ValueError, match="spectral"):
-        Condensation(spectral="float16")
+    for bad in ("float16", 1, 0.0, "STABLE"):
+        with pytest.raises(ValueError, match="'stable'"):
+            Condensation(spectral=bad)
 
 
 @pytest.mark.parametrize("n, dim, bias", [(120, 81, 1), (60, 81, 1), (81, 83, 3), (40, 43, 3)])
@@ -184,6 +185,27 @@ def test_stable_route_gives_the_stable_rank_without_a_spectrum(units):
     assert fit.effective_rank_ is None and fit.alpha_ is None
     names = [m for m, _, _ in fit.results()]
     assert [m for m in names if m in SPECTRAL_METRICS] == ["stable_rank", "stable_rank_weight"]
+
+
+def test_weight_spectrum_exact_under_a_dominant_bias():
+    """A bias 1e7 times the weights (wide units: u u^T = W W^T + b b^T is summed, never
+    differenced): W's stable rank and alpha equal its own SVD's."""
+    rng = np.random.default_rng(11)
+    w, b = rng.standard_normal((64, 64)), rng.standard_normal((64, 1)) * 1e7
+    fit = Condensation(order=False).fit(np.c_[w, b], bias_columns=1)
+    s = np.linalg.svd(w, compute_uv=False)
+    assert fit.stable_rank_weight_ == pytest.approx((s**2).sum() / s[0] ** 2, rel=1e-12)
+    assert fit.alpha_ == pytest.approx(powerlaw_alpha(s**2), rel=1e-10)
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e-8, 1e20, 1e30])
+def test_stable_route_at_any_float32_scale(scale):
+    """Lanczos's float32 products are scaled by the largest entry: no underflow or overflow,
+    the lanczos route holds and the stable rank is the SVD's."""
+    u = (np.random.default_rng(12).standard_normal((300, 201)) * scale).astype(np.float32)
+    found = stable_spectrum(u)
+    assert found is not None and found.route == "lanczos"
+    assert found.stable_rank == pytest.approx(svd_ranks(u)[0], rel=FAST_TOP_TOL)
 
 
 def test_stable_route_falls_back_on_a_zero_weight():

@@ -198,12 +198,15 @@ def _default_device() -> torch.device:
 
 
 def checked_spectral(value) -> bool | str:
-    """``spectral`` if it is True, False or "stable" (``probes.config.SPECTRAL_CHOICES``).
-    Raises TypeError otherwise."""
-    if not any(value is c if isinstance(c, bool) else value == c for c in SPECTRAL_CHOICES):
-        raise TypeError(f"spectral={value!r} is not accepted: accepted are True, False and "
-                        f"'stable' (the stable ranks alone)")
-    return value
+    """``spectral`` if it is True, False or "stable" (``probes.config.SPECTRAL_CHOICES``; the
+    name in any case, as on the command line). Raises TypeError otherwise."""
+    if isinstance(value, bool):
+        return value
+    names = [c for c in SPECTRAL_CHOICES if isinstance(c, str)]
+    if isinstance(value, str) and value.lower() in names:
+        return value.lower()
+    raise TypeError(f"spectral={value!r} is not accepted: accepted are True, False and "
+                    f"'stable' (the stable ranks alone)")
 
 
 def checked_flag(name: str, value) -> bool:

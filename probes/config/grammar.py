@@ -146,7 +146,8 @@ def read(key: str, text: str, tp, *, grid: bool = False, choices=None):
         return _chosen(key, values, choices)
     if parts is not None and text.strip().startswith("["):
         if not grid:
-            raise ConfigError(f"{key}={text!r} is a list: accepted is one value, {type_name(tp)}")
+            raise ConfigError(f"{key}={text!r} is a list: accepted is one value, "
+                              f"{'one of ' + _names(choices) if choices else type_name(tp)}")
         if not parts:
             raise ConfigError(f"{key}=[] is an empty grid: accepted is a list of at least one value")
         values = [scalar(p, tp) for p in parts]
@@ -173,9 +174,13 @@ def _chosen(key: str, values: list, choices) -> list:
     by_name = {str(c).lower(): c for c in choices}
     for v in values:
         if str(v).lower() not in by_name:
-            names = ", ".join(str(c).lower() if isinstance(c, bool) else str(c) for c in choices)
-            raise ConfigError(f"{key}={v!r} is unknown: accepted are {names}")
+            raise ConfigError(f"{key}={v!r} is unknown: accepted are {_names(choices)}")
     return [by_name[str(v).lower()] for v in values]
+
+
+def _names(choices) -> str:
+    """The names of ``choices`` as they are written on the command line (true, not True)."""
+    return ", ".join(str(c).lower() if isinstance(c, bool) else str(c) for c in choices)
 
 
 def unknown(key: str, accepted: Collection[str], command: str) -> ConfigError:

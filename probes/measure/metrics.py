@@ -29,9 +29,8 @@ from probes.measure.spectral import (
     float32_route,
     float32_spectrum,
     float64_spectrum,
-    gram64,
+    gram_pair,
     stable_spectrum,
-    weight_gram,
 )
 
 THRESHOLDS = (0.7, 0.9, 0.95, 0.99)
@@ -114,9 +113,10 @@ class Condensation:
         self.antipodal = antipodal
         self.zero_tol = zero_tol
         self.order = order
-        if spectral not in (False, True, *PRECISIONS, STABLE):
+        if not (isinstance(spectral, bool) or (isinstance(spectral, str)
+                                                and spectral in (*PRECISIONS, STABLE))):
             raise ValueError(f"spectral={spectral!r} is invalid: accepted are False, True, "
-                             f"{', '.join(map(repr, PRECISIONS))}")
+                             f"{', '.join(map(repr, (*PRECISIONS, STABLE)))}")
         self.spectral = spectral
 
     def fit(self, units, dead=None, bias_columns: int | None = None) -> Condensation:
@@ -216,7 +216,7 @@ class Condensation:
     def _spectra(self, u: np.ndarray, bias_columns: int | None) -> tuple[Spectrum, Spectrum | None]:
         """The spectrum of ``u`` (n, dim) and, for a weight matrix (``bias_columns`` not None),
         that of W, its columns but the bias. Where both take the float64 route, W's Gram matrix
-        is cut from u's (``weight_gram``): one product for both."""
+        comes with u's (``gram_pair``): one product for both."""
         if bias_columns is None or bias_columns == 0:
             units = self._spectrum(u)
             return units, (units if bias_columns == 0 else None)
@@ -225,8 +225,7 @@ class Condensation:
             return self._spectrum(u), self._spectrum(np.ascontiguousarray(w))
         if self._float32(u) or self._float32(w):
             return self._spectrum(u), self._spectrum(w)
-        gram = gram64(u, self.gram_rows)
-        w_gram = weight_gram(gram, u, bias_columns)
+        gram, w_gram = gram_pair(u, bias_columns, self.gram_rows)
         return self._spectrum(u, gram), self._spectrum(w, w_gram)
 
     def _float32(self, u: np.ndarray) -> bool:

@@ -39,8 +39,8 @@ U U^T), computed by a float64 eigensolver, on one of two routes (``Condensation(
   min(n, dim)-sized Gram matrix and its eigensolver), certified to ``FAST_TOP_TOL`` by its
   residual on U in float64 (``top_eigenvalue``); no effective rank and no alpha.
 
-Where both the units [W | b] and W alone take the float64 route, W's Gram matrix is cut from the
-units' (``weight_gram``).
+Where both the units [W | b] and W alone take the float64 route, one product gives both Gram
+matrices (``gram_pair``).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from scipy.linalg import eigh
-from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
+from scipy.sparse.linalg import ArpackError, LinearOperator, eigsh
 
 RANK_METRICS = ("stable_rank", "effective_rank")
 WEIGHT_METRICS = ("stable_rank_weight", "alpha")
@@ -131,19 +131,22 @@ def gram64(u: np.ndarray, rows: int) -> np.ndarray:
     return gram
 
 
-def weight_gram(gram: np.ndarray, u: np.ndarray, bias_columns: int) -> np.ndarray | None:
-    """The float64 Gram matrix of W = u[:, :dim - bias_columns] cut from ``gram`` = gram64(u):
-    W^T W is the leading block of u^T u (n >= dim), W W^T = u u^T - B B^T (n <= dim - bias_columns,
-    B the bias columns), so that one product serves both spectra; None when W's smaller Gram
-    matrix has another size than u's (dim - bias_columns < n < dim)."""
+def gram_pair(u: np.ndarray, bias_columns: int, rows: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Float64 Gram matrices of ``u`` (n, dim) and of W = u[:, :dim - bias_columns] from one
+    product: W^T W is the leading block of u^T u (n >= dim); u u^T = W W^T + B B^T (n <= dim -
+    bias_columns, B the bias columns: a sum of two positive semidefinite matrices, so no
+    cancellation however large the bias). W's is None when its smaller Gram matrix has another
+    size than u's (dim - bias_columns < n < dim)."""
     n, dim = u.shape
     d = dim - bias_columns
     if n >= dim:
-        return gram[:d, :d].copy()  # (a copy: an in-place eigensolver may overwrite ``gram``)
+        gram = gram64(u, rows)
+        return gram, gram[:d, :d].copy()  # (a copy: an in-place eigensolver may overwrite ``gram``)
     if n <= d:
+        w_gram = gram64(u[:, :d].T, rows)  # W W^T (n, n), even where n == d
         b = np.asarray(u[:, d:], np.float64)
-        return gram - b @ b.T
-    return None
+        return w_gram + b @ b.T, w_gram
+    return gram64(u, rows), None
 
 
 def eigenvalues(gram: np.ndarray, torch_from: int) -> np.ndarray:
@@ -300,16 +303,24 @@ def _top_vector(u: np.ndarray, gram: np.ndarray | None) -> np.ndarray | None:
     if gram is not None:
         op = np.asarray(gram, np.float64)
     else:
+        # products of (u / top) with unit vectors: float32 neither under- nor overflows for
+        # weights of any scale it can hold (the eigenvector is the same)
+        top = float(max(np.abs(u[r:r + 4096]).max() for r in range(0, n, 4096)))
+        if top == 0 or not np.isfinite(1.0 / top):
+            return None
+        scale = u.dtype.type(1.0 / top)
+
         def product(v):
             v = np.asarray(v, u.dtype).ravel()
-            return np.asarray(u.T @ (u @ v) if n >= dim else u @ (u.T @ v), np.float64)
+            out = u.T @ ((u @ v) * scale) if n >= dim else u @ ((u.T @ v) * scale)
+            return np.asarray(out * scale, np.float64)
         op = LinearOperator((size, size), matvec=product, dtype=np.float64)
     try:
         _, vec = eigsh(op, k=1, which="LA", tol=LANCZOS_TOL,
                        v0=np.random.default_rng(0).standard_normal(size))
-    except ArpackNoConvergence:
+    except ArpackError:  # (no convergence, or a breakdown): a full route decides
         return None
-    return vec
+    return vec if np.isfinite(vec).all() else None
 
 
 def powerlaw_alpha(evals: np.ndarray, thresh: float = ALPHA_EVALS_THRESH,

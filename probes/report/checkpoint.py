@@ -51,7 +51,9 @@ def summary(metrics, threshold: float) -> str:
     ratio = m[(m["metric"] == "group_ratio") & np.isclose(m["threshold"].astype(float), threshold)]
     cos = m[m["metric"] == "mean_abs_cos"]
     keys = ["run_id", "order", "step", "component"]
-    low = ratio.loc[ratio.groupby(keys)["value"].idxmin()].set_index(keys)
+    # a set whose every unit was dropped (zero rows) has a NaN ratio: no lowest layer there
+    measured = ratio.dropna(subset=["value"])
+    low = measured.loc[measured.groupby(keys)["value"].idxmin()].set_index(keys)
     table = pd.DataFrame({
         f"group_ratio@{threshold:g} median": ratio.groupby(keys)["value"].median(),
         "lowest": low["value"], "in layer": low["layer"],
