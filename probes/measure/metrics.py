@@ -237,12 +237,14 @@ class Condensation:
         it applies and meets its tolerances, else the float64 one (to ``fast_rank_tol``;
         ``rank_tol`` with ``spectral="exact"``), from ``gram`` when given (u's float64 Gram
         matrix, ``gram64``)."""
-        if self._float32(u) or self.spectral == STABLE:
-            found = (stable_spectrum(u, self.gram_rows) if self.spectral == STABLE
-                     else float32_spectrum(u, self.torch_eig_from, self.fast_rank_tol,
-                                           rows=self.gram_rows))
-            if found is not None:
-                return found
+        found = None
+        if self.spectral == STABLE:
+            found = stable_spectrum(u, self.gram_rows)
+        elif self._float32(u):
+            found = float32_spectrum(u, self.torch_eig_from, self.fast_rank_tol,
+                                     rows=self.gram_rows)
+        if found is not None:
+            return found
         tol = self.rank_tol if self.spectral == "exact" else self.fast_rank_tol
         return float64_spectrum(u, tol, self.torch_eig_from, self.gram_rows, gram)
 

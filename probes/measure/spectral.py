@@ -233,9 +233,7 @@ def float32_spectrum(u: np.ndarray, torch_from: int, rank_tol: float = FAST_RANK
     top, top_error = top_eigenvalue(u, gram, rows)
     if top_error > top_tol:
         return None
-    frobenius = sum(float(np.square(u[r:r + rows], dtype=np.float64).sum())
-                    for r in range(0, n, rows))
-    return Spectrum(np.sqrt(np.where(lam > noise, lam, 0.0)), top, frobenius, "float32",
+    return Spectrum(np.sqrt(np.where(lam > noise, lam, 0.0)), top, _frobenius(u, rows), "float32",
                     rank_error, top_error)
 
 
@@ -251,9 +249,7 @@ def stable_spectrum(u: np.ndarray, rows: int = 2048) -> Spectrum | None:
     top, top_error = top_eigenvalue(u, None, rows)
     if not top_error <= FAST_TOP_TOL:
         return None
-    frobenius = sum(float(np.square(u[r:r + rows], dtype=np.float64).sum())
-                    for r in range(0, len(u), rows))
-    return Spectrum(None, top, frobenius, "lanczos", float("nan"), top_error)
+    return Spectrum(None, top, _frobenius(u, rows), "lanczos", float("nan"), top_error)
 
 
 def top_eigenvalue(u: np.ndarray, gram: np.ndarray | None,
@@ -271,7 +267,7 @@ def top_eigenvalue(u: np.ndarray, gram: np.ndarray | None,
         (theta, |r| / theta); (NaN, inf) when Lanczos does not converge.
     """
     n, dim = u.shape
-    vec = _top_vector(u, gram)
+    vec = _top_vector(u, gram, rows)
     if vec is None:
         return float("nan"), float("inf")
     v = vec[:, 0] / np.linalg.norm(vec[:, 0])
@@ -290,37 +286,47 @@ def top_eigenvalue(u: np.ndarray, gram: np.ndarray | None,
     return theta, float(np.linalg.norm(back - theta * v)) / theta
 
 
-def _top_vector(u: np.ndarray, gram: np.ndarray | None) -> np.ndarray | None:
+def _top_vector(u: np.ndarray, gram: np.ndarray | None, rows: int) -> np.ndarray | None:
     """(N, 1) top eigenvector of u's smaller Gram matrix (N its size): of ``gram``, or of the
-    operator v -> u^T (u v) (n >= dim) or u (u^T v) when ``gram`` is None; None when Lanczos does
-    not converge."""
-    n, dim = u.shape
-    size = min(n, dim)
+    products with ``u`` (``_products``) when ``gram`` is None; None when Lanczos does not
+    converge."""
+    size = min(u.shape)
     if gram is None and size <= DENSE_TOP:
-        gram = gram64(u, 2048)
+        gram = gram64(u, rows)
     if gram is not None and len(gram) <= DENSE_TOP:  # (ARPACK needs more dimensions than it keeps)
         return eigh(np.asarray(gram, np.float64), subset_by_index=[size - 1, size - 1])[1]
-    if gram is not None:
-        op = np.asarray(gram, np.float64)
-    else:
-        # products of (u / top) with unit vectors: float32 neither under- nor overflows for
-        # weights of any scale it can hold (the eigenvector is the same)
-        top = float(max(np.abs(u[r:r + 4096]).max() for r in range(0, n, 4096)))
-        if top == 0 or not np.isfinite(1.0 / top):
-            return None
-        scale = u.dtype.type(1.0 / top)
-
-        def product(v):
-            v = np.asarray(v, u.dtype).ravel()
-            out = u.T @ ((u @ v) * scale) if n >= dim else u @ ((u.T @ v) * scale)
-            return np.asarray(out * scale, np.float64)
-        op = LinearOperator((size, size), matvec=product, dtype=np.float64)
+    op = _products(u, rows) if gram is None else np.asarray(gram, np.float64)
+    if op is None:
+        return None
     try:
         _, vec = eigsh(op, k=1, which="LA", tol=LANCZOS_TOL,
                        v0=np.random.default_rng(0).standard_normal(size))
     except ArpackError:  # (no convergence, or a breakdown): a full route decides
         return None
     return vec if np.isfinite(vec).all() else None
+
+
+def _products(u: np.ndarray, rows: int) -> LinearOperator | None:
+    """v -> u^T (u v) (n >= dim) or u (u^T v), in u's own type, of u / max |u_ij|: float32
+    neither under- nor overflows for weights of any scale it holds (the eigenvectors are the
+    same); None for a zero matrix or one too small to scale."""
+    n, dim = u.shape
+    top = float(max(np.abs(u[r:r + rows]).max() for r in range(0, n, rows)))
+    if top == 0 or not np.isfinite(1.0 / top):
+        return None
+    scale = u.dtype.type(1.0 / top)
+
+    def product(v):
+        v = np.asarray(v, u.dtype).ravel()
+        out = u.T @ ((u @ v) * scale) if n >= dim else u @ ((u.T @ v) * scale)
+        return np.asarray(out * scale, np.float64)
+    return LinearOperator((min(n, dim),) * 2, matvec=product, dtype=np.float64)
+
+
+def _frobenius(u: np.ndarray, rows: int) -> float:
+    """||u||_F^2 of ``u`` (n, dim), summed in float64 over blocks of ``rows`` rows."""
+    return sum(float(np.square(u[r:r + rows], dtype=np.float64).sum())
+               for r in range(0, len(u), rows))
 
 
 def powerlaw_alpha(evals: np.ndarray, thresh: float = ALPHA_EVALS_THRESH,
